@@ -1,0 +1,1 @@
+"""specplug.adapters"""

@@ -1,0 +1,1 @@
+"""Embedded default engine: transformers causal LMs with tree attention, on the CPU."""

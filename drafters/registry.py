@@ -1,0 +1,174 @@
+"""The algorithm table: one entry per specplug algorithm, shared by every engine adapter.
+
+Entries name their drafter class by import path so that reading the table (the
+CLI's ``algorithms``, SGLang's plugin registration, TGI's import hook) imports
+no algorithm code. Options are declared with types, ranges and defaults and
+validated once, with errors that name the valid choices.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+__all__ = ["Option", "AlgorithmSpec", "register", "get", "names", "specs", "create",
+           "validate_options", "load_options"]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+
+    def check(self, algo: str, value: Any) -> Any:
+        where = f"option {self.name!r} of algorithm {algo!r}"
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+            return value
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise ConfigError(f"{where} must be an integer, got {value!r}")
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where} must be a number, got {value!r}")
+            value = float(value)
+        elif not isinstance(value, self.type):
+            raise ConfigError(f"{where} must be of type {self.type.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise ConfigError(f"{where} must lie in [{self.min}, {self.max}], got {value!r}")
+        return value
+
+    def describe(self) -> str:
+        rng = ""
+        if self.choices is not None:
+            rng = f" one of {list(self.choices)}"
+        elif self.min is not None or self.max is not None:
+            rng = f" in [{self.min}, {self.max}]"
+        return f"{self.name}={self.default!r} ({self.type.__name__}{rng}): {self.help}"
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str                 # lower case with dashes, e.g. "token-recycling"
+    drafter: str              # "module:Class", imported on first use
+    description: str          # one line
+    options: tuple[Option, ...] = ()
+    default_budget: int = 64
+    uses_target_topk: bool = False
+    tree: bool = True         # proposes trees (False: chains only)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def engine_name(self) -> str:
+        """Upper-case name for engines whose flags use it (SGLang: RACER, TOKEN_RECYCLING)."""
+        return self.name.upper().replace("-", "_")
+
+    def load_class(self):
+        mod, _, cls = self.drafter.partition(":")
+        return getattr(importlib.import_module(mod), cls)
+
+
+_TABLE: dict[str, AlgorithmSpec] = {}
+
+
+def register(spec: AlgorithmSpec) -> AlgorithmSpec:
+    """Add an algorithm; registering the same spec again is a no-op, a different one raises."""
+    old = _TABLE.get(spec.name)
+    if old is not None and old != spec:
+        raise ConfigError(f"algorithm {spec.name!r} is already registered differently")
+    _TABLE[spec.name] = spec
+    return spec
+
+
+def _normalise(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+def names() -> list[str]:
+    return sorted(_TABLE)
+
+
+def specs() -> list[AlgorithmSpec]:
+    return [_TABLE[n] for n in names()]
+
+
+def get(name: str) -> AlgorithmSpec:
+    key = _normalise(name)
+    if key not in _TABLE:
+        raise ConfigError(f"unknown algorithm {name!r}; available: {', '.join(names())}")
+    return _TABLE[key]
+
+
+def validate_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults filled in, every given option checked; unknown options rejected."""
+    spec = get(name)
+    given = dict(options or {})
+    known = {o.name: o for o in spec.options}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        valid = ", ".join(known) or "none"
+        raise ConfigError(f"unknown option(s) {unknown} for algorithm {spec.name!r}; valid options: {valid}")
+    return {k: (o.check(spec.name, given[k]) if k in given else o.default) for k, o in known.items()}
+
+
+def load_options(text: str | None) -> dict[str, Any]:
+    """Options from a JSON object string or a path to a JSON file (env vars, CLI)."""
+    if text is None or not str(text).strip():
+        return {}
+    text = str(text).strip()
+    if not text.startswith("{"):
+        if not os.path.isfile(text):
+            raise ConfigError(f"options must be a JSON object or a path to a JSON file; no file at {text!r}")
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"options are not valid JSON ({e}); pass an object like '{{\"budget\": 32}}'") from None
+    if not isinstance(data, dict):
+        raise ConfigError("options must be a JSON object, e.g. '{\"max_ngram\": 8}'")
+    return data
+
+
+def create(name: str, vocab_size: int, options: Mapping[str, Any] | None = None):
+    """Instantiate the drafter of algorithm ``name`` with validated options."""
+    spec = get(name)
+    opts = validate_options(spec.name, options)
+    return spec.load_class()(vocab_size, **opts)
+
+
+# --------------------------------------------------------------------- the table
+register(AlgorithmSpec(
+    name="ar",
+    drafter="specplug.drafters.ar:AutoregressiveDrafter",
+    description="autoregressive baseline: no speculation (one token per step)",
+    default_budget=1,
+))
+
+register(AlgorithmSpec(
+    name="pld",
+    drafter="specplug.drafters.pld:PromptLookupDrafter",
+    description="prompt lookup decoding: copy the continuation of the latest n-gram match in the context",
+    options=(
+        Option("max_ngram", int, 3, "longest n-gram matched against the context tail", 1, 64),
+        Option("min_ngram", int, 1, "shortest n-gram tried before giving up", 1, 64),
+        Option("max_draft", int, 10, "most draft tokens proposed per step", 1, 1023),
+    ),
+    default_budget=11,
+    tree=False,
+))

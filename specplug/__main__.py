@@ -1,0 +1,5 @@
+import sys
+
+from specplug.cli import main
+
+sys.exit(main())
