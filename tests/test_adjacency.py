@@ -1,0 +1,71 @@
+"""The shared logit adjacency table against a brute-force dictionary."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from specplug.drafters.adjacency import AdjacencyTable
+from specplug.drafters.errors import ConfigError
+from specplug.drafters.tree import DraftTree
+
+
+def brute_update(table: dict, tokens, topk, vocab, k):
+    for t, row in zip(tokens, topk):
+        if not 0 <= t < vocab:
+            continue
+        row = [int(x) if 0 <= x < vocab else -1 for x in row[:k]]
+        table[int(t)] = row + [-1] * (k - len(row))
+
+
+def as_array(table: dict, vocab, k):
+    out = np.full((vocab, k), -1, np.int32)
+    for t, row in table.items():
+        out[t] = row
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), vocab=st.integers(1, 12), k=st.integers(1, 5), width=st.integers(1, 7))
+def test_update_and_seed_match_brute_force(data, vocab, k, width):
+    adj = AdjacencyTable(vocab, k)
+    ref = {}
+    for _ in range(data.draw(st.integers(1, 4))):
+        n = data.draw(st.integers(1, 10))
+        tokens = data.draw(st.lists(st.integers(-1, vocab), min_size=n, max_size=n))  # some out of range
+        topk = data.draw(st.lists(st.lists(st.integers(-2, vocab + 1), min_size=width, max_size=width),
+                                  min_size=n, max_size=n))
+        if data.draw(st.booleans()) and all(0 <= t < vocab for t in tokens):
+            adj.seed(tokens + [0], topk)          # prefill: topk[i] follows tokens[i], last token has none
+        else:
+            adj.update(tokens, topk)
+        brute_update(ref, tokens, topk, vocab, k)
+        np.testing.assert_array_equal(adj.rows, as_array(ref, vocab, k))
+
+
+def test_update_from_trees_batches_like_single_updates():
+    rng = np.random.default_rng(0)
+    vocab, k = 50, 4
+    batched, single = AdjacencyTable(vocab, k), AdjacencyTable(vocab, k)
+    trees, topks = [], []
+    for b in range(6):
+        n = int(rng.integers(1, 9))
+        trees.append(DraftTree(rng.integers(0, vocab, n), np.arange(-1, n - 1)))
+        topks.append(None if b == 2 else rng.integers(0, vocab, (n, 3 if b == 4 else 6)))
+    batched.update_from_trees(trees, topks)
+    for t, x in zip(trees, topks):
+        if x is not None:
+            single.update(t.tokens, x)
+    np.testing.assert_array_equal(batched.rows, single.rows)
+    assert (batched.rows != -1).any()
+
+
+def test_shapes_and_options_rejected():
+    adj = AdjacencyTable(10, 4)
+    with pytest.raises(ConfigError, match=r"len\(context_ids\) - 1"):
+        adj.seed([1, 2, 3], np.zeros((3, 4), np.int32))
+    with pytest.raises(ConfigError):
+        adj.update([1, 2], np.zeros((3, 4), np.int32))
+    with pytest.raises(ConfigError, match="tree nodes"):
+        adj.update_from_trees([DraftTree([1, 2], [-1, 0])], [np.zeros((3, 4), np.int32)])
+    with pytest.raises(ConfigError, match=r"\[1, 64\]"):
+        AdjacencyTable(10, 0)
+    assert AdjacencyTable(49152, 8).nbytes() == 49152 * 8 * 4

@@ -1,0 +1,154 @@
+"""RACER: retrieval + logits fusion, tree validity, state bookkeeping, options."""
+import numpy as np
+import pytest
+
+from model_free_helpers import VOCAB, simulate
+from specplug.drafters import registry
+from specplug.drafters.errors import ConfigError
+from specplug.drafters.racer import RacerDrafter
+
+
+def children(tree, node):
+    return {int(tree.tokens[i]): i for i in np.flatnonzero(tree.parents == node)}
+
+
+def chain_below(tree, tokens):
+    """Node index reached by following ``tokens`` from the root, or -1."""
+    cur = 0
+    for t in tokens:
+        cur = children(tree, cur).get(int(t), -1)
+        if cur < 0:
+            return -1
+    return cur
+
+
+def test_retrieval_drafts_the_continuation_of_a_repeated_phrase():
+    d = RacerDrafter(100, logits_depth=0)
+    phrase = [10, 11, 12, 13, 14, 15, 16, 17]
+    d.start("r", [1, 2] + phrase + [3, 4, 10, 11, 12])
+    tree = d.propose(["r"], [64])[0].validate(100, 64)
+    assert tree.tokens[0] == 12
+    assert chain_below(tree, [13, 14, 15, 16, 17]) > 0       # the whole remembered continuation
+    assert children(tree, 0).keys() == {13}                   # nothing else followed "... 11 12"
+    d.finish("r")
+
+
+def test_accepted_tokens_extend_retrieval():
+    d = RacerDrafter(100, logits_depth=0)
+    d.start("r", [5, 6, 7, 8, 9])
+    assert len(d.propose(["r"], [16])[0]) == 1               # nothing repeated yet
+    d.observe("r", d.propose(["r"], [16])[0], [5, 6])        # context ... 9 5 6: "5 6" seen before
+    tree = d.propose(["r"], [16])[0]
+    assert tree.tokens[0] == 6 and chain_below(tree, [7, 8, 9, 5, 6]) > 0
+    d.finish("r")
+
+
+def test_logits_tree_from_prefill_and_verification_topk():
+    d = RacerDrafter(100, retrieval_share=0.0)
+    ctx = [1, 2, 3]
+    topk = np.array([[2, 40, 41, 42, 43, 44, 45, 46], [3, 50, 51, 52, 53, 54, 55, 56]])
+    d.start("r", ctx, topk)
+    tree = d.propose(["r"], [64])[0]
+    assert len(tree) == 1                                     # no row for the root token 3 yet
+    d.observe("r", tree, [7], np.array([[7, 60, 61, 62, 63, 64, 65, 66]]))  # row of 3
+    tree = d.propose(["r"], [64])[0]                          # root 7: still unknown
+    assert len(tree) == 1
+    d.observe("r", tree, [3], np.array([[3, 70, 71, 72, 73, 74, 75, 76]]))  # row of 7; root -> 3
+    tree = d.propose(["r"], [9])[0].validate(100, 9)
+    assert tree.tokens[0] == 3 and len(tree) == 9
+    assert set(children(tree, 0)) < {7, 60, 61, 62, 63, 64, 65, 66}  # best ranks of 3's row
+    assert tree.tokens[tree.best_child[0]] == 7                 # rank 0 scores highest
+    assert chain_below(tree, [7, 3]) > 0                        # 3 -> 7 -> 3 (0.25) beats rank 3 of 3
+    tree = d.propose(["r"], [64])[0].validate(100, 64)
+    assert set(children(tree, 0)) == {7, 60, 61, 62, 63, 64, 65, 66}
+    assert chain_below(tree, [7, 3, 7, 3]) > 0                  # the breadth decays with depth
+    d.finish("r")
+
+
+def test_fusion_is_a_trie_union_with_distinct_siblings():
+    d = RacerDrafter(100)
+    ctx = [20, 21, 22, 23, 20, 21]                            # retrieval: 21 -> 22 -> 23
+    topk = np.zeros((5, 8), np.int64)
+    for i in range(5):
+        topk[i] = [ctx[i + 1]] + [30 + i * 8 + j for j in range(7)]
+    topk[1, 0] = 22                                           # row of 21: 22 first (same as retrieval)
+    d.start("r", ctx, topk)
+    tree = d.propose(["r"], [64])[0].validate(100, 64)
+    kids = children(tree, 0)
+    assert 22 in kids and len(kids) == len(set(kids))
+    assert chain_below(tree, [22, 23, 20, 21]) > 0            # retrieved chain kept whole
+    assert 5 + 7 <= len(tree) <= 64                           # the logits tree added rows' other ranks
+    assert 38 in children(tree, 0)                            # rank 1 of 21's row, beside retrieved 22
+    d.finish("r")
+
+
+@pytest.mark.parametrize("options", [{}, {"global_cache": True}, {"retrieval_share": 0.0},
+                                     {"logits_depth": 0}, {"ngram": 3, "min_match": 1},
+                                     {"max_nodes_per_request": 640}])
+def test_trees_valid_and_state_freed(options):
+    d, mat = simulate("racer", options, budgets=(1, 2, 7, 64, 100), n_requests=10)
+    assert mat > 1.0
+    live = d.pool.live_nodes
+    assert live == (d.pool.owner_nodes(d.global_slot) if d.global_cache else 0)
+
+
+def test_budget_one_and_abandoned_requests():
+    d, _ = simulate("racer", {"global_cache": True}, budgets=(1,), n_requests=6, abandon_every=2)
+    assert d.active_requests() == 0
+    assert d.pool.live_nodes == d.pool.owner_nodes(d.global_slot)
+
+
+def test_global_cache_carries_outputs_to_new_requests():
+    d = RacerDrafter(100, global_cache=True, logits_depth=0)
+    out = [40, 41, 42, 43, 44, 45]
+    d.start("a", [1, 2])
+    tree = d.propose(["a"], [8])[0]
+    d.observe("a", tree, out)
+    d.finish("a")
+    d.start("b", [9, 40, 41])                                # b's prompt ends like a's output began
+    tree = d.propose(["b"], [8])[0]
+    assert chain_below(tree, [42, 43, 44, 45]) > 0
+    d.finish("b")
+    plain = RacerDrafter(100, logits_depth=0)
+    plain.start("b", [9, 40, 41])
+    assert len(plain.propose(["b"], [8])[0]) == 1
+
+
+def test_retrieval_beats_logits_only_on_repetitive_streams():
+    _, fused = simulate("racer", {}, n_requests=8, seed=3)
+    _, logits_only = simulate("racer", {"retrieval_share": 0.0}, n_requests=8, seed=3)
+    assert fused > logits_only
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"ngram": 0}, r"\[1, 64\]"), ({"topk": 33}, r"\[1, 32\]"), ({"retrieval_share": 1.5}, r"\[0.0, 1.0\]"),
+    ({"min_match": 11}, "min_match"), ({"max_nodes_per_request": 100}, "64 \\* ngram"),
+    ({"global_cache": "yes"}, "true or false"), ({"bogus": 1}, "valid options"),
+])
+def test_bad_options_rejected(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        registry.create("racer", VOCAB, opts)
+
+
+def test_bad_inputs_rejected():
+    d = RacerDrafter(100)
+    with pytest.raises(ConfigError, match="vocab"):
+        d.start("r", [1, 200])
+    with pytest.raises(ConfigError, match="at least one token"):
+        d.start("r", [])
+    with pytest.raises(ConfigError, match="call start"):
+        d.propose(["nope"], [8])
+    d.start("r", [1, 2])
+    with pytest.raises(ConfigError, match="budget"):
+        d.propose(["r"], [0])
+    with pytest.raises(ConfigError, match="vocabulary"):
+        d.observe("r", d.propose(["r"], [4])[0], [500])
+    d.finish("r")
+    d.finish("r")                                            # finishing twice is harmless
+    assert d.active_requests() == 0
+
+
+def test_registry_entry():
+    spec = registry.get("racer")
+    assert spec.uses_target_topk and spec.default_budget == 64 and RacerDrafter.uses_target_topk
+    assert isinstance(registry.create("RACER", VOCAB), RacerDrafter)
