@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import numbers
 
-import torch
-
 from .errors import ConfigError
 
 __all__ = ["check_sampling", "warp_logits"]
@@ -34,7 +32,7 @@ def check_sampling(temperature, top_k=0, top_p=1.0) -> tuple[float, int, float]:
     return float(temperature), int(top_k), float(top_p)
 
 
-def warp_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def warp_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
     """Probabilities over the last axis of ``logits`` ([..., V]) after temperature, top-k, top-p.
 
     top-k keeps every token whose logit is at least the k-th largest (ties at the
@@ -42,6 +40,8 @@ def warp_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p:
     mass reaches ``top_p`` (at least one token). Probabilities are float32 (float64 for
     float64 input); removed tokens get exactly 0 and every row sums to 1.
     """
+    import torch  # here, not at import: check_sampling serves torch-free callers (CLI validation)
+
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     if temperature == 0.0:
         raise ConfigError("temperature 0 is greedy decoding: take the argmax (verify_greedy), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.sampling import check_sampling
 
 __all__ = ["SamplingConfig", "GenerationConfig", "GenerationResult", "FINISH_REASONS"]
 
@@ -23,13 +24,7 @@ class SamplingConfig:
         return self.temperature == 0.0
 
     def validate(self) -> "SamplingConfig":
-        t, k, p = self.temperature, self.top_k, self.top_p
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or t == float("inf"):
-            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {k!r}")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-            raise ConfigError(f"top_p must lie in (0, 1] (1 = off), got {p!r}")
+        check_sampling(self.temperature, self.top_k, self.top_p)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         return self
