@@ -188,6 +188,10 @@ def register() -> list[str]:
         except ValueError as e:  # reserved builtin name, or a registration race
             logger.warning("specplug: %s not registered: %s", name, e)
             continue
+        except Exception as e:  # the registration API changed (another SGLang)
+            logger.error("specplug: %s not registered (%s: %s); specplug supports %s",
+                         name, type(e).__name__, e, SUPPORTED_RANGE)
+            continue
         added.append(name)
     if added:
         logger.info("specplug: registered speculative algorithms %s (sglang %s)",
