@@ -14,20 +14,40 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .calibration import EdgeCalibration, score_row
 from .errors import ConfigError
 
-__all__ = ["AdjacencyTable", "update_rows"]
+__all__ = ["AdjacencyTable", "update_rows", "split_topk"]
+
+
+def split_topk(x):
+    """One request's top-k feedback as (ids [n, k], probs [n, k] float32 or None).
+
+    Engines pass either the ids alone or a tuple (ids, probs): the target's probabilities
+    of those ids (softmax of the verified logits), which dynamic trees use as node values.
+    """
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise ConfigError("target_topk must be ids [n, k] or a tuple (ids [n, k], probs [n, k])")
+        ids, probs = np.asarray(x[0]), np.asarray(x[1], np.float32)
+        if probs.shape != ids.shape:
+            raise ConfigError(f"target_topk probabilities must have the ids' shape {ids.shape}, got {probs.shape}")
+        return ids, probs
+    return np.asarray(x), None
 
 
 @njit(cache=True)
-def update_rows(rows, tokens, topk):
-    """rows[tokens[i]] = topk[i, :k] for i < len(topk), in order (last write wins).
+def update_rows(rows, probs, tokens, topk, tprobs):
+    """rows[tokens[i]] = topk[i, :k] for i < len(topk), in order (last write wins); probs
+    gets tprobs[i] alike (-1: unknown; tprobs may have 0 rows: none known).
 
     Tokens outside the vocabulary are skipped; top-k ids outside it become -1; a row
     narrower than k is padded with -1.
     """
     vocab, k = rows.shape
     kk = min(k, topk.shape[1])
+    known = tprobs.shape[0] == topk.shape[0]
+    store_p = probs.shape[0] == vocab
     for i in range(topk.shape[0]):
         t = tokens[i]
         if t < 0 or t >= vocab:
@@ -35,21 +55,28 @@ def update_rows(rows, tokens, topk):
         for r in range(kk):
             v = topk[i, r]
             rows[t, r] = v if 0 <= v < vocab else -1
+            if store_p:
+                probs[t, r] = tprobs[i, r] if known else -1.0
         for r in range(kk, k):
             rows[t, r] = -1
+            if store_p:
+                probs[t, r] = -1.0
 
 
 @njit(cache=True)
-def update_rows_flat(rows, tokens, topk, offsets, has_topk, hits, trials):
+def update_rows_flat(rows, probs, tokens, topk, tprobs, offsets, has_topk, hits, trials, cal_hits, cal_trials):
     """Batched update: request b's nodes are tokens[offsets[b]:offsets[b+1]] with top-k
     rows topk[offsets[b]:offsets[b+1]] (skipped where has_topk[b] is 0).
 
     Before a known row is overwritten, it is scored against the target's choice there:
     hits[r] += 1 when its rank-r entry is the target's top-1, trials[0] += 1. Those are the
-    empirical acceptance rates of rank-r recycled candidates (see ``rank_hit_rates``).
+    empirical acceptance rates of rank-r recycled candidates (see ``rank_hit_rates``); per
+    (rank, probability bin) they feed the edge calibration (``cal_hits``, ``cal_trials``).
+    ``tprobs`` [N, k] holds the target's probabilities of the ids (-1: unknown).
     """
     vocab, k = rows.shape
     kk = min(k, topk.shape[1])
+    store_p = probs.shape[0] == vocab        # else probs is a [1, k] row of -1 (not stored)
     for b in range(offsets.shape[0] - 1):
         if not has_topk[b]:
             continue
@@ -64,77 +91,108 @@ def update_rows_flat(rows, tokens, topk, offsets, has_topk, hits, trials):
                     if rows[t, r] == best:
                         hits[r] += 1.0
                         break
+                score_row(cal_hits, cal_trials, rows[t], probs[t] if store_p else probs[0], best)
             for r in range(kk):
                 v = topk[i, r]
                 rows[t, r] = v if 0 <= v < vocab else -1
+                if store_p:
+                    probs[t, r] = tprobs[i, r]
             for r in range(kk, k):
                 rows[t, r] = -1
+                if store_p:
+                    probs[t, r] = -1.0
+
+
+def flatten_feedback(trees, target_topk):
+    """One batch of verified trees as flat arrays: (tokens, parents, topk [N, k] int32,
+    offsets [B + 1], has_topk [B], probs [N, k] float32 with -1 where unknown); None when
+    no request brought top-k ids. Entries of ``target_topk`` are ids or (ids, probs)."""
+    if target_topk is None:
+        return None
+    has = np.fromiter((x is not None for x in target_topk), np.bool_, len(target_topk))
+    if not has.any():
+        return None
+    sizes = np.fromiter((len(t) for t in trees), np.int64, len(trees))
+    offsets = np.zeros(len(trees) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    split = [split_topk(x) if x is not None else (None, None) for x in target_topk]
+    rows = [x for x, _ in split]
+    prows = [p for _, p in split]
+    k = max(x.shape[1] for x in rows if x is not None and x.ndim == 2)
+    for i, x in enumerate(rows):
+        if x is None:
+            rows[i] = np.full((int(sizes[i]), k), -1, np.int32)
+        elif x.ndim != 2 or x.shape[0] != sizes[i]:
+            raise ConfigError(f"target_topk must have shape [tree nodes = {int(sizes[i])}, k], got {x.shape}")
+        elif x.shape[1] != k:
+            rows[i] = np.pad(x, ((0, 0), (0, k - x.shape[1])), constant_values=-1)
+            if prows[i] is not None:
+                prows[i] = np.pad(prows[i], ((0, 0), (0, k - prows[i].shape[1])), constant_values=-1.0)
+        if prows[i] is None:
+            prows[i] = np.full((int(sizes[i]), k), -1.0, np.float32)
+    toks = np.concatenate([t.tokens for t in trees])
+    parents = np.concatenate([t.parents for t in trees])
+    topk = np.ascontiguousarray(np.concatenate(rows), dtype=np.int32)
+    probs = np.ascontiguousarray(np.concatenate(prows), dtype=np.float32)
+    return toks, parents, topk, offsets, has, probs
 
 
 class AdjacencyTable:
     """The shared [vocab, k] int32 table and its updates."""
 
-    def __init__(self, vocab_size: int, k: int = 8):
+    def __init__(self, vocab_size: int, k: int = 8, probs: bool = False):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 64:
             raise ConfigError(f"adjacency top-k width must be an integer in [1, 64], got {k!r}")
         self.k = int(k)
         self.rows = np.full((int(vocab_size), self.k), -1, np.int32)
+        # the target's probability of each id (-1: unknown); stored only for dynamic trees
+        self.probs = np.full((int(vocab_size) if probs else 1, self.k), -1.0, np.float32)
         self.hits = np.zeros(self.k, np.float64)     # rank-r entry was the target's top-1
         self.trials = np.zeros(1, np.float64)        # known rows checked against the target
+        from .racer import DEFAULT_RANK_PRIOR       # noqa: late import (racer imports this module)
+        self.calibration = EdgeCalibration(self.k, DEFAULT_RANK_PRIOR)
 
     @property
     def vocab_size(self) -> int:
         return int(self.rows.shape[0])
 
     def nbytes(self) -> int:
-        return int(self.rows.nbytes)
+        return int(self.rows.nbytes + (self.probs.nbytes if self.probs.shape[0] > 1 else 0))
 
     def update(self, tokens, topk) -> None:
-        """Row of tokens[i] := topk[i] (the target's top-k after the position of tokens[i])."""
+        """Row of tokens[i] := topk[i] (the target's top-k after the position of tokens[i]);
+        ``topk`` is ids [n, k] or (ids, probs)."""
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        tk = np.asarray(topk)
+        tk, pr = split_topk(topk)
         if tk.ndim != 2 or tk.shape[0] != toks.shape[0]:
             raise ConfigError(f"top-k ids must have shape [{toks.shape[0]}, k], got {tk.shape}")
         if toks.shape[0]:
-            update_rows(self.rows, toks, np.ascontiguousarray(tk, dtype=np.int32))
+            update_rows(self.rows, self.probs, toks, np.ascontiguousarray(tk, dtype=np.int32), _probs_arg(pr))
 
     def seed(self, context_ids, context_topk) -> None:
         """From prefill: context_topk[i] followed context_ids[i] (for all but the last token)."""
         ctx = np.ascontiguousarray(context_ids, dtype=np.int32)
-        tk = np.asarray(context_topk)
+        tk, pr = split_topk(context_topk)
         n = ctx.shape[0] - 1
         if tk.ndim != 2 or tk.shape[0] != n:
             raise ConfigError(f"context_topk must have shape [len(context_ids) - 1, k] = [{n}, k], "
                               f"got {tk.shape}")
         if n > 0:
-            update_rows(self.rows, ctx, np.ascontiguousarray(tk, dtype=np.int32))
+            update_rows(self.rows, self.probs, ctx, np.ascontiguousarray(tk, dtype=np.int32), _probs_arg(pr))
 
     def update_from_trees(self, trees, target_topk) -> None:
         """Batched observe: every node of every verified tree gets the target's top-k there
         (``target_topk[b]`` is [len(trees[b]), k'] or None where the engine gave none)."""
-        if target_topk is None:
+        flat = flatten_feedback(trees, target_topk)
+        if flat is None:
             return
-        has = np.fromiter((x is not None for x in target_topk), np.bool_, len(target_topk))
-        if not has.any():
-            return
-        sizes = np.fromiter((len(t) for t in trees), np.int64, len(trees))
-        offsets = np.zeros(len(trees) + 1, np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        rows = [np.asarray(x) if x is not None else None for x in target_topk]
-        k = max(x.shape[1] for x in rows if x is not None and x.ndim == 2)
-        for i, x in enumerate(rows):
-            if x is None:
-                rows[i] = np.full((int(sizes[i]), k), -1, np.int32)
-            elif x.ndim != 2 or x.shape[0] != sizes[i]:
-                raise ConfigError(f"target_topk must have shape [tree nodes = {int(sizes[i])}, k], got {x.shape}")
-            elif x.shape[1] != k:
-                rows[i] = np.pad(x, ((0, 0), (0, k - x.shape[1])), constant_values=-1)
-        toks = np.concatenate([t.tokens for t in trees])
-        topk = np.ascontiguousarray(np.concatenate(rows), dtype=np.int32)
-        update_rows_flat(self.rows, toks, topk, offsets, has, self.hits, self.trials)
+        toks, _, topk, offsets, has, probs = flat
+        update_rows_flat(self.rows, self.probs, toks, topk, probs, offsets, has, self.hits, self.trials,
+                         self.calibration.hits, self.calibration.trials)
         if self.trials[0] > 1e7:                    # keep adapting: old evidence fades
             self.hits *= 0.5
             self.trials *= 0.5
+        self.calibration.decay()
 
     def rank_hit_rates(self, prior, pseudo_count: float) -> np.ndarray:
         """P(rank-r candidate is the target's next token | its parent was): the observed hit
@@ -146,3 +204,114 @@ class AdjacencyTable:
 
     def row(self, token: int) -> np.ndarray:
         return self.rows[int(token)]
+
+
+def _probs_arg(pr):
+    """Probabilities for the kernels: [n, k] float32, or a [0, 0] array meaning unknown."""
+    if pr is None:
+        return np.empty((0, 0), np.float32)
+    return np.ascontiguousarray(pr, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- pair-keyed rows
+@njit(cache=True, inline="always")
+def _pair_slot(prev, tok, vocab, mask):
+    key = np.int64(prev) * vocab + tok
+    h = np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)
+    return key, np.int64((h >> np.uint64(29)) & np.uint64(mask))
+
+
+@njit(cache=True)
+def pair_row(keys, prev, tok, vocab):
+    """Slot holding the row of the token pair (prev, tok), or -1."""
+    if prev < 0 or tok < 0 or prev >= vocab or tok >= vocab:
+        return -1
+    key, s = _pair_slot(prev, tok, vocab, keys.shape[0] - 1)
+    return s if keys[s] == key else -1
+
+
+@njit(cache=True)
+def update_pairs_flat(keys, rows, probs, tokens, parents, root_prev, topk, tprobs, offsets, has_topk, vocab,
+                      cal_hits, cal_trials):
+    """Row of the pair (token before node i, token of node i) := topk[i] (probs := tprobs[i]).
+    The token before a tree's root is root_prev[b] (-1: unknown, skipped); before any other
+    node, its parent's. A row of the same pair being overwritten is first scored against the
+    target's new top-1 (edge calibration of pair rows)."""
+    k = rows.shape[1]
+    kk = min(k, topk.shape[1])
+    mask = keys.shape[0] - 1
+    store_p = probs.shape[0] == rows.shape[0]   # else probs is a [1, k] row of -1 (not stored)
+    for b in range(offsets.shape[0] - 1):
+        if not has_topk[b]:
+            continue
+        base = offsets[b]
+        for i in range(base, offsets[b + 1]):
+            prev = root_prev[b] if i == base else tokens[base + parents[i]]
+            t = tokens[i]
+            if prev < 0 or t < 0 or prev >= vocab or t >= vocab:
+                continue
+            key, s = _pair_slot(prev, t, vocab, mask)
+            if keys[s] == key and topk[i, 0] >= 0:
+                score_row(cal_hits, cal_trials, rows[s], probs[s] if store_p else probs[0], topk[i, 0])
+            keys[s] = key
+            for r in range(kk):
+                v = topk[i, r]
+                rows[s, r] = v if 0 <= v < vocab else -1
+                if store_p:
+                    probs[s, r] = tprobs[i, r]
+            for r in range(kk, k):
+                rows[s, r] = -1
+                if store_p:
+                    probs[s, r] = -1.0
+
+
+class PairAdjacency:
+    """Top-k rows keyed by the last two tokens, a direct-mapped cache of ``n_rows`` rows
+    (rounded up to a power of two; a colliding pair replaces the older row).
+
+    A refinement of the token-keyed table: what the target predicted after the pair (a, b)
+    is a sharper guess than what it last predicted after any b. Drafting prefers the pair
+    row and falls back to the token row. Shared by all requests like the token table;
+    fixed size: n_rows x (k x 4 + 8) bytes.
+    """
+
+    def __init__(self, vocab_size: int, k: int, n_rows: int, probs: bool = False):
+        size = 1 << max(4, int(n_rows - 1).bit_length())
+        self.vocab_size, self.k = int(vocab_size), int(k)
+        self.keys = np.full(size, -1, np.int64)
+        self.rows = np.full((size, self.k), -1, np.int32)
+        self.probs = np.full((size if probs else 1, self.k), -1.0, np.float32)
+        from .racer import DEFAULT_RANK_PRIOR       # noqa: late import (racer imports this module)
+        self.calibration = EdgeCalibration(self.k, DEFAULT_RANK_PRIOR)
+
+    def nbytes(self) -> int:
+        return int(self.keys.nbytes + self.rows.nbytes + (self.probs.nbytes if self.probs.shape[0] > 1 else 0))
+
+    def update_from_trees(self, trees, target_topk, root_prev) -> None:
+        flat = flatten_feedback(trees, target_topk)
+        if flat is None:
+            return
+        toks, parents, topk, offsets, has, probs = flat
+        update_pairs_flat(self.keys, self.rows, self.probs, toks, parents, np.asarray(root_prev, np.int64), topk,
+                          probs, offsets, has, self.vocab_size, self.calibration.hits, self.calibration.trials)
+        self.calibration.decay()
+
+    def seed(self, context_ids, context_topk) -> None:
+        """Prefill: the pair (context[i-1], context[i]) was followed by context_topk[i]."""
+        ctx = np.ascontiguousarray(context_ids, dtype=np.int32)
+        ids, pr = split_topk(context_topk)
+        tk = np.ascontiguousarray(ids, dtype=np.int32)
+        n = ctx.shape[0] - 1                        # positions with top-k
+        if n < 2:
+            return
+        pr = np.full(tk.shape, -1.0, np.float32) if pr is None else np.ascontiguousarray(pr, dtype=np.float32)
+        tokens = ctx[:n]
+        parents = np.arange(-1, n - 1, dtype=np.int32)   # a chain: node i's parent is i - 1
+        offsets = np.array([0, n], np.int64)
+        update_pairs_flat(self.keys, self.rows, self.probs, tokens, parents, np.array([-1], np.int64), tk[:n],
+                          pr[:n], offsets, np.ones(1, np.bool_), self.vocab_size, self.calibration.hits,
+                          self.calibration.trials)
+
+    def row(self, prev: int, token: int):
+        s = pair_row(self.keys, int(prev), int(token), self.vocab_size)
+        return None if s < 0 else self.rows[s]

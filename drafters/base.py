@@ -15,7 +15,10 @@ gives the target's top-k next-token ids after each context position but the last
 ``accepted`` in ``observe`` is the tokens committed this step: the tokens of the
 accepted tree nodes below the root, then the bonus token (so its last token is the
 next root). ``target_topk[i]`` is the target's top-k next-token ids at tree node i
-([n, k], best first), or None where the engine does not provide it.
+([n, k], best first), or None where the engine does not provide it. Drafters with
+``uses_topk_probs`` true also accept a tuple (ids [n, k], probs [n, k] float32): the
+target's probabilities of those ids (engines that can send them do; the same form is
+used for ``context_topk``).
 
 Drafters hold per-request state only between ``start`` and ``finish``; every cache is
 bounded. No engine imports here.
@@ -51,6 +54,8 @@ class Drafter(ABC):
     name: ClassVar[str] = ""
     #: True when the drafter learns from ``target_topk`` (engines then compute it)
     uses_target_topk: ClassVar[bool] = False
+    #: True when the drafter wants the top-k probabilities too: (ids, probs) tuples
+    uses_topk_probs: bool = False
     #: top-k width the drafter wants in ``target_topk`` / ``context_topk``
     topk: int = 8
 

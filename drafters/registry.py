@@ -71,6 +71,8 @@ class AlgorithmSpec:
     default_budget: int = 64
     uses_target_topk: bool = False
     tree: bool = True         # proposes trees (False: chains only)
+    peer: bool = False        # another engine's drafter wrapped for `specplug bench` only: not
+                              # registered with SGLang or TGI
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -182,7 +184,8 @@ register(AlgorithmSpec(
         Option("ngram", int, 10, "n-gram length of the retrieval automaton (its depth)", 1, 64),
         Option("topk", int, 8, "adjacency width: target top-k ids kept per token (one table shared by all "
                "requests: vocab x topk int32)", 1, 32),
-        Option("min_match", int, 2, "shortest matched context suffix (root included) used for retrieval", 1, 64),
+        Option("min_match", int, 1, "shortest matched context suffix (root included) used for retrieval "
+               "(1: the root token's own continuations count too)", 1, 64),
         Option("max_nodes_per_request", int, 16384, "automaton node cap per request (40 B per node); the "
                "oldest n-grams are evicted beyond it; must be >= 64 * ngram", 64, 1 << 24),
         Option("fusion", str, "score", "how retrieval and logits share the budget: 'score' (both frontiers "
@@ -192,12 +195,20 @@ register(AlgorithmSpec(
                "(0 = logits tree only)", 0.0, 1.0),
         Option("smoothing", float, 1.0, "pseudo-count added to a match's occurrences when scoring its "
                "continuations (penalises matches seen once)", 0.0, 1000.0),
-        Option("logits_depth", int, 6, "most logits-tree nodes in a row on a path (0 = retrieval only)", 0, 64),
-        Option("adaptive_prior", bool, True, "rank priors of the logits tree from the observed hit rates of "
-               "recycled top-k candidates (False: fixed priors 0.5, 0.15, 0.08, ...)"),
+        Option("logits_depth", int, 10, "most logits-tree nodes in a row on a path (0 = retrieval only)", 0, 64),
+        Option("rank_prior", str, "0.5,0.15,0.08,0.05,0.04,0.03,0.025,0.02", "P(rank-r recycled candidate is "
+               "accepted | its parent was), comma-separated, non-increasing: the logits tree's node values"),
+        Option("adaptive_prior", bool, False, "rank priors of the logits tree from the observed hit rates of "
+               "recycled top-k candidates (default: fixed priors 0.5, 0.15, 0.08, ...)"),
+        Option("pair_rows", int, 65536, "rows of the shared top-k cache keyed by the last two tokens, drafted "
+               "from before the token-keyed row (0 = off; rounded up to a power of two; 40 B per row)", 0, 1 << 24),
         Option("global_cache", bool, False, "also retrieve from a bounded automaton of finished requests' outputs"),
         Option("global_cache_nodes", int, 262144, "node cap of the global automaton (40 B per node)", 64, 1 << 26),
         Option("global_weight", float, 0.5, "score multiplier of global-cache continuations", 0.0, 1.0),
+        Option("tree", str, "static", "logits-tree shape: 'static' (node values = fixed rank priors, the same "
+               "shape every step) or 'dynamic' (node values = the target's calibrated top-k probabilities "
+               "stored with the recycled rows: the shape follows the context; see docs/dynamic_trees.md)",
+               choices=("static", "dynamic")),
     ),
     default_budget=64,
     uses_target_topk=True,
@@ -211,9 +222,27 @@ register(AlgorithmSpec(
         Option("topk", int, 8, "adjacency width: target top-k ids kept per token", 1, 32),
         Option("template_nodes", int, 80, "draft nodes of the static template (root excluded)", 1, 1023),
         Option("template_depth", int, 6, "depth of the static template", 1, 64),
+        Option("tree", str, "static", "'static' (the template) or 'dynamic' (best-first growth on the target's "
+               "calibrated top-k probabilities; see docs/dynamic_trees.md)", choices=("static", "dynamic")),
+        Option("dynamic_depth", int, 16, "depth cap of dynamic trees", 1, 64),
     ),
     default_budget=81,
     uses_target_topk=True,
+))
+
+register(AlgorithmSpec(
+    name="sglang-ngram",
+    drafter="specplug.adapters.sglang.ngram_peer:SGLangNgramDrafter",
+    description="benchmark peer: SGLang 0.5.23's own NGRAM corpus (C++ trie, JIT-built) driven standalone",
+    options=(
+        Option("max_trie_depth", int, 18, "SGLang's --speculative-ngram-max-trie-depth", 2, 64),
+        Option("min_bfs_breadth", int, 1, "SGLang's --speculative-ngram-min-bfs-breadth", 1, 64),
+        Option("max_bfs_breadth", int, 10, "SGLang's --speculative-ngram-max-bfs-breadth", 1, 64),
+        Option("match_type", str, "BFS", "SGLang's --speculative-ngram-match-type", choices=("BFS", "PROB")),
+        Option("capacity", int, 10_000_000, "SGLang's --speculative-ngram-capacity", 1024, 1 << 30),
+    ),
+    default_budget=16,
+    peer=True,
 ))
 
 register(AlgorithmSpec(

@@ -24,6 +24,8 @@ import numpy as np
 from numba import njit
 
 from .errors import ConfigError
+from .adjacency import pair_row
+from .calibration import NBINS, edge_value, prob_bin
 from .ngram_automaton import FIRST_CHILD, FREQ, NEXT_SIBLING, TOKEN
 
 __all__ = ["tree_init", "tree_find", "tree_add", "heap_push", "heap_pop", "grow_fused",
@@ -112,23 +114,64 @@ def heap_pop(hs, ha, hb, n):
 
 
 # --------------------------------------------------------------------------- growers
+@njit(cache=True, inline="always")
+def _candidate(adj, prows, rowsel, tok, p, r):
+    """Rank-r adjacency candidate after node p: its pair row if it has one, else its token row."""
+    if rowsel[p] >= 0:
+        return prows[rowsel[p], r]
+    return adj[tok[p], r]
+
+
+@njit(cache=True, inline="always")
+def _logits_edge(lv, tok, p, r, prior):
+    """Value of node p's rank-r adjacency candidate as an edge: the rank prior (static), or
+    (dynamic, ``lv`` = (use, token-row probs, pair-row probs, calibration of each, alpha,
+    rowsel)) the calibrated probability the target gave it, times alpha, capped at 1."""
+    use, adjp, pprobs, cal, pcal, alpha, rowsel, rcal = lv
+    if not use:
+        return prior[r]
+    if rowsel[p] >= 0:
+        e = edge_value(pcal, r, pprobs[rowsel[p], r]) * alpha
+    else:
+        e = edge_value(cal, r, adjp[tok[p], r]) * alpha
+    return e if e < 1.0 else 1.0
+
+
+@njit(cache=True, inline="always")
+def _logits_bin(lv, tok, p, r, k):
+    """Calibration cell of node p's rank-r candidate: row 1 + r (token rows) or 1 + k + r
+    (pair rows), times 16, plus the bin of its raw probability."""
+    use, adjp, pprobs, cal, pcal, alpha, rowsel, rcal = lv
+    if rowsel[p] >= 0:
+        return (1 + k + r) * 16 + prob_bin(pprobs[rowsel[p], r])
+    return (1 + r) * 16 + prob_bin(adjp[tok[p], r])
+
+
 @njit(cache=True)
-def _push_logits_child(adj, prior, kk, tok, lsc, lrun, expanded, i, logits_depth, lh, n):
+def _push_logits_child(adj, pkeys, prows, use_pairs, root_prev, prior, tok, par, lsc, lrun, expanded,
+                       rowsel, i, logits_depth, lh, n, lv):
     """Queue node i's rank-0 adjacency candidate (once per node, within the depth cap)."""
     if expanded[i] or lrun[i] >= logits_depth:
         return n
     expanded[i] = 1
     t = tok[i]
-    if t < 0 or t >= adj.shape[0] or adj[t, 0] < 0 or kk == 0:
+    vocab = adj.shape[0]
+    if t < 0 or t >= vocab:
+        return n
+    rowsel[i] = -1
+    if use_pairs:
+        prev = root_prev if i == 0 else tok[par[i]]
+        rowsel[i] = pair_row(pkeys, prev, t, vocab)
+    if _candidate(adj, prows, rowsel, tok, i, 0) < 0:
         return n
     hs, ha, hb = lh
-    return heap_push(hs, ha, hb, n, lsc[i] * prior[0], i, 0)
+    return heap_push(hs, ha, hb, n, lsc[i] * _logits_edge(lv, tok, i, 0, prior), i, 0)
 
 
 @njit(cache=True)
 def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_first,
-               adj, prior, logits_depth, tok, par, sc, fc, ns, dep, lsc, lrun, expanded,
-               size, budget, rh, lh):
+               adj, pkeys, prows, use_pairs, root_prev, prior, logits_depth,
+               tok, par, sc, fc, ns, dep, lsc, lrun, expanded, rowsel, size, budget, rh, lh, lv, ebin):
     """RACER's tree: retrieved continuations and a logits tree, merged by trie union.
 
     Two best-first frontiers:
@@ -136,9 +179,17 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
       scores weights[j] * freq[c] / norms[j], deeper nodes multiply by freq ratios;
     * logits (heap ``lh``): the adjacency candidates of every node in the tree, root and
       retrieved nodes included (so retrieved paths are extended by recycled logits); a
-      rank-r candidate scores (its parent's score) x prior[r]. A node's rank-r candidate
-      is queued when its rank-(r-1) one is taken (priors decrease with rank): at most
-      two pushes per node. At most ``logits_depth`` logits nodes follow each other.
+      rank-r candidate scores (its parent's score) x prior[r]. A node's candidates come
+      from the pair-keyed row of (its parent's token, its token) when ``use_pairs`` and
+      that row exists (``root_prev`` is the token before the root), else from its token's
+      row. A node's rank-r candidate is queued when its rank-(r-1) one is taken (priors
+      decrease with rank): at most two pushes per node. At most ``logits_depth`` logits
+      nodes follow each other.
+      Dynamic trees (``lv[0]`` true): a candidate's edge value is its calibrated target
+      probability instead of prior[r] (see :func:`_logits_edge`), capped by its previous
+      sibling's so the rank order stays best first. A retrieval edge's value is its
+      calibrated frequency ratio ``rcal[0, bin(ratio)]`` (``lv[7]``), and ``ebin[i]`` records
+      the bin of retrieved node i (-1: not retrieved) so that observe can score it.
 
     ``retrieval_first``: drain retrieval first (up to ``retrieval_limit`` nodes), then
     logits (the paper's order); otherwise the frontier with the higher score goes next,
@@ -152,19 +203,23 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
     for j in range(nb):
         c = nodes[borders[j], FIRST_CHILD]
         while c >= 0:
-            nr = heap_push(rs, ra, rb, nr, weights[j] * nodes[c, FREQ] / norms[j], c, 0)
+            bn = prob_bin(nodes[c, FREQ] / norms[j])
+            v = weights[j] * lv[7][0, bn] if lv[0] else weights[j] * nodes[c, FREQ] / norms[j]
+            nr = heap_push(rs, ra, rb, nr, v, c, bn)      # payload b = parent * 16 + bin
             c = nodes[c, NEXT_SIBLING]
     lsc[0] = 1.0
     lrun[0] = 0
     expanded[0] = 0
-    nl = _push_logits_child(adj, prior, kk, tok, lsc, lrun, expanded, 0, logits_depth, lh, 0)
+    nl = _push_logits_child(adj, pkeys, prows, use_pairs, root_prev, prior, tok, par, lsc, lrun, expanded,
+                            rowsel, 0, logits_depth, lh, 0, lv)
     retrieved = 0
     while size < budget:
         use_r = nr > 0 and retrieved < retrieval_limit - 1
         if use_r and nl > 0 and not retrieval_first:
             use_r = rs[0] >= ls_[0]
         if use_r:
-            s, c, p, nr = heap_pop(rs, ra, rb, nr)
+            s, c, pb, nr = heap_pop(rs, ra, rb, nr)
+            p = pb >> 4
             t = nodes[c, TOKEN]
             i = tree_find(tok, fc, ns, p, t)
             if i < 0:
@@ -173,6 +228,7 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
                 lsc[i] = s
                 expanded[i] = 0
                 retrieved += 1
+                ebin[i] = pb & 15               # row 0: retrieval
             elif s > sc[i]:
                 sc[i] = s
                 lsc[i] = max(lsc[i], s)
@@ -180,15 +236,18 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
             fpar = nodes[c, FREQ]
             g = nodes[c, FIRST_CHILD]
             while g >= 0:
-                nr = heap_push(rs, ra, rb, nr, s * nodes[g, FREQ] / fpar, g, i)
+                bn = prob_bin(nodes[g, FREQ] / fpar)
+                v = s * lv[7][0, bn] if lv[0] else s * nodes[g, FREQ] / fpar
+                nr = heap_push(rs, ra, rb, nr, v, g, i * 16 + bn)
                 g = nodes[g, NEXT_SIBLING]
-            nl = _push_logits_child(adj, prior, kk, tok, lsc, lrun, expanded, i, logits_depth, lh, nl)
         elif nl > 0:
             s, p, r, nl = heap_pop(ls_, la, lb, nl)
-            pt = tok[p]
-            t = adj[pt, r]
-            if r + 1 < kk and adj[pt, r + 1] >= 0:
-                nl = heap_push(ls_, la, lb, nl, lsc[p] * prior[r + 1], p, r + 1)
+            t = _candidate(adj, prows, rowsel, tok, p, r)
+            if r + 1 < kk and _candidate(adj, prows, rowsel, tok, p, r + 1) >= 0:
+                e = _logits_edge(lv, tok, p, r + 1, prior)
+                if lv[0] and e * lsc[p] > s:
+                    e = s / lsc[p]
+                nl = heap_push(ls_, la, lb, nl, lsc[p] * e, p, r + 1)
             i = tree_find(tok, fc, ns, p, t)
             if i < 0:
                 size = tree_add(tok, par, sc, fc, ns, dep, size, p, t, s)
@@ -196,11 +255,13 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
                 lsc[i] = s
                 lrun[i] = lrun[p] + 1
                 expanded[i] = 0
+                ebin[i] = _logits_bin(lv, tok, p, r, adj.shape[1]) if lv[0] else -1
             elif s > sc[i]:
                 sc[i] = s
-            nl = _push_logits_child(adj, prior, kk, tok, lsc, lrun, expanded, i, logits_depth, lh, nl)
         else:
             break
+        nl = _push_logits_child(adj, pkeys, prows, use_pairs, root_prev, prior, tok, par, lsc, lrun, expanded,
+                                rowsel, i, logits_depth, lh, nl, lv)
     return size
 
 
@@ -302,7 +363,7 @@ def best_first_template(prior, n_nodes: int, max_depth: int):
 class TreeScratch:
     """Per-batch output rows and scratch arrays, allocated once per propose call."""
 
-    __slots__ = ("tok", "par", "sc", "fc", "ns", "dep", "lsc", "lrun", "expanded", "sizes",
+    __slots__ = ("tok", "par", "sc", "fc", "ns", "dep", "lsc", "lrun", "expanded", "rowsel", "sizes",
                  "hs", "ha", "hb", "heap2")
 
     def __init__(self, batch: int, width: int, heap: int):
@@ -315,6 +376,7 @@ class TreeScratch:
         self.lsc = np.empty(width, np.float64)
         self.lrun = np.empty(width, np.int32)
         self.expanded = np.empty(width, np.uint8)
+        self.rowsel = np.empty(width, np.int64)
         self.sizes = np.empty(batch, np.int32)
         self.hs = np.empty(heap, np.float64)
         self.ha = np.empty(heap, np.int64)

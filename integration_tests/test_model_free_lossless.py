@@ -41,15 +41,15 @@ def prompts(default_engine):
     return ids
 
 
-def _generate(engine, prompts, name, budget, max_new, batch):
+def _generate(engine, prompts, name, budget, max_new, batch, options=None, policy=None):
     """Results in prompt order; batches group prompts of similar length (less prefill padding)."""
-    drafter = registry.create(name, engine.vocab_size)
+    drafter = registry.create(name, engine.vocab_size, options)
     cfg = GenerationConfig(max_new_tokens=max_new)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     for i in range(0, len(order), batch):
         idx = order[i:i + batch]
-        for j, r in zip(idx, engine.generate([prompts[j] for j in idx], drafter, budget, cfg)):
+        for j, r in zip(idx, engine.generate([prompts[j] for j in idx], drafter, budget, cfg, budget_policy=policy)):
             out[j] = r
     assert drafter.active_requests() == 0
     return out
@@ -68,6 +68,27 @@ def test_greedy_identical_to_autoregressive(default_engine, prompts, ar_outputs,
         assert r.output_ids == ref, f"{name}: prompt {i} differs from autoregressive decoding"
     mat = sum(len(r.output_ids) for r in res) / sum(r.steps for r in res)
     assert mat > 1.2, f"{name} accepted almost nothing (mean accepted tokens {mat:.2f})"
+
+
+@pytest.mark.parametrize("name", ("racer", "token-recycling"))
+def test_greedy_identical_with_dynamic_trees(default_engine, prompts, ar_outputs, name):
+    """Dynamic trees (grown on the target's top-k probabilities) on the same 50 prompts."""
+    res = _generate(default_engine, prompts, name, 12, 24, 10, options={"tree": "dynamic"})
+    for i, (r, ref) in enumerate(zip(res, ar_outputs)):
+        assert r.output_ids == ref, f"{name}[dynamic]: prompt {i} differs from autoregressive decoding"
+    mat = sum(len(r.output_ids) for r in res) / sum(r.steps for r in res)
+    assert mat > 1.2, f"{name}[dynamic] accepted almost nothing (mean accepted tokens {mat:.2f})"
+
+
+def test_greedy_identical_with_load_aware_budgets(default_engine, prompts, ar_outputs):
+    """Trees cut by the load-aware policy (a GPU-like cost table: speculation pays) stay lossless."""
+    import numpy as np
+    from specplug.drafters.budget import BudgetPolicy, CostModel
+
+    policy = BudgetPolicy(CostModel(np.array([1, 64, 256, 1024]), np.array([0.01, 0.01, 0.011, 0.03]), {}))
+    res = _generate(default_engine, prompts, "racer", 16, 24, 10, options={"tree": "dynamic"}, policy=policy)
+    for i, (r, ref) in enumerate(zip(res, ar_outputs)):
+        assert r.output_ids == ref, f"racer[dynamic] + load-aware budgets: prompt {i} differs"
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def check_version(ver: str | None = None) -> str:
 
 def engine_names() -> dict[str, str]:
     """SGLang algorithm name (upper case) -> specplug algorithm name, for every table entry."""
-    return {spec.engine_name: spec.name for spec in registry.specs()}
+    return {spec.engine_name: spec.name for spec in registry.specs() if not spec.peer}
 
 
 def spec_for(engine_name: str) -> registry.AlgorithmSpec:
@@ -171,6 +171,8 @@ def register() -> list[str]:
     spec_class = _spec_class()
     added = []
     for spec in registry.specs():
+        if spec.peer:               # another engine's drafter, wrapped for benchmarks only
+            continue
         name = spec.engine_name
         existing = spec_registry.get_spec(name)
         if existing is not None:

@@ -50,16 +50,74 @@ RESULT_KEYS: dict[str, type] = {
 
 
 # ------------------------------------------------------------------ argument checks
-def parse_algorithms(spec: str | Sequence[str]) -> list[str]:
-    """Registered names, deduplicated in order, with the AR baseline first."""
+TREE_MODES = ("static", "dynamic")
+
+
+def split_variant(name: str, options: Mapping[str, Any] | None = None) -> tuple[str, dict]:
+    """``"racer[dynamic]"`` -> ("racer", options + {"tree": "dynamic"}); plain names pass through.
+
+    The bracket picks the ``tree`` option of algorithms that have one (racer,
+    token-recycling); anything else is a ConfigError naming the valid forms."""
+    text = str(name).strip()
+    opts = dict(options or {})
+    if "[" not in text:
+        return registry.get(text).name, opts
+    base, _, rest = text.partition("[")
+    mode = rest[:-1].strip() if rest.endswith("]") else None
+    spec = registry.get(base)
+    if mode not in TREE_MODES:
+        raise ConfigError(f"bad algorithm variant {text!r}: use NAME[static] or NAME[dynamic]")
+    if not any(o.name == "tree" for o in spec.options):
+        with_tree = [s.name for s in registry.specs() if any(o.name == "tree" for o in s.options)]
+        raise ConfigError(f"algorithm {spec.name!r} has no tree modes; NAME[static|dynamic] works for "
+                          f"{', '.join(with_tree)}")
+    opts["tree"] = mode
+    return spec.name, opts
+
+
+def variant_name(name: str, mode: str | None) -> str:
+    return name if mode is None else f"{name}[{mode}]"
+
+
+def parse_tree_modes(text: str | None) -> list[str] | None:
+    """``--tree static,dynamic`` -> ["static", "dynamic"]; None/empty: no expansion."""
+    if text is None or not str(text).strip():
+        return None
+    modes = []
+    for m in str(text).split(","):
+        m = m.strip()
+        if not m:
+            continue
+        if m not in TREE_MODES:
+            raise ConfigError(f"--tree takes static, dynamic or static,dynamic; got {m!r}")
+        if m not in modes:
+            modes.append(m)
+    return modes or None
+
+
+def _has_tree_option(name: str) -> bool:
+    return any(o.name == "tree" for o in registry.get(name).options)
+
+
+def parse_algorithms(spec: str | Sequence[str], tree_modes: Sequence[str] | None = None) -> list[str]:
+    """Registered names (or NAME[static|dynamic] variants), deduplicated in order, with the
+    AR baseline first. ``tree_modes`` expands every algorithm with a ``tree`` option into
+    one variant per mode (e.g. racer -> racer[static], racer[dynamic])."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for item in items:
         if not str(item).strip():
             continue
-        name = registry.get(item).name  # ConfigError listing the available ones
-        if name not in out:
-            out.append(name)
+        base, opts = split_variant(item)  # ConfigError listing the available ones
+        if "tree" in opts:
+            names = [variant_name(base, opts["tree"])]
+        elif tree_modes and _has_tree_option(base):
+            names = [variant_name(base, m) for m in tree_modes]
+        else:
+            names = [base]
+        for name in names:
+            if name not in out:
+                out.append(name)
     if BASELINE in out:
         out.remove(BASELINE)
     return [BASELINE] + out
@@ -69,9 +127,10 @@ def parse_options(text: str | None, algorithms: Sequence[str]) -> dict[str, dict
     """``{"algo": {option: value}}`` (JSON string or file), validated against the registry."""
     data = registry.load_options(text)
     out: dict[str, dict] = {}
+    bases = {split_variant(a)[0] for a in algorithms}
     for key, opts in data.items():
         name = registry.get(key).name
-        if name not in algorithms:
+        if name not in bases:
             raise ConfigError(f"--options names algorithm {key!r}, which is not benchmarked; "
                               f"benchmarked: {', '.join(algorithms)}")
         if not isinstance(opts, dict):
@@ -82,10 +141,17 @@ def parse_options(text: str | None, algorithms: Sequence[str]) -> dict[str, dict
     return out
 
 
+def drafter_options(algorithm: str, options: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict]:
+    """(registered name, its options) of a benchmarked algorithm or variant."""
+    base = split_variant(algorithm)[0]
+    return split_variant(algorithm, options.get(base))
+
+
 def resolve_budgets(algorithms: Sequence[str], budget: int | None) -> dict[str, int]:
     if budget is not None:
         budget = check_budget(budget)
-    return {a: 1 if a == BASELINE else (budget if budget is not None else registry.get(a).default_budget)
+    return {a: 1 if a == BASELINE else (budget if budget is not None else
+                                        registry.get(split_variant(a)[0]).default_budget)
             for a in algorithms}
 
 
@@ -98,7 +164,11 @@ def _generate(engine, ids, drafter, budget, gen_config):
 
 
 def _make_drafters(engine, algorithms, options):
-    return {a: registry.create(a, engine.vocab_size, options.get(a)) for a in algorithms}
+    out = {}
+    for a in algorithms:
+        name, opts = drafter_options(a, options)
+        out[a] = registry.create(name, engine.vocab_size, opts)
+    return out
 
 
 def _seed(seed: int | None, k: int):
@@ -112,17 +182,20 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
               max_new_tokens: int = 128, budget: int | None = None,
               options: Mapping[str, Mapping[str, Any]] | None = None, warmup: int = 1,
               seed: int | None = 0, temperature: float = 0.0, progress: bool = False,
-              gen_config=None) -> dict:
+              gen_config=None, calibration: bool = False) -> dict:
     """Benchmark ``algorithms`` (AR added first when missing) on ``prompt_sets``
     (label -> list of :class:`~specplug.prompts.Prompt`) and return the result dict
     (see the module docstring). ``gen_config`` overrides the GenerationConfig built
-    from ``max_new_tokens``/``temperature``."""
+    from ``max_new_tokens``/``temperature``. ``calibration``: add each calibrating
+    drafter's tables under the top-level key "calibration"."""
     from specplug.prompts import encode_prompt
 
     algorithms = parse_algorithms(list(algorithms))
     options = {registry.get(k).name: dict(v) for k, v in (options or {}).items()}
     for a, o in options.items():
         registry.validate_options(a, o)
+    for a in algorithms:
+        registry.validate_options(*drafter_options(a, options))
     budgets = resolve_budgets(algorithms, budget)
     if gen_config is None:
         gen_config = make_generation_config(max_new_tokens, temperature, seed)
@@ -216,7 +289,7 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
             })
 
     import torch
-    return {
+    report = {
         "model": str(_engine_attr(engine, ("model_name", "model_path", "name"), "unknown")),
         "device": str(_engine_attr(engine, ("device",), "cpu")),
         "torch_threads": int(torch.get_num_threads()),
@@ -228,6 +301,10 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
             "timing": "wall time of engine.generate per prompt, summed",
         },
     }
+    if calibration:   # an extra top-level key, only on request
+        report["calibration"] = {a: d.calibration_report() for a, d in drafters.items()
+                                 if hasattr(d, "calibration_report")}
+    return report
 
 
 def _engine_attr(engine, names, default):
@@ -285,6 +362,35 @@ def format_table(report: dict, markdown: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def format_calibration(report: dict) -> str:
+    """Expected vs realised accepted draft tokens per step, and the edge calibration of
+    rank-0/1 candidates (hit rate vs the target's probability), per drafter that keeps one."""
+    cal = report.get("calibration") or {}
+    out = []
+    for a, c in cal.items():
+        ln = c["length"]
+        out.append(f"calibration of {a}: {ln['steps']} steps, expected {ln['mean_expected']:.3f} vs realised "
+                   f"{ln['mean_realised']:.3f} accepted draft tokens per step (ratio {ln['global_ratio']:.3f})")
+        out.append("  expected-length bin    steps  mean expected  mean realised")
+        for b in ln["bins"]:
+            out.append(f"  {b['expected_bin']:<20} {b['steps']:>7} {b['mean_expected']:>14.3f} {b['mean_realised']:>14.3f}")
+        for key in ("token_rows", "pair_rows"):
+            rows = [r for r in c.get(key, []) if r["rank"] <= 1]
+            if not rows:
+                continue
+            out.append(f"  edges ({key}): rank  prob bin     trials  hit rate  estimate")
+            for r in rows:
+                out.append(f"  {'':>18}{r['rank']:>4}  {r['prob_bin']:<11} {r['trials']:>7} {r['hit_rate']:>9.3f} "
+                           f"{r['estimate']:>9.3f}")
+        acc = [r for r in c.get("acceptance", []) if not r["source"].endswith(("2", "3", "4", "5", "6", "7"))]
+        if acc:
+            out.append("  accepted edges (dynamic trees): source        prob bin     trials  accept rate  prior  estimate")
+            for r in acc:
+                out.append(f"  {'':>32}{r['source']:<17} {r['prob_bin']:<11} {r['trials']:>7} "
+                           f"{r['accept_rate']:>11.3f} {r['prior']:>6.3f} {r['estimate']:>9.3f}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def _md_path(json_path: str) -> str:
     root, ext = os.path.splitext(json_path)
     return (root if ext.lower() == ".json" else json_path) + ".md"
@@ -338,6 +444,10 @@ def add_arguments(p):
                         "(default: each algorithm's default budget; ar always uses 1)")
     p.add_argument("--options", default=None,
                    help="per-algorithm options as JSON or a JSON file, e.g. '{\"pld\": {\"max_ngram\": 4}}'")
+    p.add_argument("--tree", default=None, metavar="MODES",
+                   help="tree modes of algorithms that have them (racer, token-recycling): static, dynamic "
+                        "or static,dynamic to compare both in one run; rows are then named e.g. racer[dynamic] "
+                        "(default: each algorithm's own option). NAME[MODE] in --algorithms also works")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--warmup", type=_nonneg_int, default=1,
                    help="warm-up prompts per algorithm before measuring, discarded (default: 1)")
@@ -347,14 +457,20 @@ def add_arguments(p):
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write the results as JSON to PATH and a Markdown table to PATH with .md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--calibration", action="store_true",
+                   help="also report the calibration tables of drafters that keep one (racer, token-recycling): "
+                        "expected vs realised accepted tokens, hit rate per candidate probability bin "
+                        "(printed, and stored in the JSON under 'calibration')")
 
 
 def run(args) -> int:
     from specplug.prompts import load_prompt_set, prompt_set_label
 
     # everything checkable is checked before the model loads
-    algorithms = parse_algorithms(args.algorithms)
+    algorithms = parse_algorithms(args.algorithms, parse_tree_modes(getattr(args, "tree", None)))
     options = parse_options(args.options, algorithms)
+    for a in algorithms:
+        registry.validate_options(*drafter_options(a, options))
     resolve_budgets(algorithms, args.budget)
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
@@ -379,18 +495,23 @@ def run(args) -> int:
 
     report = run_bench(engine, algorithms, prompt_sets, max_new_tokens=args.max_new_tokens,
                        budget=args.budget, options=options, warmup=args.warmup, seed=args.seed,
-                       temperature=args.temperature, progress=not args.no_progress)
+                       temperature=args.temperature, progress=not args.no_progress,
+                       calibration=args.calibration)
     if args.model and report["model"] == "unknown":
         report["model"] = args.model
     report["config"]["limit"] = args.limit
     report["config"]["prompts"] = names
     _check_json(report)
     sys.stdout.write(format_table(report))
+    if args.calibration:
+        sys.stdout.write(format_calibration(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
         with open(_md_path(args.json), "w", encoding="utf-8") as f:
             f.write(format_table(report, markdown=True))
+            if args.calibration:
+                f.write("\n```\n" + format_calibration(report) + "```\n")
         print(f"wrote {args.json} and {_md_path(args.json)}", file=sys.stderr)
     return 0

@@ -25,7 +25,8 @@ DEFAULT_ALGORITHMS = "racer,token-recycling,suffix,pld"
 
 
 def add_arguments(p):
-    p.add_argument("--algorithms", default=DEFAULT_ALGORITHMS, help="comma-separated algorithm names")
+    p.add_argument("--algorithms", default=DEFAULT_ALGORITHMS, help="comma-separated algorithm names; "
+                   "NAME[static] / NAME[dynamic] pick the tree mode of racer and token-recycling")
     p.add_argument("--batch", type=int, default=256, help="concurrent requests per step")
     p.add_argument("--budget", type=int, default=64, help="tree budget (nodes including the root)")
     p.add_argument("--steps", type=int, default=60, help="timed steps")
@@ -79,8 +80,12 @@ class SyntheticWorkload:
         return (tokens[..., None].astype(np.int64) * 40503 + self._alt_mul) % self.vocab
 
 
-def verify_batch(trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload):
-    """Greedy verification against the streams: (accepted token lists, target top-k per tree)."""
+def verify_batch(trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload, probs: bool = False):
+    """Greedy verification against the streams: (accepted token lists, target top-k per tree).
+
+    ``probs``: the top-k come as (ids, probs) tuples with synthetic probabilities: on the
+    stream's path the next token gets 0.8 (the stream is predictable there), off it the
+    candidates get a flat 0.3, 0.2, 0.1, ... (decaying with rank)."""
     b = len(trees)
     sizes = np.fromiter((len(t) for t in trees), np.int64, b)
     w = int(sizes.max())
@@ -104,6 +109,12 @@ def verify_batch(trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWor
     topk = work.alternatives(tok)
     topk[:, :, 0] = np.where(on, nxt, topk[:, :, 0])
     accepted = [streams[i, pos[i] + 1: pos[i] + acc[i] + 2] for i in range(b)]
+    if probs:
+        k = topk.shape[2]
+        off = (0.3 * 0.66 ** np.arange(k)).astype(np.float32)
+        pr = np.broadcast_to(off, topk.shape).copy()
+        pr[:, :, 0] = np.where(on, 0.8, off[0])
+        return accepted, [(topk[i, :sizes[i]], pr[i, :sizes[i]]) for i in range(b)], acc
     return accepted, [topk[i, :sizes[i]] for i in range(b)], acc
 
 
@@ -153,7 +164,8 @@ class _Driver:
         t0 = time.perf_counter()
         trees = self.d.propose(rids, [budget] * len(rids))
         t1 = time.perf_counter()
-        accepted, topk, acc = verify_batch(trees, self.streams, self.pos, self.work)
+        accepted, topk, acc = verify_batch(trees, self.streams, self.pos, self.work,
+                                           probs=getattr(self.d, "uses_topk_probs", False))
         t2 = time.perf_counter()
         self.d.observe_batch(rids, trees, accepted, topk if self.d.uses_target_topk else None)
         t3 = time.perf_counter()
@@ -175,6 +187,8 @@ class _Driver:
 def bench_algorithm(name: str, options: dict, args) -> dict:
     from specplug.drafters import registry
 
+    from specplug.bench import split_variant
+    name, options = split_variant(name, options)
     spec = registry.get(name)
     work = SyntheticWorkload(args.vocab, args.seed, topk=args.topk)
     drafter = registry.create(name, args.vocab, options)
@@ -192,7 +206,7 @@ def bench_algorithm(name: str, options: dict, args) -> dict:
     drv.close()
     leaked = drafter.active_requests()
     out = {
-        "algorithm": spec.name, "options": options, "batch": args.batch, "budget": args.budget,
+        "algorithm": spec.name + (f"[{options['tree']}]" if "tree" in options else ""), "options": options, "batch": args.batch, "budget": args.budget,
         "propose_us_p50": float(np.percentile(prop, 50)), "propose_us_p99": float(np.percentile(prop, 99)),
         "observe_us_p50": float(np.percentile(obs, 50)), "observe_us_p99": float(np.percentile(obs, 99)),
         "mean_accepted_per_step": mat, "mean_tree_nodes": mean_nodes,
@@ -206,8 +220,10 @@ def bench_algorithm(name: str, options: dict, args) -> dict:
 
 def memory_run(name: str, options: dict, args) -> dict:
     """RSS (MiB) after 1k, 5k and 10k requests of start / propose / observe / finish."""
+    from specplug.bench import split_variant
     from specplug.drafters import registry
 
+    name, options = split_variant(name, options)
     work = SyntheticWorkload(args.vocab, args.seed + 1, topk=args.topk)
     drafter = registry.create(name, args.vocab, options)
     drv = _Driver(drafter, work, args.memory_batch, prompt_len=(64, 256), gen_len=(16, 48))
@@ -245,7 +261,7 @@ def format_table(results) -> str:
         rss_s = "/".join(str(rss.get(k, "-")) for k in ("1000", "5000", "10000"))
         bpr = "-" if r["bytes_per_request"] is None else f"{r['bytes_per_request']:.0f}"
         glob = "-" if r["global_bytes"] is None else f"{r['global_bytes']:.0f}"
-        lines.append(f"{r['algorithm']:<16} {r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
+        lines.append(f"{r['algorithm']:<16.24} {r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
                      f"{r['observe_us_p50']:>9.2f}/{r['observe_us_p99']:<9.2f} {r['mean_accepted_per_step']:>5.2f} "
                      f"{r['mean_tree_nodes']:>5.1f} {bpr:>10} {glob:>10}  {rss_s}")
     return "\n".join(lines)
@@ -254,11 +270,16 @@ def format_table(results) -> str:
 def run(args) -> int:
     from specplug.drafters import registry
 
+    from specplug.bench import split_variant
+
     opts = _parse_options(args.options)
-    names = [registry.get(n).name for n in args.algorithms.split(",") if n.strip()]
+    names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
+    for n in names:
+        split_variant(n, {})                       # unknown names / tree modes fail before any work
     results = []
     for name in names:
-        results.append(bench_algorithm(name, opts.get(name, {}), args))
+        base = registry.get(split_variant(name, {})[0]).name
+        results.append(bench_algorithm(name, dict(opts.get(base, {})), args))
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(results))

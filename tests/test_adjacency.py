@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from specplug.drafters.adjacency import AdjacencyTable
+from specplug.drafters.adjacency import AdjacencyTable, PairAdjacency, _pair_slot
 from specplug.drafters.errors import ConfigError
 from specplug.drafters.tree import DraftTree
 
@@ -69,3 +69,50 @@ def test_shapes_and_options_rejected():
     with pytest.raises(ConfigError, match=r"\[1, 64\]"):
         AdjacencyTable(10, 0)
     assert AdjacencyTable(49152, 8).nbytes() == 49152 * 8 * 4
+
+
+# --------------------------------------------------------------------------- pair-keyed rows
+def owned_slots(pairs: PairAdjacency, keys):
+    """Slots that exactly one of the given pair keys hashes to (collisions are allowed to evict)."""
+    slots = [int(_pair_slot(p, t, pairs.vocab_size, pairs.keys.shape[0] - 1)[1]) for p, t in keys]
+    return {k for k, s in zip(keys, slots) if slots.count(s) == 1}
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), vocab=st.integers(2, 12), k=st.integers(1, 5))
+def test_pair_rows_match_brute_force(data, vocab, k):
+    pairs = PairAdjacency(vocab, k, 4096)
+    ref = {}
+    for _ in range(data.draw(st.integers(1, 4))):
+        tokens, parents = [data.draw(st.integers(0, vocab - 1))], [-1]
+        for _ in range(data.draw(st.integers(0, 7))):       # siblings must stay distinct
+            p, t = data.draw(st.integers(0, len(tokens) - 1)), data.draw(st.integers(0, vocab - 1))
+            if not any(q == p and u == t for q, u in zip(parents, tokens)):
+                tokens.append(t)
+                parents.append(p)
+        n = len(tokens)
+        topk = np.array(data.draw(st.lists(st.lists(st.integers(-1, vocab + 1), min_size=k, max_size=k),
+                                           min_size=n, max_size=n)), np.int32)
+        root_prev = data.draw(st.integers(-1, vocab - 1))
+        pairs.update_from_trees([DraftTree(tokens, parents)], [topk], [root_prev])
+        for i, t in enumerate(tokens):                      # the same in dictionary form
+            prev = root_prev if i == 0 else tokens[parents[i]]
+            if prev >= 0:
+                ref[(prev, t)] = [int(x) if 0 <= x < vocab else -1 for x in topk[i]]
+    for key in owned_slots(pairs, list(ref)):
+        np.testing.assert_array_equal(pairs.row(*key), ref[key])
+    for prev in range(vocab):                               # pairs never written have no row
+        for t in range(vocab):
+            if (prev, t) not in ref:
+                assert pairs.row(prev, t) is None
+
+
+def test_pair_seed_is_the_prefill_chain():
+    pairs = PairAdjacency(50, 3, 1024)
+    ctx = [5, 6, 7, 6]
+    topk = np.array([[6, 1, 2], [7, 3, 4], [6, 8, 9], [0, 0, 0]])[:3]
+    pairs.seed(ctx, topk)
+    assert pairs.row(5, 6).tolist() == [7, 3, 4]             # after "5 6" came 7
+    assert pairs.row(6, 7).tolist() == [6, 8, 9]
+    assert pairs.row(-1, 5) is None and pairs.row(7, 6) is None   # last token: no top-k yet
+    assert pairs.nbytes() == 1024 * (3 * 4 + 8)

@@ -65,6 +65,24 @@ def test_logits_tree_from_prefill_and_verification_topk():
     d.finish("r")
 
 
+def test_pair_rows_are_preferred_over_token_rows():
+    """After "2 3" the target predicted 5; after "5 3" it predicted 2 (the token row of 3
+    now says 2). Back at "2 3", the pair-keyed row drafts 5; without pair rows, 2."""
+    def child_after_walk(pair_rows):
+        d = RacerDrafter(100, retrieval_share=0.0, pair_rows=pair_rows)
+        d.start("r", [1, 2, 3])
+        for nxt, row in ((5, [5, 40]), (3, [3, 41]), (2, [2, 60]), (3, [3, 42])):
+            tree = d.propose(["r"], [1])[0]
+            d.observe("r", tree, [nxt], np.array([row + [-1] * 6]))
+        tree = d.propose(["r"], [2])[0]
+        d.finish("r")
+        assert tree.tokens[0] == 3 and len(tree) == 2
+        return int(tree.tokens[1])
+
+    assert child_after_walk(65536) == 5
+    assert child_after_walk(0) == 2
+
+
 def test_fusion_is_a_trie_union_with_distinct_siblings():
     d = RacerDrafter(100)
     ctx = [20, 21, 22, 23, 20, 21]                            # retrieval: 21 -> 22 -> 23

@@ -36,10 +36,18 @@ def _sampling_verifier():
     return fn
 
 
+def _topk_probs(logits: torch.Tensor, top_values: torch.Tensor) -> torch.Tensor:
+    """The target's probabilities (softmax at temperature 1) of its top-k logits."""
+    lse = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    return torch.exp(top_values.float() - lse)
+
+
 class DecodeBatch:
     """State of one ``generate`` call; drive with :meth:`prefill`, :meth:`step` until
     :attr:`done`, and always :meth:`close` (frees every drafter state still held)."""
 
+    #: load-aware budget policy (set by HFEngine.generate), or None: fixed budgets
+    budget_policy = None
     #: KV slots allocated up front beyond the longest prompt; the cache doubles when full
     INITIAL_ROOM = 256
     #: prompt tokens per prefill forward pass (bounds the attention and logits memory)
@@ -67,6 +75,7 @@ class DecodeBatch:
         self.active = np.arange(n)               # request index of each cache row
         self.lens = np.zeros(n, np.int64)        # committed KV length of each cache row
         self.topk = int(getattr(drafter, "topk", 8) or 8) if drafter.uses_target_topk else 0
+        self.topk_probs = bool(self.topk and getattr(drafter, "uses_topk_probs", False))
         self.device = next(self.model.parameters()).device
         self.dtype = next(self.model.parameters()).dtype
         self.generator = None
@@ -103,6 +112,8 @@ class DecodeBatch:
         if want_topk:  # full logits per chunk: keep chunks small
             chunk = min(chunk, 128)
             ctx_topk = torch.empty((len(self.prompts), longest, self.topk), dtype=torch.long, device=self.device)
+            ctx_probs = (torch.empty((len(self.prompts), longest, self.topk), dtype=torch.float32, device=self.device)
+                         if self.topk_probs else None)
         for start in range(0, longest, chunk):
             stop = min(start + chunk, longest)
             q = torch.arange(start, stop, device=self.device)
@@ -123,7 +134,12 @@ class DecodeBatch:
                                 position_ids=q[None, :].expand(len(self.prompts), -1),
                                 past_key_values=self.cache, use_cache=True, logits_to_keep=keep).logits
             if want_topk:
-                ctx_topk[:, start:stop] = torch.topk(logits, self.topk, dim=-1).indices
+                if ctx_probs is not None:
+                    top = torch.topk(logits, self.topk, dim=-1)
+                    ctx_topk[:, start:stop] = top.indices
+                    ctx_probs[:, start:stop] = _topk_probs(logits, top.values)
+                else:
+                    ctx_topk[:, start:stop] = torch.topk(logits, self.topk, dim=-1).indices
                 sel = torch.from_numpy(np.flatnonzero(in_chunk)).to(self.device)
                 last_logits[sel] = logits[sel, torch.from_numpy(last_local[in_chunk]).to(self.device)].float()
             elif in_chunk.any():
@@ -135,6 +151,7 @@ class DecodeBatch:
         self.cache.end = int(lengths.max())
         first = self._pick(last_logits)
         ctx_np = ctx_topk.cpu().numpy() if want_topk else None
+        ctxp_np = ctx_probs.cpu().numpy() if want_topk and ctx_probs is not None else None
         elapsed = time.perf_counter() - t0
         self.verify_time += elapsed
         finished = []
@@ -145,8 +162,12 @@ class DecodeBatch:
                 continue
             self.started.add(i)
             t1 = time.perf_counter()
-            self.drafter.start(self.rids[i], self.prompts[i] + self.outputs[i],
-                               None if ctx_np is None else ctx_np[i, : len(self.prompts[i])])
+            ctx = None
+            if ctx_np is not None:
+                ctx = ctx_np[i, : len(self.prompts[i])]
+                if ctxp_np is not None:
+                    ctx = (ctx, ctxp_np[i, : len(self.prompts[i])])
+            self.drafter.start(self.rids[i], self.prompts[i] + self.outputs[i], ctx)
             self.draft_time[i] += time.perf_counter() - t1
         self._drop(np.array(finished, np.int64))
 
@@ -165,6 +186,8 @@ class DecodeBatch:
         budgets = np.minimum(self.budget, remaining)  # a tree never overruns max_new_tokens
         t0 = time.perf_counter()
         trees = self.drafter.propose(rids, budgets.tolist())
+        if self.budget_policy is not None:
+            trees = self.budget_policy.apply(self.drafter, rids, trees, budgets)
         t_draft = time.perf_counter() - t0
         packed = self._check_and_pack(trees, req, budgets)
 
@@ -184,7 +207,12 @@ class DecodeBatch:
         else:
             res = self.verify_sampling(packed.tokens, packed.parents, packed.depth, packed.valid,
                                        warp_probs(logits, self.sampling), self.generator)
-        topk = torch.topk(logits, self.topk, dim=-1).indices.cpu().numpy() if self.topk else None
+        topk = probs_np = None
+        if self.topk:
+            top = torch.topk(logits, self.topk, dim=-1)
+            topk = top.indices.cpu().numpy()
+            if self.topk_probs:
+                probs_np = _topk_probs(logits, top.values).cpu().numpy()
         accept_len = np.asarray(res.accept_len, np.int64)
         self.cache.compact(self.lens, np.asarray(res.accepted_nodes), accept_len)
         self.lens = self.lens + accept_len + 1
@@ -204,7 +232,9 @@ class DecodeBatch:
         if obs_rows:
             self.drafter.observe_batch(
                 [rids[j] for j in obs_rows], [trees[j] for j in obs_rows], obs_acc,
-                None if topk is None else [topk[j, : len(trees[j])] for j in obs_rows])
+                None if topk is None else
+                [topk[j, : len(trees[j])] if probs_np is None else
+                 (topk[j, : len(trees[j])], probs_np[j, : len(trees[j])]) for j in obs_rows])
         t_draft += time.perf_counter() - t2
         self.draft_time[req] += t_draft
         self.verify_time[req] += t_verify

@@ -112,11 +112,13 @@ class HFEngine:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], drafter: Drafter, budget: int,
-                 config: GenerationConfig | None = None) -> list[GenerationResult]:
+                 config: GenerationConfig | None = None, budget_policy=None) -> list[GenerationResult]:
         """Decode a batch of prompts (token ids) with speculative decoding.
 
         ``budget`` caps the tree size (root included) per request and step. Every request's
         drafter state is freed when it finishes, and for all of them if anything raises.
+        ``budget_policy`` (a :class:`specplug.drafters.budget.BudgetPolicy`): load-aware
+        budgets, each tree cut to the size that maximises the step's expected goodput.
         """
         t_start = time.perf_counter()
         config = GenerationConfig() if config is None else config
@@ -131,6 +133,7 @@ class HFEngine:
                               f"the model has {self.vocab_size}: create it with the engine's vocab_size")
         with torch.inference_mode():
             batch = DecodeBatch(self, prompts, drafter, budget, config, t_start)
+            batch.budget_policy = budget_policy
             ok = False
             try:
                 batch.prefill()

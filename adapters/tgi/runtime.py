@@ -95,6 +95,10 @@ class ChainSpeculation:
                  max_idle_steps: int = 1024, max_requests: int = 4096, drafter=None,
                  tree_budget: int | None = None):
         self.spec = registry.get(algorithm)
+        if self.spec.peer:
+            raise ConfigError(f"algorithm {self.spec.name!r} is a benchmark peer (another engine's drafter), "
+                              f"not a TGI speculation algorithm; choose one of "
+                              f"{', '.join(n for n in registry.names() if not registry.get(n).peer)}")
         self.options = registry.validate_options(self.spec.name, options)
         if max_idle_steps < 1 or max_requests < 1:
             raise ConfigError("max_idle_steps and max_requests must be >= 1")

@@ -1,0 +1,87 @@
+"""MAT vs tree budget, static vs dynamic trees, on the embedded engine (results/ data).
+
+    python -m specplug.mat_curves --algorithm racer --budgets 8,16,32,64,128 --limit 3 \
+        --max-new-tokens 64 --json results/mat_vs_budget_racer.json
+
+One engine, one ``run_bench`` per budget (AR baseline included, greedy, lossless check on);
+writes JSON (every bench row), a Markdown table and, when matplotlib is installed, a PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m specplug.mat_curves")
+    p.add_argument("--algorithm", default="racer")
+    p.add_argument("--budgets", default="8,16,32,64,128")
+    p.add_argument("--prompts", default="humaneval,mtbench,gsm8k")
+    p.add_argument("--limit", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--json", required=True)
+    args = p.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(1)
+    from specplug.adapters.hf.engine import HFEngine
+    from specplug.bench import run_bench
+    from specplug.prompts import load_prompt_set, prompt_set_label
+
+    sets = {prompt_set_label(n): load_prompt_set(n, limit=args.limit) for n in args.prompts.split(",")}
+    engine = HFEngine.load()
+    algos = [f"{args.algorithm}[static]", f"{args.algorithm}[dynamic]"]
+    rows = []
+    for b in [int(x) for x in args.budgets.split(",")]:
+        rep = run_bench(engine, algos, sets, max_new_tokens=args.max_new_tokens, budget=b, warmup=args.warmup)
+        for r in rep["results"]:
+            if r["algorithm"] != "ar":
+                rows.append({k: r[k] for k in ("algorithm", "prompt_set", "prompts", "budget", "new_tokens", "steps",
+                                                "mat", "speedup_vs_ar", "draft_ms_per_step", "lossless_mismatches")})
+                print(f"budget {b:>4} {r['algorithm']:<18} {r['prompt_set']:<10} MAT {r['mat']:.3f} "
+                      f"mismatches {r['lossless_mismatches']}", flush=True)
+    out = {"model": rep["model"], "device": rep["device"], "torch_threads": 1,
+           "config": {"algorithm": args.algorithm, "budgets": args.budgets, "prompts": args.prompts,
+                      "limit": args.limit, "max_new_tokens": args.max_new_tokens, "warmup": args.warmup,
+                      "command": "python -m specplug.mat_curves " + " ".join(argv or sys.argv[1:])},
+           "results": rows}
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=2)
+    root = os.path.splitext(args.json)[0]
+    budgets = sorted({r["budget"] for r in rows})
+    lines = ["| prompt set | tree | " + " | ".join(f"MAT @{b}" for b in budgets) + " |",
+             "|---|---|" + "---:|" * len(budgets)]
+    for s in sets:
+        for a in algos:
+            mats = {r["budget"]: r["mat"] for r in rows if r["prompt_set"] == s and r["algorithm"] == a}
+            lines.append(f"| {s} | {a} | " + " | ".join(f"{mats[b]:.3f}" for b in budgets) + " |")
+    with open(root + ".md", "w") as f:
+        f.write(f"MAT vs budget, {out['model']} on {out['device']}, greedy, {args.limit} prompts x "
+                f"{args.max_new_tokens} tokens per set\n\n" + "\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG", file=sys.stderr)
+        return 0
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), sharey=True)
+    for ax, s in zip(list(axes) if len(sets) > 1 else [axes], sets):
+        for a in algos:
+            pts = sorted((r["budget"], r["mat"]) for r in rows if r["prompt_set"] == s and r["algorithm"] == a)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=a)
+        ax.set_xscale("log", base=2)
+        ax.set_title(s)
+        ax.set_xlabel("budget (nodes)")
+    (axes[0] if len(sets) > 1 else axes).set_ylabel("MAT")
+    (axes[0] if len(sets) > 1 else axes).legend()
+    fig.tight_layout()
+    fig.savefig(root + ".png", dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
