@@ -36,6 +36,21 @@ def split_topk(x):
     return np.asarray(x), None
 
 
+@njit(cache=True, inline="always")
+def _write_row(rows, probs, store_p, slot, topk, tprobs, i, kk, vocab):
+    """rows[slot] := the target's top-k at feedback node i (ids out of range -> -1; ranks
+    beyond kk cleared); with ``store_p`` their probabilities too (-1 = unknown)."""
+    for r in range(kk):
+        v = topk[i, r]
+        rows[slot, r] = v if 0 <= v < vocab else -1
+        if store_p:
+            probs[slot, r] = tprobs[i, r]
+    for r in range(kk, rows.shape[1]):
+        rows[slot, r] = -1
+        if store_p:
+            probs[slot, r] = -1.0
+
+
 @njit(cache=True)
 def update_rows(rows, probs, tokens, topk, tprobs):
     """rows[tokens[i]] = topk[i, :k] for i < len(topk), in order (last write wins); probs
@@ -92,15 +107,7 @@ def update_rows_flat(rows, probs, tokens, topk, tprobs, offsets, has_topk, hits,
                         hits[r] += 1.0
                         break
                 score_row(cal_hits, cal_trials, rows[t], probs[t] if store_p else probs[0], best)
-            for r in range(kk):
-                v = topk[i, r]
-                rows[t, r] = v if 0 <= v < vocab else -1
-                if store_p:
-                    probs[t, r] = tprobs[i, r]
-            for r in range(kk, k):
-                rows[t, r] = -1
-                if store_p:
-                    probs[t, r] = -1.0
+            _write_row(rows, probs, store_p, t, topk, tprobs, i, kk, vocab)
 
 
 def flatten_feedback(trees, target_topk):
@@ -254,15 +261,7 @@ def update_pairs_flat(keys, rows, probs, tokens, parents, root_prev, topk, tprob
             if keys[s] == key and topk[i, 0] >= 0:
                 score_row(cal_hits, cal_trials, rows[s], probs[s] if store_p else probs[0], topk[i, 0])
             keys[s] = key
-            for r in range(kk):
-                v = topk[i, r]
-                rows[s, r] = v if 0 <= v < vocab else -1
-                if store_p:
-                    probs[s, r] = tprobs[i, r]
-            for r in range(kk, k):
-                rows[s, r] = -1
-                if store_p:
-                    probs[s, r] = -1.0
+            _write_row(rows, probs, store_p, s, topk, tprobs, i, kk, vocab)
 
 
 class PairAdjacency:
