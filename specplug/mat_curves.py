@@ -61,25 +61,8 @@ def main(argv=None) -> int:
     with open(root + ".md", "w") as f:
         f.write(f"MAT vs budget, {out['model']} on {out['device']}, greedy, {args.limit} prompts x "
                 f"{args.max_new_tokens} tokens per set\n\n" + "\n".join(lines) + "\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG", file=sys.stderr)
-        return 0
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), sharey=True)
-    for ax, s in zip(list(axes) if len(sets) > 1 else [axes], sets):
-        for a in algos:
-            pts = sorted((r["budget"], r["mat"]) for r in rows if r["prompt_set"] == s and r["algorithm"] == a)
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=a)
-        ax.set_xscale("log", base=2)
-        ax.set_title(s)
-        ax.set_xlabel("budget (nodes)")
-    (axes[0] if len(sets) > 1 else axes).set_ylabel("MAT")
-    (axes[0] if len(sets) > 1 else axes).legend()
-    fig.tight_layout()
-    fig.savefig(root + ".png", dpi=110)
+    from specplug.plots import mat_vs_budget_png
+    mat_vs_budget_png(rows, root + ".png")
     return 0
 
 

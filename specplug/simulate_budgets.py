@@ -186,22 +186,6 @@ def run(args) -> int:
     with open(md, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: JSON and Markdown only", file=sys.stderr)
-        return 0
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bs = [r["batch"] for r in rows]
-    ax.plot(bs, [r["ar_tokens_per_s"] for r in rows], label="AR", marker="o")
-    ax.plot(bs, [r["best_fixed_tokens_per_s"] for r in rows], label="best fixed budget", marker="s")
-    ax.plot(bs, [r["policy_tokens_per_s"] for r in rows], label="load-aware policy", marker="^")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("tokens/s (simulated)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.splitext(args.json)[0] + ".png", dpi=110)
+    from specplug.plots import throughput_png
+    throughput_png(rows, os.path.splitext(args.json)[0] + ".png")
     return 0

@@ -1,0 +1,99 @@
+"""PNG plots of the dynamic-tree results (matplotlib optional: without it, none are drawn).
+
+    python -m specplug.plots results/mat_vs_budget_racer.json results/simulated_throughput_racer_dynamic_cpu.json
+
+redraws the PNG beside each JSON written by ``python -m specplug.mat_curves`` (MAT vs
+budget) or ``specplug simulate-budgets`` (throughput vs batch size).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG (pip install matplotlib)", file=sys.stderr)
+        return None
+    return plt
+
+
+def mat_vs_budget_png(rows, path: str) -> bool:
+    """One panel per prompt set: MAT against budget (log2 axis), one line per algorithm."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    sets = list(dict.fromkeys(r["prompt_set"] for r in rows))
+    algos = list(dict.fromkeys(r["algorithm"] for r in rows))
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        for a in algos:
+            pts = sorted((r["budget"], r["mat"]) for r in rows if r["prompt_set"] == s and r["algorithm"] == a)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=a)
+        ax.set_xscale("log", base=2)
+        ax.set_title(s)
+        ax.set_xlabel("budget (nodes)")
+    axes[0][0].set_ylabel("MAT")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def throughput_png(rows, path: str) -> bool:
+    """Simulated tokens/s against batch size: AR, the best fixed budget, the policy."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bs = [r["batch"] for r in rows]
+    ax.plot(bs, [r["ar_tokens_per_s"] for r in rows], label="AR", marker="o")
+    ax.plot(bs, [r["best_fixed_tokens_per_s"] for r in rows], label="best fixed budget", marker="s")
+    ax.plot(bs, [r["policy_tokens_per_s"] for r in rows], label="load-aware policy", marker="^")
+    if all("policy_padded_tokens_per_s" in r for r in rows):
+        ax.plot(bs, [r["policy_padded_tokens_per_s"] for r in rows], label="policy, one width per batch",
+                marker="v", linestyle="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("tokens/s (simulated)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def replot(json_path: str) -> str:
+    with open(json_path, encoding="utf-8") as f:
+        data = json.load(f)
+    rows = data.get("results") or []
+    png = os.path.splitext(json_path)[0] + ".png"
+    if rows and "budget" in rows[0] and "mat" in rows[0]:
+        ok = mat_vs_budget_png(rows, png)
+    elif rows and "batch" in rows[0]:
+        ok = throughput_png(rows, png)
+    else:
+        raise SystemExit(f"specplug.plots: {json_path} is neither a mat_curves nor a simulate-budgets result")
+    return png if ok else ""
+
+
+def main(argv=None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    for p in paths:
+        out = replot(p)
+        if out:
+            print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
