@@ -167,6 +167,27 @@ def _free_subtree(nodes, table, free, state, top_node, stack):
 
 
 @njit(cache=True)
+def _nodes_below(nodes, top, stack, out):
+    """Write the nodes strictly below ``top`` into ``out`` (depth-first); returns how many."""
+    m = 0
+    sp = 0
+    stack[sp] = top
+    sp += 1
+    while sp > 0:
+        sp -= 1
+        v = stack[sp]
+        if v != top:
+            out[m] = v
+            m += 1
+        c = nodes[v, FIRST_CHILD]
+        while c >= 0:
+            stack[sp] = c
+            sp += 1
+            c = nodes[c, NEXT_SIBLING]
+    return m
+
+
+@njit(cache=True)
 def _evict(nodes, table, free, state, owners, slot, max_depth):
     """Drop the owner's oldest nodes (key <= T) until about 3/4 of its cap is used."""
     root = owners[slot, O_ROOT]
@@ -176,27 +197,15 @@ def _evict(nodes, table, free, state, owners, slot, max_depth):
     if n_remove <= 0:
         return
     stack = np.empty(count + 1, np.int32)
-    keys = np.empty(count, np.int32)
-    # gather keys of all non-root nodes
-    m = 0
-    sp = 0
-    stack[sp] = root
-    sp += 1
-    while sp > 0:
-        sp -= 1
-        v = stack[sp]
-        if v != root:
-            keys[m] = nodes[v, KEY]
-            m += 1
-        c = nodes[v, FIRST_CHILD]
-        while c >= 0:
-            stack[sp] = c
-            sp += 1
-            c = nodes[c, NEXT_SIBLING]
+    below = np.empty(count + 1, np.int32)
+    m = _nodes_below(nodes, root, stack, below)
     if m == 0:
         return
+    keys = np.empty(m, np.int32)
+    for j in range(m):
+        keys[j] = nodes[below[j], KEY]
     kth = min(n_remove, m) - 1
-    threshold = np.partition(keys[:m], kth)[kth]
+    threshold = np.partition(keys, kth)[kth]
     # never touch the suffixes of the current context (keys >= clock - max_depth + 1)
     clock = owners[slot, O_CLOCK]
     limit = clock - max_depth
@@ -231,20 +240,10 @@ def _evict(nodes, table, free, state, owners, slot, max_depth):
     if clock > _KEY_RENORM:
         shift = clock - (_KEY_RENORM >> 1)
         owners[slot, O_CLOCK] = clock - shift
-        sp = 0
-        stack[sp] = root
-        sp += 1
-        while sp > 0:
-            sp -= 1
-            v = stack[sp]
-            if v != root:
-                k = np.int64(nodes[v, KEY]) - shift
-                nodes[v, KEY] = k if k > 0 else 0
-            c = nodes[v, FIRST_CHILD]
-            while c >= 0:
-                stack[sp] = c
-                sp += 1
-                c = nodes[c, NEXT_SIBLING]
+        for j in range(_nodes_below(nodes, root, stack, below)):
+            v = below[j]
+            k = np.int64(nodes[v, KEY]) - shift
+            nodes[v, KEY] = k if k > 0 else 0
 
 
 @njit(cache=True)
