@@ -11,6 +11,9 @@ only "Unknown speculative algorithm name").
 
 Algorithm options come from the environment variable :data:`OPTIONS_ENV` (a JSON
 object or a path to a JSON file), validated when SGLang checks its server args.
+Load-aware budgets are switched on by :data:`LOAD_AWARE_ENV`: the name of a cost model
+shipped in ``specplug/drafters/cost_models`` or the path of one measured with
+``specplug calibrate`` (see docs/sglang.md).
 """
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ SUPPORTED_MAX_EXCLUSIVE = (0, 5, 24)
 SUPPORTED_RANGE = "sglang>=0.5.23,<0.5.24"
 #: environment variable holding the algorithm options (JSON object or JSON file path)
 OPTIONS_ENV = "SPECPLUG_SGLANG_OPTIONS"
+#: environment variable switching on load-aware budgets: a cost model name or JSON path
+LOAD_AWARE_ENV = "SPECPLUG_SGLANG_LOAD_AWARE"
 
-__all__ = ["SUPPORTED_RANGE", "OPTIONS_ENV", "SglangVersionError", "check_version",
+__all__ = ["SUPPORTED_RANGE", "OPTIONS_ENV", "LOAD_AWARE_ENV", "budget_policy_from_env", "SglangVersionError", "check_version",
            "sglang_version", "register", "engine_names", "spec_for", "options_from_env",
            "validator_for"]
 
@@ -99,6 +104,22 @@ def options_from_env(algo: str, environ: dict | None = None) -> dict[str, Any]:
         raise ConfigError(f"{OPTIONS_ENV}: {e}") from None
 
 
+def budget_policy_from_env(environ: dict | None = None):
+    """The load-aware :class:`BudgetPolicy` named by :data:`LOAD_AWARE_ENV`, or None (unset)."""
+    env = os.environ if environ is None else environ
+    src = str(env.get(LOAD_AWARE_ENV, "") or "").strip()
+    if not src:
+        return None
+    from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
+
+    try:
+        cost = CostModel.load(src) if os.path.isfile(src) else default_cost_model(src)
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{LOAD_AWARE_ENV}={src!r}: {e}") from None
+    # SGLang verifies every request of a step at one width: the padded goodput model
+    return BudgetPolicy(cost, padded=True)
+
+
 def _field(server_args, name, default=None):
     return getattr(server_args, name, default)
 
@@ -130,6 +151,7 @@ def validator_for(spec: registry.AlgorithmSpec, version_error: str | None = None
             raise ConfigError(f"--speculative-algorithm {spec.engine_name} supports "
                               f"--pp-size 1 only")
         options_from_env(spec.name)  # raises ConfigError naming the bad option
+        budget_policy_from_env()     # a bad cost model fails here, not in the first step
 
     validate.__name__ = f"validate_{spec.name.replace('-', '_')}"
     return validate

@@ -61,10 +61,10 @@ def verify_packed(tokens, mask, width, contexts):
     return committed, np.stack(topks)
 
 
-def run_stream(algorithm, prompts, steps, width=8, bridge=None):
+def run_stream(algorithm, prompts, steps, width=8, bridge=None, policy=None, options=None):
     """Drive one bridge over ``steps`` decode steps; returns (outputs, trees per step)."""
-    drafter = registry.create(algorithm, VOCAB)
-    bridge = bridge or DraftBridge(drafter, width, VOCAB)
+    drafter = registry.create(algorithm, VOCAB, options)
+    bridge = bridge or DraftBridge(drafter, width, VOCAB, policy=policy)
     seqs = {rid: list(p) + [target_next(p)] for rid, p in prompts.items()}  # prefill's token
     history = []
     for _ in range(steps):
@@ -72,13 +72,15 @@ def run_stream(algorithm, prompts, steps, width=8, bridge=None):
         views = [ReqView(rid, len(seqs[rid]), seqs[rid][-1], (lambda r=rid: list(seqs[r]))) for rid in rids]
         step = bridge.prepare(views)
         history.append([(t.tokens.tolist(), t.parents.tolist()) for t in step.trees])
-        committed, topk = verify_packed(step.tokens, step.mask, width, [seqs[r] for r in rids])
-        W = width
+        W = step.width          # the launch width, or less under a load-aware budget policy
+        committed, topk = verify_packed(step.tokens, step.mask, W, [seqs[r] for r in rids])
         acc = np.zeros((len(rids), W), np.int64)
         lens = np.array([len(c) for c in committed])
         for i, c in enumerate(committed):
             acc[i, : len(c)] = c
-        bridge.feedback(acc, lens, topk if bridge.topk else None)
+        # the fake target is sure of its first choice: probabilities 0.9, 0.05, 0.03, 0.02
+        probs = np.broadcast_to(np.array([0.9, 0.05, 0.03, 0.02], np.float32), topk.shape)
+        bridge.feedback(acc, lens, topk if bridge.topk else None, probs if bridge.topk_probs else None)
         for rid, c in zip(rids, committed):
             seqs[rid].extend(c)
     return seqs, history, bridge
@@ -244,3 +246,93 @@ def test_device_feedback_one_copy_matches_reference():
     assert topk[0, 0, 0] == int(logits[0].argmax())
     tokens, n, none = device_feedback(None, accept, lens, bs, w, 0)
     assert none is None and n.tolist() == [1, 3, 5]
+    *_, ids, probs = device_feedback(logits, accept, lens, bs, w, k, probs=True)
+    assert ids.tolist() == ref.tolist() and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, torch.softmax(logits, -1).topk(k).values.reshape(bs, w, k), rtol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["racer", "token-recycling"])
+def test_dynamic_trees_get_the_target_probabilities(algorithm):
+    """Dynamic trees grow on the target's top-k probabilities: the bridge passes them on."""
+    seen = []
+    drafter = registry.create(algorithm, VOCAB, {"tree": "dynamic"})
+    original = drafter.observe_batch
+
+    def spy(rids, trees, accepted, target_topk=None):
+        seen.extend(target_topk)
+        return original(rids, trees, accepted, target_topk)
+
+    drafter.observe_batch = spy
+    seqs, _, bridge = run_stream(algorithm, PROMPTS, steps=6, bridge=DraftBridge(drafter, 8, VOCAB))
+    assert bridge.topk_probs and seen and all(isinstance(t, tuple) and len(t) == 2 for t in seen)
+    ids, probs = seen[0]
+    assert ids.shape == probs.shape and probs.dtype == np.float32
+    for rid, seq in seqs.items():
+        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+
+
+# ------------------------------------------------------------------ load-aware widths
+def _policy(tokens, seconds):
+    from specplug.drafters.budget import BudgetPolicy, CostModel
+
+    return BudgetPolicy(CostModel(np.array(tokens), np.array(seconds), {}), padded=True)
+
+
+LOAD_AWARE = [("racer", {"tree": "dynamic"}), ("token-recycling", {"tree": "dynamic"}), ("pld", None),
+              ("suffix", None)]
+
+
+@pytest.mark.parametrize("algorithm,options", LOAD_AWARE)
+def test_load_aware_bridge_is_lossless_at_every_chosen_width(algorithm, options):
+    # verify cost grows with the batch's tokens: the policy picks widths between 1 and 8
+    policy = _policy([1, 2, 4, 8, 16, 64], [1.0, 1.3, 1.9, 3.0, 5.5, 25.0])
+    widths = []
+
+    class Recording(DraftBridge):
+        def prepare(self, reqs):
+            step = super().prepare(reqs)
+            widths.append(step.width)
+            assert step.tokens.shape == (len(reqs) * step.width,)
+            assert step.mask.shape == (len(reqs) * step.width ** 2,)
+            return step
+
+    bridge = Recording(registry.create(algorithm, VOCAB, options), 8, VOCAB, policy=policy)
+    seqs, _, bridge = run_stream(algorithm, PROMPTS, steps=14, bridge=bridge)
+    for rid, seq in seqs.items():
+        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+    assert bridge.stats["bad_trees"] == 0
+    assert all(1 <= w <= 8 for w in widths) and max(widths) > 1, widths
+
+
+def test_load_aware_width_is_one_when_verification_is_dear_and_full_when_free():
+    dear = _policy([1, 2, 64], [1.0, 100.0, 10000.0])   # a second token per request costs 100x
+    seqs, history, bridge = run_stream("pld", PROMPTS, steps=8, policy=dear)
+    assert all(len(toks) == 1 for step in history for toks, _ in step)   # root only: no speculation
+    assert bridge.mean_accepted == 1.0
+    for rid, seq in seqs.items():
+        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+    free = _policy([1, 4096], [1.0, 1.0])
+    _, h_free, b_free = run_stream("pld", PROMPTS, steps=8, policy=free)
+    _, h_none, b_none = run_stream("pld", PROMPTS, steps=8)
+    assert h_free == h_none          # free verification: every drafted node is kept
+    assert b_free.mean_accepted == b_none.mean_accepted > 1.5
+
+
+def test_worker_width_views_and_relayout():
+    from specplug.adapters.sglang.widths import relayout as _relayout, RowsOf as _RowsOf
+
+    buf = torch.arange(4 * 8).view(4, 8)             # preallocated at launch width 8, 4 rows
+    rows = _RowsOf(buf, 3, 3)[2]                     # width 3, batch of 2
+    assert rows.shape == (2, 3) and rows.tolist() == [[0, 1, 2], [3, 4, 5]]
+    rows.fill_(-1)                                   # a view: writes land in the buffer
+    assert buf.view(-1)[:6].tolist() == [-1] * 6 and buf.view(-1)[6] == 6
+    assert _RowsOf(buf, 9)[2].shape == (18,)         # flat views (the 3x3 tree mask per request)
+
+    class Spec:
+        accept_tokens = torch.tensor([5, 6, 0, 7, 0, 0])   # 2 requests at width 3
+        draft_token_num = num_tokens_per_req = num_tokens_for_logprob_per_req = 3
+
+    spec = Spec()
+    _relayout(spec, 2, 3, 8)
+    assert spec.accept_tokens.reshape(2, 8)[:, :3].tolist() == [[5, 6, 0], [7, 0, 0]]
+    assert spec.draft_token_num == spec.num_tokens_per_req == spec.num_tokens_for_logprob_per_req == 8

@@ -8,9 +8,13 @@ One :class:`DraftBridge` per speculative worker (per TP rank). Each decode step:
    no longer matches what the drafter was fed (retraction, a missed step), is
    (re)started with its full context. It then asks the drafter for all trees at once
    (``propose``, batched) and packs them to SGLang's fixed width: draft tokens
-   [B * W] and ancestor-or-self mask [B * W * W]. A tree that breaks the contract
-   (wrong root, over budget, token outside the vocabulary) is replaced by the root
-   alone and its request restarted, so a drafter bug costs speed, never output.
+   [B * W] and ancestor-or-self mask [B * W * W]. With a load-aware budget policy
+   (:class:`specplug.drafters.budget.BudgetPolicy`) the trees are first cut to the
+   sizes that maximise the step's expected goodput, and the batch is packed to the
+   widest cut tree instead (``PackedStep.width`` <= W; 1 means no speculation). A
+   tree that breaks the contract (wrong root, over budget, token outside the
+   vocabulary) is replaced by the root alone and its request restarted, so a drafter
+   bug costs speed, never output.
 2. SGLang verifies the packed trees (its NGRAM path).
 3. :meth:`DraftBridge.feedback` gets the committed tokens per request (accepted
    drafts + bonus, SGLang's ``accept_tokens`` / ``accept_lens``) and, for drafters
@@ -54,16 +58,19 @@ class PackedStep:
     trees: list[DraftTree]
     tokens: np.ndarray      # [B * W] int64
     mask: np.ndarray        # [B * W * W] bool
+    width: int = 0          # W of this step: the launch width, or less under a budget policy
 
 
 class DraftBridge:
-    def __init__(self, drafter: Drafter, width: int, vocab_size: int | None = None):
+    def __init__(self, drafter: Drafter, width: int, vocab_size: int | None = None, policy=None):
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         self.drafter = drafter
         self.width = int(width)
         self.vocab_size = vocab_size
+        self.policy = policy             # load-aware BudgetPolicy (padded), or None: width fixed
         self.topk = int(getattr(drafter, "topk", 8)) if drafter.uses_target_topk else 0
+        self.topk_probs = bool(self.topk and getattr(drafter, "uses_topk_probs", False))
         self._length: dict = {}          # rid -> committed length the drafter has seen
         self._pending: PackedStep | None = None
         self.stats = {"steps": 0, "restarts": 0, "bad_trees": 0, "proposed_nodes": 0,
@@ -121,8 +128,13 @@ class DraftBridge:
                 trees[i] = self._bad_tree(reqs[i], f"token ids outside [0, {self.vocab_size})")
             if bad.size:
                 packed = pack_trees(trees, self.width)
+        width = self.width
+        if self.policy is not None:  # cut to the goodput-maximising sizes; pack to the widest
+            trees = self.policy.apply(self.drafter, rids, trees, [self.width] * len(rids))
+            width = max((len(t) for t in trees), default=1)
+            packed = pack_trees(trees, width)
         step = PackedStep(rids, trees, packed.tokens.astype(np.int64).reshape(-1),
-                          packed.mask.reshape(-1))
+                          packed.mask.reshape(-1), width)
         self._pending = step
         self.stats["steps"] += 1
         self.stats["proposed_nodes"] += int(packed.sizes.sum()) - len(rids)
@@ -137,9 +149,11 @@ class DraftBridge:
         return DraftTree.single(int(req.last_token))
 
     def feedback(self, accept_tokens: np.ndarray, accept_lens: np.ndarray,
-                 target_topk: np.ndarray | None = None) -> None:
+                 target_topk: np.ndarray | None = None, target_probs: np.ndarray | None = None) -> None:
         """``accept_tokens`` [B, >=max(accept_lens)], ``accept_lens`` [B] (bonus included),
-        ``target_topk`` [B, W, k] or None. Applies to the trees of the last :meth:`prepare`."""
+        ``target_topk`` [B, W, k] or None, ``target_probs`` [B, W, k] (the target's
+        probabilities of those ids, for drafters with ``uses_topk_probs``) or None.
+        Applies to the trees of the last :meth:`prepare`."""
         step, self._pending = self._pending, None
         if step is None:
             raise RuntimeError("feedback() without a preceding prepare()")
@@ -155,7 +169,12 @@ class DraftBridge:
             rids.append(rid)
             trees.append(step.trees[i])
             accepted.append(toks[i, : lens[i]])
-            topks.append(None if target_topk is None else target_topk[i, :n])
+            if target_topk is None:
+                topks.append(None)
+            elif target_probs is not None and self.topk_probs:
+                topks.append((target_topk[i, :n], target_probs[i, :n]))
+            else:
+                topks.append(target_topk[i, :n])
             self._length[rid] += int(lens[i])
         if rids:
             self.drafter.observe_batch(rids, trees, accepted, topks if target_topk is not None else None)

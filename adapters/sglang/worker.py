@@ -15,6 +15,14 @@ accepted KV. The NGRAMWorker points used, all pinned to the supported version:
   every tree node come back to the host in one small copy and feed ``observe``.
 
 ``note_request_finished`` (SGLang's finished/aborted hook) finishes the request too.
+
+Load-aware budgets (``SPECPLUG_SGLANG_LOAD_AWARE``, see docs/sglang.md): the trees are
+drafted before SGLang's step, cut by the budget policy, and the step runs at the width
+of the widest cut tree (<= the launch width ``--speculative-num-draft-tokens``; 1 means
+plain decoding through the verify path). SGLang 0.5.23 keys everything of a verify
+step on the worker's ``draft_token_num`` and on the result's row stride, and falls back
+from CUDA graphs to eager for widths it did not capture; the worker swaps its
+preallocated buffers' views to the step's width and restores the launch width after.
 Overlap scheduling is not supported (the drafter must see step t's result before
 proposing step t+1): the plugin's ``validate_server_args`` asks for
 ``--disable-overlap-schedule``.
@@ -28,8 +36,9 @@ from sglang.srt.speculative.ngram_worker import NGRAMWorker
 
 from specplug.drafters import registry
 
-from .bridge import DraftBridge, ReqView
+from .bridge import DraftBridge, PackedStep, ReqView
 from .feedback import device_feedback
+from .widths import VIEW_LISTS, RowsOf, relayout
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +76,7 @@ class SpecplugWorker(NGRAMWorker):
     def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker):
         from sglang.srt.runtime_context import get_device, get_schedule, get_spec
 
-        from specplug.plugins.sglang import options_from_env
+        from specplug.plugins.sglang import budget_policy_from_env, options_from_env
 
         BaseSpecWorker.__init__(self)  # NGRAMWorker.__init__ would build the n-gram corpus
         spec_cfg = get_spec()
@@ -91,7 +100,10 @@ class SpecplugWorker(NGRAMWorker):
         spec = registry.get(spec_cfg.speculative_algorithm)
         vocab = int(self.model_runner.model_config.vocab_size)
         self.drafter = registry.create(spec.name, vocab, options_from_env(spec.name))
-        self.bridge = DraftBridge(self.drafter, self.draft_token_num, vocab)
+        self.launch_width = self.draft_token_num
+        self._staged: PackedStep | None = None
+        self._launch_views: dict | None = None
+        self.bridge = DraftBridge(self.drafter, self.draft_token_num, vocab, policy=budget_policy_from_env())
         self.ngram_corpus = _CorpusShim(self.bridge)
         self.algorithm = spec.name
         logger.info("specplug: %s drafting %d-node trees (vocab %d, target top-%d feedback)",
@@ -116,9 +128,30 @@ class SpecplugWorker(NGRAMWorker):
         return {}
 
     def _prepare_draft_tokens(self, batch):
-        step = self.bridge.prepare([_req_view(req) for req in batch.reqs])
+        step, self._staged = self._staged, None
+        if step is None:
+            step = self.bridge.prepare([_req_view(req) for req in batch.reqs])
         self.prev_token_ids, self.prev_accept_lens = [], [0] * len(batch.reqs)
         return step.tokens, step.mask
+
+    def _use_width(self, width: int) -> None:
+        """Run the next verify step at ``width`` nodes per request (<= the launch width)."""
+        if width == self.draft_token_num:
+            return
+        if self._launch_views is None:
+            self._launch_views = {name: getattr(self, name) for name in VIEW_LISTS}
+        if width == self.launch_width:
+            views = self._launch_views
+        else:
+            views = {"retrieve_indexes_batch": RowsOf(self.retrieve_indexes, width, width),
+                     "retrieve_next_token_batch": RowsOf(self.retrieve_next_token, width, width),
+                     "retrieve_next_sibling_batch": RowsOf(self.retrieve_next_sibling, width, width),
+                     "positions_batch": RowsOf(self.positions, width),
+                     "draft_tokens_batch": RowsOf(self.draft_tokens, width),
+                     "tree_mask_batch": RowsOf(self.tree_mask, width * width)}
+        for name, v in views.items():
+            setattr(self, name, v)
+        self.draft_token_num = self.speculative_num_draft_tokens = int(width)
 
     def _update_ngram_corpus(self, batch):
         pass
@@ -127,15 +160,25 @@ class SpecplugWorker(NGRAMWorker):
         self.bridge.finish(rid)
 
     def forward_batch_generation(self, batch, on_publish=None, pp_proxy_tensors=None):
-        verifying = batch.forward_mode.is_decode()
-        result = super().forward_batch_generation(batch, on_publish=on_publish,
-                                                  pp_proxy_tensors=pp_proxy_tensors)
-        if verifying and batch.reqs:
-            nxt = result.next_draft_input
-            tokens, lens, topk = device_feedback(
-                result.logits_output.next_token_logits, nxt.accept_tokens, nxt.accept_lens,
-                len(batch.reqs), self.draft_token_num, self.bridge.topk)
-            self.bridge.feedback(tokens, lens, topk)
-            logger.debug("specplug: %s, mean accepted %.3f", self.bridge.stats,
-                         self.bridge.mean_accepted)
+        verifying = batch.forward_mode.is_decode() and bool(batch.reqs)
+        if verifying and self.bridge.policy is not None:
+            # draft first: the budget policy decides this step's width before SGLang sizes it
+            self._staged = self.bridge.prepare([_req_view(req) for req in batch.reqs])
+            self._use_width(self._staged.width)
+        try:
+            result = super().forward_batch_generation(batch, on_publish=on_publish,
+                                                      pp_proxy_tensors=pp_proxy_tensors)
+            if verifying:
+                nxt = result.next_draft_input
+                tokens, lens, *topk = device_feedback(
+                    result.logits_output.next_token_logits, nxt.accept_tokens, nxt.accept_lens,
+                    len(batch.reqs), self.draft_token_num, self.bridge.topk, self.bridge.topk_probs)
+                self.bridge.feedback(tokens, lens, *topk)
+                if self.draft_token_num != self.launch_width:
+                    relayout(nxt, len(batch.reqs), self.draft_token_num, self.launch_width)
+                logger.debug("specplug: %s, mean accepted %.3f", self.bridge.stats,
+                             self.bridge.mean_accepted)
+        finally:
+            self._staged = None
+            self._use_width(self.launch_width)
         return result

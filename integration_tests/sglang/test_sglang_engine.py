@@ -158,6 +158,34 @@ def test_tiny_llama_output_identical_to_no_speculation(algorithm, tiny_llama, ti
         assert res["mat"] > 1.0, res  # and accepted drafts on the repetitive prompts
 
 
+def _cost_model_file(tmp_path, seconds, name):
+    import json as _json
+
+    path = tmp_path / f"{name}.json"
+    path.write_text(_json.dumps({"device": "test", "points": [
+        {"tokens": t, "seconds": s} for t, s in zip([1, 2, 4, 8, 16, 32, 64, 128], seconds)]}))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load", ["dear", "moderate"])
+def test_load_aware_widths_output_identical_to_no_speculation(load, tiny_llama, tiny_baseline, tmp_path):
+    """SPECPLUG_SGLANG_LOAD_AWARE: each step runs at the width the budget policy picks.
+    'dear': any extra verified token costs more than it can return, so every step runs at
+    width 1 through SGLang's verify path (one token per step); 'moderate': widths between."""
+    seconds = {"dear": [1, 50, 100, 200, 400, 800, 1600, 3200],
+               "moderate": [1.0, 1.02, 1.05, 1.1, 1.3, 1.8, 3.0, 6.0]}[load]
+    res = run_engine(tmp_path, tiny_llama, "RACER", TINY_PROMPTS,
+                     SPECPLUG_SGLANG_LOAD_AWARE=_cost_model_file(tmp_path, seconds, load))
+    assert res["outputs"] == tiny_baseline["outputs"]
+    assert res["outputs_single"] == tiny_baseline["outputs_single"]
+    assert res["verify_steps"] > 0
+    if load == "dear":  # one token per verify step; prefill gives each request its first
+        assert res["generated"] == res["verify_steps"] + len(TINY_PROMPTS), res
+    else:
+        assert res["mat"] > 1.0, res
+
+
 @pytest.mark.slow
 def test_negative_control_broken_tree_mask_changes_output(tiny_llama, tiny_baseline, tmp_path):
     """With the tree mask ignored (branches see each other), the same comparison fails."""
