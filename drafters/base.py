@@ -22,6 +22,12 @@ used for ``context_topk``).
 
 Drafters hold per-request state only between ``start`` and ``finish``; every cache is
 bounded. No engine imports here.
+
+Drafters that need the target model itself (early-exit self-speculation) set
+``needs_runner`` to the name of a narrow interface the engine adapter implements
+(``"early_exit"``: :class:`specplug.drafters.early_exit.EarlyExitRunner`). The engine
+builds one runner per batch and calls ``drafter.bind(runner)`` before any ``start`` of
+that batch; an engine without such a runner must refuse the drafter with a ConfigError.
 """
 from __future__ import annotations
 
@@ -58,12 +64,17 @@ class Drafter(ABC):
     uses_topk_probs: bool = False
     #: top-k width the drafter wants in ``target_topk`` / ``context_topk``
     topk: int = 8
+    #: name of the model interface the engine must provide through :meth:`bind`, or None
+    needs_runner: ClassVar[str | None] = None
 
     def __init__(self, vocab_size: int, **options: Any):
         if vocab_size <= 0:
             raise ConfigError("vocab_size must be positive")
         self.vocab_size = int(vocab_size)
         self.options = options
+
+    def bind(self, runner: Any) -> None:
+        """Receive the engine's runner (see ``needs_runner``) before ``start``; default: ignore."""
 
     @abstractmethod
     def start(self, rid: RequestId, context_ids: Sequence[int],

@@ -262,3 +262,88 @@ register(AlgorithmSpec(
     ),
     default_budget=64,
 ))
+
+# --- issue 7: DEL (early-exit self-speculation; needs the engine's early-exit runner)
+register(AlgorithmSpec(
+    name="del",
+    drafter="specplug.drafters.early_exit:DELDrafter",
+    description="DEL: the target drafts with its own first E layers; E and draft length chosen online from "
+                "shadow-token statistics; no speculation where it cannot pay (embedded engine; SGLang for Llama/Qwen2)",
+    options=(
+        Option("max_draft", int, 18, "longest draft chain γ", 1, 1023),
+        Option("decay", float, 0.95, "per-position decay ω of the match/mismatch statistics", 0.0, 1.0),
+        Option("seed_tokens", int, 32, "last prompt positions whose shadow tokens seed cold statistics "
+               "(0 = no seeding)", 0, 4096),
+        Option("candidate_layers", str, "", "comma-separated exit layers to consider; empty = the deepest "
+               "probe_layers layers (stride probe_stride) that could beat AR at all under the cost model"),
+        Option("probe_layers", int, 4, "candidate exit layers probed with shadow tokens", 1, 1024),
+        Option("probe_stride", int, 2, "spacing of automatically chosen candidate layers", 1, 1024),
+        Option("probe_budget", float, 0.02, "fraction of the step time that shadow probing may use "
+               "(0 = probe only the prompt seed)", 0.0, 1.0),
+        Option("min_gain", float, 0.05, "speculate only when the predicted speedup over AR exceeds this",
+               0.0, 10.0),
+        Option("cost", str, "measured", "cost model: 'measured' (the engine's forward-cost table and the "
+               "model's compute shares) or 'layers' (the paper's (L-E) + (γ+1)E layer count)",
+               choices=("measured", "layers")),
+        Option("cost_model", str, "cpu", "measured cost table (drafters/cost_models/NAME.json; "
+               "`specplug calibrate` writes one)"),
+        Option("dynamic_exit", bool, True, "stop drafting below the midpoint of the mean confidences on "
+               "matches and mismatches"),
+    ),
+    default_budget=19,
+    tree=False,
+    extra={"needs_runner": "early_exit"},
+))
+
+register(AlgorithmSpec(
+    name="early-exit",
+    drafter="specplug.drafters.early_exit:EarlyExitDrafter",
+    description="fixed-exit self-speculation baseline (transformers' assistant_early_exit style): draft "
+                "draft_len tokens with the first exit_layer layers (embedded engine; SGLang for Llama/Qwen2)",
+    options=(
+        Option("exit_layer", int, 24, "decoder layers used for drafting (1..L-1)", 1, 1024),
+        Option("draft_len", int, 4, "draft tokens per step", 1, 1023),
+    ),
+    default_budget=19,
+    tree=False,
+    extra={"needs_runner": "early_exit"},
+))
+
+# --------------------------------------------------------------------- issue 8: diffusion
+register(AlgorithmSpec(
+    name="diffusion",
+    drafter="specplug.drafters.diffusion:DiffusionDrafter",
+    description="masked diffusion drafter: k slots denoised in one pass, lattice + causal-consistency beam "
+                "search (DiffuSpec), adaptive draft length; needs model_path (specplug train-drafter)",
+    options=(
+        Option("model_path", str, "", "local masked diffusion checkpoint directory (HF format; required): "
+               "`specplug train-drafter --kind diffusion` makes one"),
+        Option("device", str, "cpu", "device of the drafter model (its own; no KV shared with the target)"),
+        Option("dtype", str, "float32", "dtype of the drafter model", choices=("float32", "bfloat16", "float16")),
+        Option("trust_remote_code", bool, False, "allow checkpoints of other architectures (Dream, LLaDA) to run "
+               "their own Python code from model_path"),
+        Option("tau", float, 0.8, "lattice: per position keep the smallest top set with this cumulative mass",
+               0.01, 1.0),
+        Option("cap", int, 15, "lattice: most tokens per position (EOS exempt)", 1, 64),
+        Option("beams", int, 3, "path search beam width (paths merged into the tree)", 1, 32),
+        Option("lam", float, 0.5, "path score: lam * log p_dlm + (1 - lam) * log p_causal (context n-gram)",
+               0.0, 1.0),
+        Option("k_min", int, 20, "shortest draft length (masked slots)", 1, 256),
+        Option("k_max", int, 30, "longest draft length (masked slots); the fixed k when adaptive is off", 1, 256),
+        Option("adaptive", bool, True, "adaptive draft length (EMA of generated and accepted length); false: k = k_max"),
+        Option("rho", float, 0.5, "ADL: EMA weight of the previous value", 0.0, 0.99),
+        Option("delta", int, 10, "ADL: extra slots when the accepted length reaches the generated length", 0, 256),
+        Option("path_search", str, "beam", "'beam' (causal-consistency search) or 'argmax' (per-position argmax, "
+               "the ablation)", choices=("beam", "argmax")),
+        Option("mode", str, "tree", "'tree' (beams merged) or 'chain' (the best path)", choices=("tree", "chain")),
+        Option("window", int, 64, "context tokens (the latest) given to the drafter model", 1, 4096),
+        Option("proxy_order", int, 4, "order of the context n-gram causal proxy (automaton depth)", 1, 16),
+        Option("proxy_beta", float, 1.0, "smoothing weight of the n-gram proxy (backs off to shorter contexts)",
+               0.001, 1000.0),
+        Option("max_nodes_per_request", int, 16384, "n-gram automaton node cap per request (40 B per node); "
+               "must be >= 64 * proxy_order", 64, 1 << 24),
+        Option("eos_ids", str, "", "comma-separated end-of-sequence ids cutting the lattice (default: the "
+               "checkpoint's eos_token_id)"),
+    ),
+    default_budget=64,
+))

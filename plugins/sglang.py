@@ -124,6 +124,37 @@ def _field(server_args, name, default=None):
     return getattr(server_args, name, default)
 
 
+def _model_architectures(server_args) -> list[str]:
+    """``architectures`` of the checkpoint's config.json (a local directory), else []."""
+    import json
+
+    path = _field(server_args, "model_path", None)
+    cfg = os.path.join(str(path), "config.json") if path else ""
+    if not cfg or not os.path.isfile(cfg):
+        return []       # a hub id: the worker checks the loaded model class instead
+    try:
+        with open(cfg) as f:
+            return list(json.load(f).get("architectures") or [])
+    except (OSError, ValueError):
+        return []
+
+
+def _validate_early_exit(spec: registry.AlgorithmSpec, server_args) -> None:
+    """Limits of the SGLang early-exit runner, refused at server-args time with the fix."""
+    if spec.extra.get("needs_runner") != "early_exit":
+        raise ConfigError(f"--speculative-algorithm {spec.engine_name} needs a "
+                          f"{spec.extra.get('needs_runner')!r} runner, which the SGLang adapter does not provide")
+    name = spec.engine_name
+    if int(_field(server_args, "tp_size", 1) or 1) != 1:
+        raise ConfigError(f"--speculative-algorithm {name} (early-exit drafting) supports --tp-size 1 only")
+    if not _field(server_args, "disable_cuda_graph", False):
+        raise ConfigError(f"--speculative-algorithm {name} runs partial-layer forwards eagerly (a replayed "
+                          f"graph runs every layer): pass --disable-cuda-graph")
+    from specplug.adapters.sglang.early_exit import check_architectures
+
+    check_architectures(_model_architectures(server_args), name)
+
+
 def validator_for(spec: registry.AlgorithmSpec, version_error: str | None = None
                   ) -> Callable[[Any], None]:
     """SGLang's ``validate_server_args`` hook for one algorithm: version, flags, options."""
@@ -132,6 +163,8 @@ def validator_for(spec: registry.AlgorithmSpec, version_error: str | None = None
     def validate(server_args) -> None:
         if version_error is not None:
             raise SglangVersionError(version_error)
+        if spec.extra.get("needs_runner"):   # DEL, EARLY_EXIT: adapters/sglang/early_exit.py
+            _validate_early_exit(spec, server_args)
         if not _field(server_args, "disable_overlap_schedule", False):
             raise ConfigError(
                 f"--speculative-algorithm {spec.engine_name} runs without overlap scheduling: "

@@ -301,6 +301,9 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
             "timing": "wall time of engine.generate per prompt, summed",
         },
     }
+    reports = {a: d.bench_report() for a, d in drafters.items() if hasattr(d, "bench_report")}
+    if reports:       # drafters that report their own decisions (del: exit layer and γ over time)
+        report["drafter_reports"] = reports
     if calibration:   # an extra top-level key, only on request
         report["calibration"] = {a: d.calibration_report() for a, d in drafters.items()
                                  if hasattr(d, "calibration_report")}

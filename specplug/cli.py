@@ -14,6 +14,8 @@ COMMANDS = {
     "bench": ("specplug.bench", "benchmark algorithms side by side on prompt sets"),
     "bench-drafters": ("specplug.bench_drafters", "microbenchmark drafting cost (propose/observe) and memory"),
     "calibrate": ("specplug.calibrate", "measure the verify cost model (time vs tokens per pass) for load-aware budgets"),
+    "train-drafter": ("specplug.train_drafter", "distil a model drafter from the target on this machine "
+                      "(--kind diffusion: a masked diffusion drafter)"),
     "simulate-budgets": ("specplug.simulate_budgets", "simulated throughput over batch sizes: load-aware vs fixed "
                          "budgets vs AR, from a cost model and recorded trees"),
 }

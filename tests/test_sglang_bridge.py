@@ -61,8 +61,32 @@ def verify_packed(tokens, mask, width, contexts):
     return committed, np.stack(topks)
 
 
+# model-free and own-model drafters SGLang runs: not benchmark peers; the early-exit drafters need the
+# target's layers (an SGLang model runner), so they are tested with the real engine (test_sglang_engine.py)
+SGLANG_ALGORITHMS = [n for n in registry.names()
+                     if not registry.get(n).peer and not registry.get(n).extra.get("needs_runner")]
+
+_MODEL_OPTIONS: dict = {}
+
+
+def model_options(algorithm):
+    """Options that algorithms with a model need (diffusion: a tiny random checkpoint, made once)."""
+    if algorithm != "diffusion":
+        return None
+    if "diffusion" not in _MODEL_OPTIONS:
+        import tempfile
+
+        from diffusion_helpers import save_tiny
+        path = tempfile.mkdtemp(prefix="specplug-tiny-diffusion-")
+        save_tiny(path, VOCAB, seed=0)
+        _MODEL_OPTIONS["diffusion"] = {"model_path": path, "k_min": 4, "k_max": 6}
+    return dict(_MODEL_OPTIONS["diffusion"])
+
+
 def run_stream(algorithm, prompts, steps, width=8, bridge=None, policy=None, options=None):
     """Drive one bridge over ``steps`` decode steps; returns (outputs, trees per step)."""
+    if options is None:
+        options = model_options(algorithm)
     drafter = registry.create(algorithm, VOCAB, options)
     bridge = bridge or DraftBridge(drafter, width, VOCAB, policy=policy)
     seqs = {rid: list(p) + [target_next(p)] for rid, p in prompts.items()}  # prefill's token
@@ -97,7 +121,7 @@ def reference(prompt, n):
 PROMPTS = {"a": reference([3, 4], 30), "b": reference([9, 9, 10, 11, 12], 25)}
 
 
-@pytest.mark.parametrize("algorithm", [n for n in registry.names() if not registry.get(n).peer])
+@pytest.mark.parametrize("algorithm", SGLANG_ALGORITHMS)
 def test_bridge_is_lossless_for_every_algorithm(algorithm):
     seqs, _, bridge = run_stream(algorithm, PROMPTS, steps=12)
     for rid, seq in seqs.items():
@@ -108,7 +132,7 @@ def test_bridge_is_lossless_for_every_algorithm(algorithm):
     assert bridge.active == 0 and bridge.drafter.active_requests() == 0
 
 
-@pytest.mark.parametrize("algorithm", [n for n in registry.names() if not registry.get(n).peer])
+@pytest.mark.parametrize("algorithm", SGLANG_ALGORITHMS)
 def test_drafts_are_identical_across_instances(algorithm):
     """Tensor parallelism: every rank runs its own drafter on the same stream."""
     _, h1, _ = run_stream(algorithm, PROMPTS, steps=10)
@@ -336,3 +360,24 @@ def test_worker_width_views_and_relayout():
     _relayout(spec, 2, 3, 8)
     assert spec.accept_tokens.reshape(2, 8)[:, :3].tolist() == [[5, 6, 0], [7, 0, 0]]
     assert spec.draft_token_num == spec.num_tokens_per_req == spec.num_tokens_for_logprob_per_req == 8
+
+
+def test_tight_widths_pack_each_step_to_its_widest_tree():
+    """Engines without CUDA graphs: no padding to the launch width, same trees, same output."""
+    widths = []
+
+    class Recording(DraftBridge):
+        def prepare(self, reqs):
+            step = super().prepare(reqs)
+            widths.append(step.width)
+            assert step.width == max(len(t) for t in step.trees)
+            return step
+
+    bridge = Recording(registry.create("pld", VOCAB), 16, VOCAB)
+    bridge.tight = True
+    seqs, h_tight, bridge = run_stream("pld", PROMPTS, steps=10, width=16, bridge=bridge)
+    _, h_fixed, fixed = run_stream("pld", PROMPTS, steps=10, width=16)
+    assert h_tight == h_fixed and bridge.mean_accepted == fixed.mean_accepted
+    assert min(widths) < 16, widths
+    for rid, seq in seqs.items():
+        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))

@@ -101,6 +101,35 @@ def test_validator_accepts_good_args_and_names_each_fix(monkeypatch):
         validate(args())
 
 
+@pytest.mark.parametrize("algo", ["del", "early-exit"])
+def test_early_exit_validator_limits(algo, monkeypatch, tmp_path):
+    """DEL / EARLY_EXIT run on SGLang for Llama / Qwen2 classes, TP 1, eager forwards;
+    anything else is refused at server-args time naming the fix."""
+    import json
+
+    monkeypatch.delenv(plug.OPTIONS_ENV, raising=False)
+    validate = plug.validator_for(registry.get(algo))
+    name = registry.get(algo).engine_name
+
+    def model(arch):
+        d = tmp_path / arch
+        d.mkdir(exist_ok=True)
+        (d / "config.json").write_text(json.dumps({"architectures": [arch]}))
+        return str(d)
+
+    ok = dict(disable_cuda_graph=True, tp_size=1)
+    validate(args(model_path=model("LlamaForCausalLM"), **ok))
+    validate(args(model_path=model("Qwen2ForCausalLM"), **ok))
+    validate(args(model_path="some-org/hub-id", **ok))      # not local: the worker checks the loaded class
+    with pytest.raises(ConfigError, match=f"{name} .*model classes LlamaForCausalLM, Qwen2ForCausalLM; "
+                                          f"this model is Qwen3ForCausalLM"):
+        validate(args(model_path=model("Qwen3ForCausalLM"), **ok))
+    with pytest.raises(ConfigError, match="supports --tp-size 1 only"):
+        validate(args(model_path=model("LlamaForCausalLM"), disable_cuda_graph=True, tp_size=2))
+    with pytest.raises(ConfigError, match="pass --disable-cuda-graph"):
+        validate(args(model_path=model("LlamaForCausalLM"), disable_cuda_graph=False, tp_size=1))
+
+
 def test_validator_of_unsupported_version_refuses_to_start():
     validate = plug.validator_for(registry.get("pld"), version_error="supports sglang>=0.5.23,<0.5.24")
     with pytest.raises(plug.SglangVersionError, match="0.5.23"):

@@ -89,6 +89,15 @@ class DecodeBatch:
         longest = max(len(p) for p in self.prompts)
         need = longest + int(min(self.limits.max(), self.INITIAL_ROOM)) + budget
         self.cache = TreeKVCache.for_model(self.model, n, need)
+        self.runner = None          # the model interface of drafters with ``needs_runner``
+        need_runner = getattr(drafter, "needs_runner", None)
+        if need_runner:
+            if need_runner != "early_exit":
+                raise ConfigError(f"drafter {getattr(drafter, 'name', '')!r} needs a {need_runner!r} runner, "
+                                  f"which the embedded engine does not provide")
+            from .early_exit import HFEarlyExitRunner
+            self.runner = HFEarlyExitRunner(self)
+            drafter.bind(self.runner)
 
     @property
     def done(self) -> bool:
@@ -130,9 +139,14 @@ class DecodeBatch:
             else:
                 keep = 1
             self.cache.end = start
-            logits = self.model(input_ids=ids_t[:, start:stop], attention_mask=mask[:, None],
-                                position_ids=q[None, :].expand(len(self.prompts), -1),
-                                past_key_values=self.cache, use_cache=True, logits_to_keep=keep).logits
+            hidden = self.runner is not None and self.runner.prefill_wants(start, stop, lengths)
+            out = self.model(input_ids=ids_t[:, start:stop], attention_mask=mask[:, None],
+                             position_ids=q[None, :].expand(len(self.prompts), -1),
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=keep,
+                             output_hidden_states=hidden)
+            logits = out.logits
+            if hidden:   # early-exit drafters' prompt seed (shadow tokens)
+                self.runner.capture_prefill(out.hidden_states, start, stop, lengths)
             if want_topk:
                 if ctx_probs is not None:
                     top = torch.topk(logits, self.topk, dim=-1)
@@ -198,9 +212,11 @@ class DecodeBatch:
         lens_t = torch.from_numpy(self.lens).to(dev)
         mask = tree_attention_mask(lens_t, self.cache.end, torch.from_numpy(packed.mask).to(dev), self.dtype)
         positions = torch.from_numpy(self.lens[:, None] + packed.depth).to(dev)
-        logits = self.model(input_ids=torch.from_numpy(packed.tokens.astype(np.int64)).to(dev),
-                            attention_mask=mask, position_ids=positions, past_key_values=self.cache,
-                            use_cache=True).logits
+        hidden = self.runner is not None and self.runner.wants_hidden()
+        out = self.model(input_ids=torch.from_numpy(packed.tokens.astype(np.int64)).to(dev),
+                         attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+                         use_cache=True, output_hidden_states=hidden)
+        logits = out.logits
         if self.sampling.greedy:
             res = verify_greedy(packed.tokens, packed.parents, packed.depth, packed.valid,
                                 logits.argmax(dim=-1).cpu().numpy())
@@ -214,6 +230,8 @@ class DecodeBatch:
             if self.topk_probs:
                 probs_np = _topk_probs(logits, top.values).cpu().numpy()
         accept_len = np.asarray(res.accept_len, np.int64)
+        if hidden:   # shadow tokens of early-exit drafters: hidden states on the accepted paths
+            self.runner.capture(out.hidden_states, logits, np.asarray(res.accepted_nodes), accept_len)
         self.cache.compact(self.lens, np.asarray(res.accepted_nodes), accept_len)
         self.lens = self.lens + accept_len + 1
         self.cache.end = int(self.lens.max())
@@ -313,5 +331,7 @@ class DecodeBatch:
                 errors.append(e)
         self.started.clear()
         self.cache = None
+        if self.runner is not None:
+            self.runner.close()
         if errors and raise_errors:
             raise errors[0]

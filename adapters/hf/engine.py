@@ -131,6 +131,9 @@ class HFEngine:
         if getattr(drafter, "vocab_size", self.vocab_size) > self.vocab_size:
             raise ConfigError(f"the drafter was built for a vocabulary of {drafter.vocab_size} tokens, "
                               f"the model has {self.vocab_size}: create it with the engine's vocab_size")
+        check_target = getattr(drafter, "check_target", None)   # model drafters: same tokenizer as ours
+        if check_target is not None and self.tokenizer is not None:
+            check_target(self.tokenizer)
         with torch.inference_mode():
             batch = DecodeBatch(self, prompts, drafter, budget, config, t_start)
             batch.budget_policy = budget_policy

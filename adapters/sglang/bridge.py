@@ -11,7 +11,8 @@ One :class:`DraftBridge` per speculative worker (per TP rank). Each decode step:
    [B * W] and ancestor-or-self mask [B * W * W]. With a load-aware budget policy
    (:class:`specplug.drafters.budget.BudgetPolicy`) the trees are first cut to the
    sizes that maximise the step's expected goodput, and the batch is packed to the
-   widest cut tree instead (``PackedStep.width`` <= W; 1 means no speculation). A
+   widest cut tree instead (``PackedStep.width`` <= W; 1 means no speculation); with
+   ``tight`` set (engines without CUDA graphs) every step is packed to its widest tree. A
    tree that breaks the contract (wrong root, over budget, token outside the
    vocabulary) is replaced by the root alone and its request restarted, so a drafter
    bug costs speed, never output.
@@ -69,6 +70,7 @@ class DraftBridge:
         self.width = int(width)
         self.vocab_size = vocab_size
         self.policy = policy             # load-aware BudgetPolicy (padded), or None: width fixed
+        self.tight = False               # pack each step to its widest tree (no padding to W)
         self.topk = int(getattr(drafter, "topk", 8)) if drafter.uses_target_topk else 0
         self.topk_probs = bool(self.topk and getattr(drafter, "uses_topk_probs", False))
         self._length: dict = {}          # rid -> committed length the drafter has seen
@@ -129,10 +131,12 @@ class DraftBridge:
             if bad.size:
                 packed = pack_trees(trees, self.width)
         width = self.width
-        if self.policy is not None:  # cut to the goodput-maximising sizes; pack to the widest
+        if self.policy is not None:  # cut to the goodput-maximising sizes
             trees = self.policy.apply(self.drafter, rids, trees, [self.width] * len(rids))
+        if self.policy is not None or self.tight:   # pack to the widest tree of the step
             width = max((len(t) for t in trees), default=1)
-            packed = pack_trees(trees, width)
+            if width != self.width:
+                packed = pack_trees(trees, width)
         step = PackedStep(rids, trees, packed.tokens.astype(np.int64).reshape(-1),
                           packed.mask.reshape(-1), width)
         self._pending = step

@@ -104,6 +104,20 @@ class SpecplugWorker(NGRAMWorker):
         self._staged: PackedStep | None = None
         self._launch_views: dict | None = None
         self.bridge = DraftBridge(self.drafter, self.draft_token_num, vocab, policy=budget_policy_from_env())
+        # without CUDA graphs nothing is gained by padding every tree to the launch width: verify
+        # each step at its widest tree (a step where nothing is drafted verifies the roots alone)
+        self.bridge.tight = bool(getattr(server_args, "disable_cuda_graph", False)) or str(self.device) == "cpu"
+        self.runner = None          # the model interface of drafters with ``needs_runner`` (DEL, EARLY_EXIT)
+        self._verify_rec = None
+        need = getattr(self.drafter, "needs_runner", None)
+        if need:
+            if need != "early_exit":
+                raise ValueError(f"specplug drafter {spec.name!r} needs a {need!r} runner, which the SGLang "
+                                 f"adapter does not provide")
+            from .early_exit import SglangEarlyExitRunner
+
+            self.runner = SglangEarlyExitRunner(self.model_runner, self.draft_token_num)
+            self.drafter.bind(self.runner)
         self.ngram_corpus = _CorpusShim(self.bridge)
         self.algorithm = spec.name
         logger.info("specplug: %s drafting %d-node trees (vocab %d, target top-%d feedback)",
@@ -127,10 +141,23 @@ class SpecplugWorker(NGRAMWorker):
     def list_external_corpora(self):
         return {}
 
+    def _prepare(self, batch) -> PackedStep:
+        if self.runner is None:
+            return self.bridge.prepare([_req_view(req) for req in batch.reqs])
+        self.runner.batch = batch        # draft steps run on this batch's KV slots
+        try:
+            return self.bridge.prepare([_req_view(req) for req in batch.reqs])
+        finally:
+            self.runner.batch = None
+
     def _prepare_draft_tokens(self, batch):
         step, self._staged = self._staged, None
         if step is None:
-            step = self.bridge.prepare([_req_view(req) for req in batch.reqs])
+            step = self._prepare(batch)
+        if self.runner is not None:      # shadow tokens asked for: keep those layers in the verify forward
+            capture = self.runner.verify_capture()
+            if capture:
+                self._verify_rec = (step, self.runner.arm(capture))
         self.prev_token_ids, self.prev_accept_lens = [], [0] * len(batch.reqs)
         return step.tokens, step.mask
 
@@ -158,16 +185,43 @@ class SpecplugWorker(NGRAMWorker):
 
     def note_request_finished(self, *, rid, natural_stop):
         self.bridge.finish(rid)
+        if self.runner is not None:
+            self.runner.forget(rid)
 
     def forward_batch_generation(self, batch, on_publish=None, pp_proxy_tensors=None):
         verifying = batch.forward_mode.is_decode() and bool(batch.reqs)
-        if verifying and self.bridge.policy is not None:
-            # draft first: the budget policy decides this step's width before SGLang sizes it
-            self._staged = self.bridge.prepare([_req_view(req) for req in batch.reqs])
+        if verifying and (self.bridge.policy is not None or self.bridge.tight):
+            # draft first: the step's width (budget policy, widest tree) is known before SGLang sizes it
+            self._staged = self._prepare(batch)
             self._use_width(self._staged.width)
+        prefill = None
+        if self.runner is not None and batch.forward_mode.is_extend() and bool(batch.reqs):
+            self.runner.set_prompt_want(None)
+            self.drafter.bind(self.runner)      # asks for the prompt seed while its statistics are cold
+            capture = self.runner.prefill_capture()
+            if capture:
+                prefill = self.runner.arm(capture, final=True)
         try:
-            result = super().forward_batch_generation(batch, on_publish=on_publish,
-                                                      pp_proxy_tensors=pp_proxy_tensors)
+            try:
+                result = super().forward_batch_generation(batch, on_publish=on_publish,
+                                                          pp_proxy_tensors=pp_proxy_tensors)
+            finally:
+                if prefill is not None:
+                    self.runner.disarm(prefill)
+                if self._verify_rec is not None:
+                    self.runner.disarm(self._verify_rec[1])
+            try:   # DEL's statistics: a failure here costs the probe, never the batch
+                if prefill is not None:
+                    self.runner.keep_prompt([req.rid for req in batch.reqs], batch.extend_lens, prefill)
+                if verifying and self._verify_rec is not None:
+                    step, rec = self._verify_rec
+                    rec.check()
+                    nxt = result.next_draft_input
+                    self.runner.keep_verified(step.rids, step.trees, rec.aux, rec.capture, nxt.accept_tokens,
+                                              nxt.accept_lens, self.draft_token_num)
+            except Exception as e:  # noqa: BLE001
+                logger.warning("specplug: early-exit shadow tokens not kept this step (%s: %s)",
+                               type(e).__name__, e)
             if verifying:
                 nxt = result.next_draft_input
                 tokens, lens, *topk = device_feedback(
@@ -176,9 +230,11 @@ class SpecplugWorker(NGRAMWorker):
                 self.bridge.feedback(tokens, lens, *topk)
                 if self.draft_token_num != self.launch_width:
                     relayout(nxt, len(batch.reqs), self.draft_token_num, self.launch_width)
-                logger.debug("specplug: %s, mean accepted %.3f", self.bridge.stats,
-                             self.bridge.mean_accepted)
+                logger.debug("specplug: %s, mean accepted %.3f%s", self.bridge.stats,
+                             self.bridge.mean_accepted,
+                             "" if self.runner is None else f", early exit {self.runner.stats}")
         finally:
             self._staged = None
+            self._verify_rec = None
             self._use_width(self.launch_width)
         return result

@@ -99,6 +99,10 @@ class ChainSpeculation:
             raise ConfigError(f"algorithm {self.spec.name!r} is a benchmark peer (another engine's drafter), "
                               f"not a TGI speculation algorithm; choose one of "
                               f"{', '.join(n for n in registry.names() if not registry.get(n).peer)}")
+        if self.spec.extra.get("needs_runner"):
+            raise ConfigError(f"algorithm {self.spec.name!r} drafts with the target's own first layers; TGI's "
+                              f"speculator hook sees only final hidden states and verifies fixed-width chains, "
+                              f"so specplug cannot run it in TGI (docs/del.md); use the embedded engine")
         self.options = registry.validate_options(self.spec.name, options)
         if max_idle_steps < 1 or max_requests < 1:
             raise ConfigError("max_idle_steps and max_requests must be >= 1")

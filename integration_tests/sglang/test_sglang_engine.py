@@ -22,6 +22,7 @@ import textwrap
 
 import pytest
 
+from specplug.drafters import registry
 from specplug.plugins import sglang as plug
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -97,7 +98,9 @@ def run_engine(tmp_path, model, algorithm, prompts, max_new_tokens=24, draft_tok
     return json.loads(out.read_text())
 
 
-ALGORITHMS = sorted(plug.engine_names())  # every specplug algorithm, RACER ... SUFFIX
+# every specplug algorithm SGLang runs; the early-exit ones (DEL, EARLY_EXIT) have their own tests below
+# (DEL rightly does not speculate on a random model, so `mat > 1` does not apply to it)
+ALGORITHMS = sorted(n for n, a in plug.engine_names().items() if not registry.get(a).extra.get("needs_runner"))
 
 
 # ------------------------------------------------------------------ models
@@ -150,12 +153,66 @@ def tiny_baseline(tiny_llama, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_tiny_llama_output_identical_to_no_speculation(algorithm, tiny_llama, tiny_baseline, tmp_path):
-    res = run_engine(tmp_path, tiny_llama, algorithm, TINY_PROMPTS)
+    env = {}
+    if algorithm == "DIFFUSION":  # a model drafter: a tiny random masked diffusion checkpoint, same vocabulary
+        sys.path.insert(0, str(HERE.parents[1] / "tests"))
+        from diffusion_helpers import save_tiny
+        ckpt = save_tiny(tmp_path / "tiny_diffusion", 512, seed=0, eos=2)
+        env[plug.OPTIONS_ENV] = json.dumps({"model_path": str(ckpt), "k_min": 4, "k_max": 8})
+    res = run_engine(tmp_path, tiny_llama, algorithm, TINY_PROMPTS, **env)
     assert res["outputs"] == tiny_baseline["outputs"]                 # batched
     assert res["outputs_single"] == tiny_baseline["outputs_single"]   # one request at a time
     assert res["verify_steps"] > 0  # it really ran speculative verify steps
     if algorithm != "AR":
         assert res["mat"] > 1.0, res  # and accepted drafts on the repetitive prompts
+
+
+@pytest.mark.slow
+def test_early_exit_output_identical_to_no_speculation(tiny_llama, tiny_baseline, tmp_path):
+    """EARLY_EXIT: layer 1 of 2 drafts 3-token chains through SGLang's own decoder (end_layer)
+    with the shared KV cache; drafts are accepted and output is unchanged."""
+    res = run_engine(tmp_path, tiny_llama, "EARLY_EXIT", TINY_PROMPTS,
+                     **{plug.OPTIONS_ENV: json.dumps({"exit_layer": 1, "draft_len": 3})})
+    assert res["outputs"] == tiny_baseline["outputs"]
+    assert res["outputs_single"] == tiny_baseline["outputs_single"]
+    assert res["mat"] > 1.0, res
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dead_last(tmp_path_factory):
+    """3 layers, the last one switched off (zero output projections): exits at 2 always agree."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_llama_dead_last")
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"candidate_layers": "1", "probe_budget": 1.0}])
+def test_del_output_identical_and_speculates_where_agreement_allows(options, tiny_llama_dead_last, tmp_path):
+    """DEL on SGLang: the prompt seed and shadow tokens (captured layers during prefill and
+    verification) show exit 2 always agrees, so DEL drafts with it (MAT > 1), losslessly.
+    With candidate layer 1 only (a random layer that rarely agrees) it probes every step."""
+    base = run_engine(tmp_path, tiny_llama_dead_last, "NONE", TINY_PROMPTS) if not _DEAD_BASE else _DEAD_BASE[0]
+    _DEAD_BASE[:] = [base]
+    res = run_engine(tmp_path, tiny_llama_dead_last, "DEL", TINY_PROMPTS, **{plug.OPTIONS_ENV: json.dumps(options)})
+    assert res["outputs"] == base["outputs"]
+    assert res["outputs_single"] == base["outputs_single"]
+    if not options:
+        assert res["mat"] > 1.5, res
+
+
+_DEAD_BASE: list = []
 
 
 def _cost_model_file(tmp_path, seconds, name):
@@ -225,9 +282,9 @@ ERROR_SNIPPET = textwrap.dedent("""
     import sglang
     import specplug.plugins.sglang as plug
 
-    def start(overlap_disabled=True):
+    def start(overlap_disabled=True, algorithm="RACER", model=sys.argv[1]):
         try:
-            sglang.Engine(model_path=sys.argv[1], speculative_algorithm="RACER",
+            sglang.Engine(model_path=model, speculative_algorithm=algorithm,
                           speculative_num_draft_tokens=8, device="cpu", attention_backend="intel_amx",
                           sampling_backend="pytorch", disable_cuda_graph=True, skip_tokenizer_init=True,
                           disable_overlap_schedule=overlap_disabled)
@@ -240,6 +297,7 @@ ERROR_SNIPPET = textwrap.dedent("""
     out["bad_option"] = start()
     del os.environ["SPECPLUG_SGLANG_OPTIONS"]
     out["overlap"] = start(overlap_disabled=False)
+    out["early_exit_arch"] = start(algorithm="EARLY_EXIT", model=sys.argv[2])
     # another SGLang version: the names register again, now refusing to start
     from sglang.srt.speculative import spec_registry
     for name in plug.engine_names():
@@ -252,9 +310,15 @@ ERROR_SNIPPET = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def start_errors(tiny_llama):
+def start_errors(tiny_llama, tmp_path_factory):
     require_engine()
-    proc = subprocess.run([sys.executable, "-c", ERROR_SNIPPET, str(tiny_llama)], env=cpu_env(),
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    qwen3 = tmp_path_factory.mktemp("tiny_qwen3")   # a model class the early-exit runner does not drive
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                 max_position_embeddings=1024)).save_pretrained(qwen3)
+    proc = subprocess.run([sys.executable, "-c", ERROR_SNIPPET, str(tiny_llama), str(qwen3)], env=cpu_env(),
                           capture_output=True, text=True, timeout=900)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -268,6 +332,12 @@ def test_bad_option_rejected_at_server_args(start_errors):
 
 def test_overlap_schedule_needs_the_flag(start_errors):
     assert "pass --disable-overlap-schedule" in start_errors["overlap"]
+
+
+def test_early_exit_refuses_unsupported_model_class(start_errors):
+    assert ("EARLY_EXIT drafts with the target's own first layers, which specplug implements on SGLang for "
+            "the model classes LlamaForCausalLM, Qwen2ForCausalLM; this model is Qwen3ForCausalLM"
+            in start_errors["early_exit_arch"]), start_errors["early_exit_arch"]
 
 
 def test_unsupported_sglang_version_refused(start_errors):
