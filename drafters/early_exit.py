@@ -42,7 +42,7 @@ from .budget import CostModel, default_cost_model
 from .errors import ConfigError
 from .tree import DraftTree
 
-__all__ = ["EarlyExitRunner", "ShadowTokens", "LayerStats", "ExitCost", "select_exit", "tpl_table",
+__all__ = ["EarlyExitRunner", "ShadowTokens", "shadow_layers", "LayerStats", "ExitCost", "select_exit", "tpl_table",
            "expected_tokens", "feasible_layers", "ProbeCredit", "EarlyExitDrafter", "DELDrafter"]
 
 
@@ -63,6 +63,14 @@ class ShadowTokens:
     @property
     def hits(self) -> np.ndarray:
         return self.tokens == self.final[None, :]
+
+
+def shadow_layers(layers, num_layers: int) -> np.ndarray:
+    """Validated exit layers for shadow tokens (runners' ``request_shadow``): 1..L-1."""
+    layers = np.asarray(layers, np.int64)
+    if np.any((layers < 1) | (layers >= num_layers)):
+        raise ConfigError(f"shadow layers must lie in 1..{num_layers - 1}, got {layers.tolist()}")
+    return layers
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specplug.drafters.early_exit import ShadowTokens
+from specplug.drafters.early_exit import ShadowTokens, shadow_layers
 from specplug.drafters.errors import ConfigError
 
 __all__ = ["HFEarlyExitRunner", "check_early_exit_model"]
@@ -144,10 +144,7 @@ class HFEarlyExitRunner:
 
     # ------------------------------------------------------------------ shadow tokens at verification
     def request_shadow(self, rid, layers) -> None:
-        layers = np.asarray(layers, np.int64)
-        if np.any((layers < 1) | (layers >= self.num_layers)):
-            raise ConfigError(f"shadow layers must lie in 1..{self.num_layers - 1}, got {layers.tolist()}")
-        self._want[rid] = layers
+        self._want[rid] = shadow_layers(layers, self.num_layers)
 
     def wants_hidden(self) -> bool:
         return bool(self._want)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specplug.drafters.early_exit import ShadowTokens
+from specplug.drafters.early_exit import ShadowTokens, shadow_layers
 from specplug.drafters.errors import ConfigError
 from specplug.patches.base import object_fingerprint
 
@@ -251,10 +251,7 @@ class SglangEarlyExitRunner:
 
     # ------------------------------------------------------------------ shadow tokens at verification
     def request_shadow(self, rid, layers) -> None:
-        layers = np.asarray(layers, np.int64)
-        if np.any((layers < 1) | (layers >= self.num_layers)):
-            raise ConfigError(f"shadow layers must lie in 1..{self.num_layers - 1}, got {layers.tolist()}")
-        self._want[rid] = layers
+        self._want[rid] = shadow_layers(layers, self.num_layers)
 
     def verify_capture(self) -> list[int]:
         """Layers to capture during this step's verification (the worker arms them)."""
@@ -284,7 +281,10 @@ class SglangEarlyExitRunner:
             self.stats["shadow_positions"] += n
 
     def shadow(self, rid) -> ShadowTokens | None:
-        kept = self._kept.pop(rid, None)
+        return self._shadow_tokens(self._kept.pop(rid, None))
+
+    def _shadow_tokens(self, kept) -> ShadowTokens | None:
+        """Final norm + LM head on kept per-layer states (layers, hidden [K, P, H], final [P])."""
         if kept is None:
             return None
         layers, hid, final = kept
@@ -329,15 +329,7 @@ class SglangEarlyExitRunner:
             start += length
 
     def prompt_shadow(self, rid) -> ShadowTokens | None:
-        kept = self._prompt_kept.pop(rid, None)
-        if kept is None:
-            return None
-        layers, hid, final = kept
-        with torch.inference_mode():
-            ids, probs = self._top(self._head(self._norm(hid.reshape(-1, hid.shape[-1]))))
-        k, p = hid.shape[0], hid.shape[1]
-        return ShadowTokens(layers, ids.reshape(k, p).cpu().numpy(), probs.reshape(k, p).cpu().numpy(),
-                            final.cpu().numpy())
+        return self._shadow_tokens(self._prompt_kept.pop(rid, None))
 
     def forget(self, rid) -> None:
         self._want.pop(rid, None)
