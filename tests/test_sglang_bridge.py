@@ -381,3 +381,24 @@ def test_tight_widths_pack_each_step_to_its_widest_tree():
     assert min(widths) < 16, widths
     for rid, seq in seqs.items():
         assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+
+
+def test_load_aware_packs_the_cut_trees_even_at_the_launch_width():
+    """One tree keeps all its nodes (width stays W) while another is cut: the packed step
+    must hold the cut trees, exactly as the drafter will observe them."""
+    def tree_fn(ctx):
+        root = int(ctx[-1])
+        if root == 3:          # request "full": 3 confident nodes
+            return DraftTree(np.array([root, 7, 8, 9], np.int32), np.array([-1, 0, 1, 2], np.int32),
+                             np.array([1.0, 0.9, 0.9, 0.9], np.float32))
+        return DraftTree(np.array([root, 7, 8, 9], np.int32), np.array([-1, 0, 1, 2], np.int32),
+                         np.array([1.0, 0.9, 1e-6, 1e-6], np.float32))   # request "cut": 1 node pays
+
+    policy = _policy([1, 4096], [1.0, 1.0])          # verification is free: only min_gain cuts
+    br = DraftBridge(Recorder(VOCAB, tree_fn), 4, VOCAB, policy=policy)
+    step = br.prepare([view("full", [1, 2, 3]), view("cut", [5, 6])])
+    assert step.width == 4 and [len(t) for t in step.trees] == [4, 2]
+    tokens = step.tokens.reshape(2, 4)
+    assert tokens[1].tolist() == [6, 7, 6, 6]        # the cut tree, padded with its root
+    mask = step.mask.reshape(2, 4, 4)
+    assert mask[1].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]

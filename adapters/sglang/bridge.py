@@ -130,13 +130,13 @@ class DraftBridge:
                 trees[i] = self._bad_tree(reqs[i], f"token ids outside [0, {self.vocab_size})")
             if bad.size:
                 packed = pack_trees(trees, self.width)
-        width = self.width
-        if self.policy is not None:  # cut to the goodput-maximising sizes
+        if self.policy is not None:  # cut to the goodput-maximising sizes (prefixes: still valid)
             trees = self.policy.apply(self.drafter, rids, trees, [self.width] * len(rids))
+        width = self.width
         if self.policy is not None or self.tight:   # pack to the widest tree of the step
             width = max((len(t) for t in trees), default=1)
-            if width != self.width:
-                packed = pack_trees(trees, width)
+        if self.policy is not None or width != self.width:  # the trees or the width changed
+            packed = pack_trees(trees, width)
         step = PackedStep(rids, trees, packed.tokens.astype(np.int64).reshape(-1),
                           packed.mask.reshape(-1), width)
         self._pending = step
