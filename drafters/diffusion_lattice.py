@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from .errors import ConfigError
-from .ngram_automaton import FAIL, FIRST_CHILD, FREQ, NEXT_SIBLING, NgramPool, child_of
+from .ngram_automaton import FAIL, FIRST_CHILD, FREQ, NEXT_SIBLING, NgramPool, advance, child_of
 
 __all__ = ["Lattice", "build_lattice", "beam_search", "argmax_path", "AdaptiveLength", "NgramProxy",
            "UniformProxy", "path_score"]
@@ -175,17 +175,7 @@ def _proxy_score(nodes, table, root, root_total, states, cands, beta, inv_vocab,
 @njit(cache=True)
 def _proxy_advance(nodes, table, root, states, toks, out):
     for b in range(states.shape[0]):
-        v = states[b]
-        x = toks[b]
-        while True:
-            c = child_of(nodes, table, v, x)
-            if c >= 0:
-                v = c
-                break
-            if v == root:
-                break
-            v = nodes[v, FAIL]
-        out[b] = v
+        out[b] = advance(nodes, table, root, states[b], toks[b])
 
 
 class NgramProxy:

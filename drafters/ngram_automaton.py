@@ -305,21 +305,26 @@ def feed_batch(nodes, table, free, state, owners, slots, tokens, offsets, req0, 
     return -1, 0
 
 
+@njit(cache=True, inline="always")
+def advance(nodes, table, root, v, x):
+    """One Aho-Corasick transition: from state v on token x, following failure links until a
+    child matches (or the root has none): the deepest state whose string ends the text + x."""
+    while True:
+        c = child_of(nodes, table, v, x)
+        if c >= 0:
+            return c
+        if v == root:
+            return v
+        v = nodes[v, FAIL]
+
+
 @njit(cache=True)
 def match_state(nodes, table, root, tokens, start, end):
     """Aho-Corasick walk from ``root`` over tokens[start:end]: the deepest state whose string
     is a suffix of those tokens (used to enter the global cache from a request's tail)."""
     v = root
     for t in range(start, end):
-        x = tokens[t]
-        while True:
-            c = child_of(nodes, table, v, x)
-            if c >= 0:
-                v = c
-                break
-            if v == root:
-                break
-            v = nodes[v, FAIL]
+        v = advance(nodes, table, root, v, tokens[t])
     return v
 
 

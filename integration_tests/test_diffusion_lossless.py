@@ -18,24 +18,13 @@ import pytest
 from specplug.adapters.hf.config import GenerationConfig
 from specplug.drafters import registry
 from specplug.drafters.errors import ModelError
-from specplug.prompts import encode_prompt, load_prompt_set
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from diffusion_helpers import save_tiny, tiny_model, train_tiny  # noqa: E402
 
-REPETITIVE = [
-    "The cat sat on the mat. The cat sat on the mat. The cat sat on the",
-    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
-    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
-    "apple, banana, cherry, apple, banana, cherry, apple,",
-]
-
-
 @pytest.fixture(scope="module")
-def prompts(default_engine):
-    sets = [load_prompt_set(name, limit=3) for name in ("humaneval", "mtbench", "gsm8k")]
-    ids = [encode_prompt(default_engine, p) for s in sets for p in s]
-    return ids + [default_engine.encode(prompt=t) for t in REPETITIVE[:3]]
+def prompts(default_engine, real_prompts):
+    return real_prompts(default_engine, 3, repetitive=3)
 
 
 @pytest.fixture(scope="module")

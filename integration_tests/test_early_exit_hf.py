@@ -21,15 +21,13 @@ from specplug.adapters.hf.decode import DecodeBatch
 from specplug.adapters.hf.kv import TreeKVCache
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
-from specplug.prompts import encode_prompt, load_prompt_set
 
 NEW = 12
 
 
 @pytest.fixture(scope="module")
-def prompts(default_engine):
-    sets = [load_prompt_set(name, limit=10) for name in ("humaneval", "mtbench", "gsm8k")]
-    ids = [encode_prompt(default_engine, p) for s in sets for p in s]
+def prompts(default_engine, real_prompts):
+    ids = real_prompts(default_engine, 10)
     assert len(ids) >= 30
     return ids
 

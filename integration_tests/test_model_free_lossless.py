@@ -16,27 +16,12 @@ from specplug.adapters.hf.config import GenerationConfig
 from specplug.drafters import registry
 from specplug.drafters.tree import pack_trees
 from specplug.drafters.verify import _verify_sampling_core, committed_tokens, verify_sampling
-from specplug.prompts import encode_prompt, load_prompt_set
 
 ALGORITHMS = ("racer", "token-recycling", "suffix")
 
-REPETITIVE = [
-    "The cat sat on the mat. The cat sat on the mat. The cat sat on the",
-    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
-    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
-    "SELECT name FROM users WHERE age > 30;\nSELECT name FROM users WHERE age > 40;\nSELECT",
-    "for i in range(10):\n    print(i)\nfor j in range(10):\n    print(j)\nfor k in range(10):\n",
-    "apple, banana, cherry, apple, banana, cherry, apple,",
-    "<li>one</li>\n<li>two</li>\n<li>three</li>\n<li>",
-    "Monday, Tuesday, Wednesday, Thursday, Friday, Monday, Tuesday,",
-]
-
-
 @pytest.fixture(scope="module")
-def prompts(default_engine):
-    sets = [load_prompt_set(name, limit=14) for name in ("humaneval", "mtbench", "gsm8k")]
-    ids = [encode_prompt(default_engine, p) for s in sets for p in s]
-    ids += [default_engine.encode(prompt=t) for t in REPETITIVE]
+def prompts(default_engine, real_prompts):
+    ids = real_prompts(default_engine, 14, repetitive=8)
     assert len(ids) >= 50
     return ids
 

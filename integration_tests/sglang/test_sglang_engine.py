@@ -104,17 +104,22 @@ ALGORITHMS = sorted(n for n, a in plug.engine_names().items() if not registry.ge
 
 
 # ------------------------------------------------------------------ models
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
+def _tiny_llama_model(layers: int, seed: int):
+    """A random Llama with a 512-token vocabulary (bos 1, eos 2), small enough for the CPU."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny_llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                       bos_token_id=1, eos_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(path)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama")
+    _tiny_llama_model(2, seed=0).save_pretrained(path)
     return path
 
 
@@ -182,14 +187,9 @@ def test_early_exit_output_identical_to_no_speculation(tiny_llama, tiny_baseline
 def tiny_llama_dead_last(tmp_path_factory):
     """3 layers, the last one switched off (zero output projections): exits at 2 always agree."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("tiny_llama_dead_last")
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(cfg)
+    model = _tiny_llama_model(3, seed=1)
     with torch.no_grad():
         model.model.layers[2].self_attn.o_proj.weight.zero_()
         model.model.layers[2].mlp.down_proj.weight.zero_()
