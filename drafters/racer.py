@@ -24,6 +24,12 @@ tree the rest); the default ``"score"`` lets both frontiers compete node by node
 estimated acceptance probability. With ``adaptive_prior`` the rank priors are the observed
 hit rates of recycled rank-r candidates (counted at every verified node), shrunk towards
 the defaults, so the logits tree's depth/breadth trade-off calibrates itself to the target.
+
+Node values (``tree``): ``"dynamic"``, the default since it gave the higher MAT at 14 of 15
+measured (prompt set, budget) points (docs/dynamic_trees.md), values every edge by a
+calibrated acceptance estimate (the target's stored top-k probability for logits edges;
+matched length and frequency ratio for retrieved ones, see :mod:`.calibration`);
+``"static"`` uses the fixed rank priors and raw frequency ratios of the paper.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ from .calibration import (NBINS, AcceptanceCalibration, EdgeCalibration, LengthC
 from .errors import ConfigError
 from .ngram_automaton import (DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, PARENT, TOKEN,
                               active_tail, match_state)
-from .tree_build import TreeScratch, grow_fused, tree_init
+from .tree_build import RETRIEVAL_CLASS_NAMES, RETRIEVAL_CLASSES, TreeScratch, grow_fused, tree_init
 
 __all__ = ["RacerDrafter", "DEFAULT_RANK_PRIOR"]
 
@@ -139,7 +145,7 @@ class RacerDrafter(AutomatonDrafter):
     def __init__(self, vocab_size, ngram=10, topk=8, min_match=1, max_nodes_per_request=16384,
                  fusion="score", retrieval_share=1.0, smoothing=1.0, logits_depth=10, adaptive_prior=False,
                  pair_rows=65536, rank_prior=None, global_cache=False, global_cache_nodes=262144,
-                 global_weight=0.5, tree="static"):
+                 global_weight=0.5, tree="dynamic"):
         if tree not in TREES:
             raise ConfigError(f"racer: tree must be one of {list(TREES)}, got {tree!r}")
         if min_match > ngram:
@@ -165,10 +171,12 @@ class RacerDrafter(AutomatonDrafter):
         #: dynamic trees value logits candidates by the target's probabilities: ask for them
         self.uses_topk_probs = tree == "dynamic"
         self.length_calibration = LengthCalibration()
-        #: prior of retrieved edges (frequency ratio bin -> the bin's mid-point)
-        self.retrieval_calibration = EdgeCalibration(1, (0.5,))
-        #: edge values from acceptance: row 0 retrieval, 1 + r token rows, 1 + k + r pair rows
-        self.acceptance = AcceptanceCalibration(1 + 2 * self.topk)
+        #: prior of retrieved edges (frequency ratio bin -> the bin's mid-point), one row per
+        #: match class (see tree_build.match_class)
+        self.retrieval_calibration = EdgeCalibration(RETRIEVAL_CLASSES, (0.5,))
+        #: edge values from acceptance: rows [0, R) retrieval by match class, R + r token
+        #: rows, R + k + r pair rows (R = RETRIEVAL_CLASSES)
+        self.acceptance = AcceptanceCalibration(RETRIEVAL_CLASSES + 2 * self.topk)
 
     def _acceptance_prior(self) -> np.ndarray:
         pairs = self.pairs if self.pairs is not None else self._no_pairs
@@ -176,7 +184,7 @@ class RacerDrafter(AutomatonDrafter):
                                pairs.calibration.table()])
 
     def edge_table(self) -> np.ndarray:
-        """Edge values of dynamic trees [1 + 2k, NBINS + 1]: acceptance evidence over the
+        """Edge values of dynamic trees [R + 2k, NBINS + 1]: acceptance evidence over the
         row-overwrite estimates (see :mod:`.calibration`)."""
         return self.acceptance.table(self._acceptance_prior())
 
@@ -186,13 +194,13 @@ class RacerDrafter(AutomatonDrafter):
         if self.tree != "dynamic":
             return (False, self.adjacency.probs, pairs.probs, _NO_CAL, _NO_CAL, 1.0, s.rowsel, _NO_CAL)
         t = self.edge_table()
-        k = self.topk
-        return (True, self.adjacency.probs, pairs.probs, t[1:1 + k], t[1 + k:], 1.0, s.rowsel, t[:1])
+        k, r = self.topk, RETRIEVAL_CLASSES
+        return (True, self.adjacency.probs, pairs.probs, t[r:r + k], t[r + k:], 1.0, s.rowsel, t[:r])
 
     def calibration_report(self) -> dict:
         """Edge calibration (token rows, pair rows) and expected vs realised accepted length."""
         k = self.topk
-        names = ["retrieval"] + [f"token-row rank {r}" for r in range(k)] + [f"pair-row rank {r}" for r in range(k)]
+        names = [f"retrieval, {c}" for c in RETRIEVAL_CLASS_NAMES] + [f"token-row rank {r}" for r in range(k)] + [f"pair-row rank {r}" for r in range(k)]
         out = {"token_rows": self.adjacency.calibration.report(), "length": self.length_calibration.report(),
                "acceptance": self.acceptance.report(self._acceptance_prior(), names)}
         if self.pairs is not None:

@@ -205,9 +205,10 @@ register(AlgorithmSpec(
         Option("global_cache", bool, False, "also retrieve from a bounded automaton of finished requests' outputs"),
         Option("global_cache_nodes", int, 262144, "node cap of the global automaton (40 B per node)", 64, 1 << 26),
         Option("global_weight", float, 0.5, "score multiplier of global-cache continuations", 0.0, 1.0),
-        Option("tree", str, "static", "logits-tree shape: 'static' (node values = fixed rank priors, the same "
-               "shape every step) or 'dynamic' (node values = the target's calibrated top-k probabilities "
-               "stored with the recycled rows: the shape follows the context; see docs/dynamic_trees.md)",
+        Option("tree", str, "dynamic", "tree shape: 'dynamic' (node values = calibrated acceptance estimates: "
+               "the target's top-k probabilities stored with the recycled rows, retrieval by matched length and "
+               "frequency; the shape follows the context; higher MAT at every measured budget but one, see "
+               "docs/dynamic_trees.md) or 'static' (fixed rank priors and raw frequency ratios, as in the paper)",
                choices=("static", "dynamic")),
     ),
     default_budget=64,

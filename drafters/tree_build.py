@@ -26,7 +26,7 @@ from numba import njit
 from .errors import ConfigError
 from .adjacency import pair_row
 from .calibration import NBINS, edge_value, prob_bin
-from .ngram_automaton import FIRST_CHILD, FREQ, NEXT_SIBLING, TOKEN
+from .ngram_automaton import DEPTH, FIRST_CHILD, FREQ, NEXT_SIBLING, TOKEN
 
 __all__ = ["tree_init", "tree_find", "tree_add", "heap_push", "heap_pop", "grow_fused",
            "grow_from_borders", "fill_template", "best_first_template", "TreeScratch"]
@@ -139,12 +139,39 @@ def _logits_edge(lv, tok, p, r, prior):
 
 @njit(cache=True, inline="always")
 def _logits_bin(lv, tok, p, r, k):
-    """Calibration cell of node p's rank-r candidate: row 1 + r (token rows) or 1 + k + r
-    (pair rows), times 16, plus the bin of its raw probability."""
+    """Calibration cell of node p's rank-r candidate: row R + r (token rows) or R + k + r
+    (pair rows), R = the retrieval rows, times 16, plus the bin of its raw probability."""
     use, adjp, pprobs, cal, pcal, alpha, rowsel, rcal = lv
+    nr = rcal.shape[0]
     if rowsel[p] >= 0:
-        return (1 + k + r) * 16 + prob_bin(pprobs[rowsel[p], r])
-    return (1 + r) * 16 + prob_bin(adjp[tok[p], r])
+        return (nr + k + r) * 16 + prob_bin(pprobs[rowsel[p], r])
+    return (nr + r) * 16 + prob_bin(adjp[tok[p], r])
+
+
+#: retrieval calibration rows: by the automaton depth of the drafted node, i.e. how many
+#: context tokens its pattern matched (a 1-token match predicts far worse than a 6-token
+#: one at the same frequency ratio); depth <= 2, 3, 4-5, >= 6
+RETRIEVAL_CLASS_NAMES = ("match <= 2", "match 3", "match 4-5", "match >= 6")
+RETRIEVAL_CLASSES = len(RETRIEVAL_CLASS_NAMES)
+
+
+@njit(cache=True, inline="always")
+def match_class(depth, nclasses):
+    """Retrieval calibration row of an automaton node of this depth (0 .. nclasses - 1)."""
+    c = 0 if depth <= 2 else (1 if depth == 3 else (2 if depth <= 5 else 3))
+    return c if c < nclasses else nclasses - 1
+
+
+@njit(cache=True, inline="always")
+def _retrieval_cell(nodes, c, ratio, lv):
+    """(value factor, cell) of retrieved automaton node c with frequency ratio ``ratio``:
+    dynamic trees value it by the calibrated acceptance of its cell (match class, ratio
+    bin); static trees by the ratio itself. The cell is class * 16 + bin."""
+    bn = prob_bin(ratio)
+    rcal = lv[7]
+    cls = match_class(nodes[c, DEPTH], rcal.shape[0])
+    v = rcal[cls, bn] if lv[0] else ratio
+    return v, cls * 16 + bn
 
 
 @njit(cache=True)
@@ -188,8 +215,9 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
       Dynamic trees (``lv[0]`` true): a candidate's edge value is its calibrated target
       probability instead of prior[r] (see :func:`_logits_edge`), capped by its previous
       sibling's so the rank order stays best first. A retrieval edge's value is its
-      calibrated frequency ratio ``rcal[0, bin(ratio)]`` (``lv[7]``), and ``ebin[i]`` records
-      the bin of retrieved node i (-1: not retrieved) so that observe can score it.
+      calibrated acceptance ``rcal[class, bin(ratio)]`` (``lv[7]``; class: the matched
+      length, see :func:`match_class`), and ``ebin[i]`` records the calibration cell of
+      node i (-1: none) so that observe can score it.
 
     ``retrieval_first``: drain retrieval first (up to ``retrieval_limit`` nodes), then
     logits (the paper's order); otherwise the frontier with the higher score goes next,
@@ -203,9 +231,8 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
     for j in range(nb):
         c = nodes[borders[j], FIRST_CHILD]
         while c >= 0:
-            bn = prob_bin(nodes[c, FREQ] / norms[j])
-            v = weights[j] * lv[7][0, bn] if lv[0] else weights[j] * nodes[c, FREQ] / norms[j]
-            nr = heap_push(rs, ra, rb, nr, v, c, bn)      # payload b = parent * 16 + bin
+            v, cell = _retrieval_cell(nodes, c, nodes[c, FREQ] / norms[j], lv)
+            nr = heap_push(rs, ra, rb, nr, weights[j] * v, c, cell)   # payload b = parent * 64 + cell
             c = nodes[c, NEXT_SIBLING]
     lsc[0] = 1.0
     lrun[0] = 0
@@ -219,7 +246,7 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
             use_r = rs[0] >= ls_[0]
         if use_r:
             s, c, pb, nr = heap_pop(rs, ra, rb, nr)
-            p = pb >> 4
+            p = pb >> 6
             t = nodes[c, TOKEN]
             i = tree_find(tok, fc, ns, p, t)
             if i < 0:
@@ -228,7 +255,7 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
                 lsc[i] = s
                 expanded[i] = 0
                 retrieved += 1
-                ebin[i] = pb & 15               # row 0: retrieval
+                ebin[i] = pb & 63               # rows 0 .. R - 1: retrieval
             elif s > sc[i]:
                 sc[i] = s
                 lsc[i] = max(lsc[i], s)
@@ -236,9 +263,8 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
             fpar = nodes[c, FREQ]
             g = nodes[c, FIRST_CHILD]
             while g >= 0:
-                bn = prob_bin(nodes[g, FREQ] / fpar)
-                v = s * lv[7][0, bn] if lv[0] else s * nodes[g, FREQ] / fpar
-                nr = heap_push(rs, ra, rb, nr, v, g, i * 16 + bn)
+                v, cell = _retrieval_cell(nodes, g, nodes[g, FREQ] / fpar, lv)
+                nr = heap_push(rs, ra, rb, nr, s * v, g, i * 64 + cell)
                 g = nodes[g, NEXT_SIBLING]
         elif nl > 0:
             s, p, r, nl = heap_pop(ls_, la, lb, nl)

@@ -385,11 +385,12 @@ def format_calibration(report: dict) -> str:
             for r in rows:
                 out.append(f"  {'':>18}{r['rank']:>4}  {r['prob_bin']:<11} {r['trials']:>7} {r['hit_rate']:>9.3f} "
                            f"{r['estimate']:>9.3f}")
-        acc = [r for r in c.get("acceptance", []) if not r["source"].endswith(("2", "3", "4", "5", "6", "7"))]
+        acc = [r for r in c.get("acceptance", []) if r["source"].startswith("retrieval")
+               or r["source"].endswith((" 0", " 1"))]          # every retrieval class, ranks 0-1
         if acc:
-            out.append("  accepted edges (dynamic trees): source        prob bin     trials  accept rate  prior  estimate")
+            out.append("  accepted edges (dynamic trees): source               prob bin     trials  accept rate  prior  estimate")
             for r in acc:
-                out.append(f"  {'':>32}{r['source']:<17} {r['prob_bin']:<11} {r['trials']:>7} "
+                out.append(f"  {'':>32}{r['source']:<24} {r['prob_bin']:<11} {r['trials']:>7} "
                            f"{r['accept_rate']:>11.3f} {r['prior']:>6.3f} {r['estimate']:>9.3f}")
     return "\n".join(out) + ("\n" if out else "")
 

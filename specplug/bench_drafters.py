@@ -272,14 +272,23 @@ def run(args) -> int:
 
     from specplug.bench import split_variant
 
+    from specplug.drafters.errors import ConfigError
+
     opts = _parse_options(args.options)
     names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
     for n in names:
         split_variant(n, {})                       # unknown names / tree modes fail before any work
+    bases = {n: registry.get(split_variant(n, {})[0]).name for n in names}
+    unused = [k for k in opts if k not in names and k not in bases.values()]
+    if unused:
+        raise ConfigError(f"--options for {', '.join(map(repr, unused))}, which is not in --algorithms "
+                          f"({', '.join(names)}): key options by an algorithm's name (all its variants) or "
+                          f"by the exact variant, e.g. racer='{{...}}' or 'racer[dynamic]={{...}}'")
     results = []
     for name in names:
-        base = registry.get(split_variant(name, {})[0]).name
-        results.append(bench_algorithm(name, dict(opts.get(base, {})), args))
+        # the exact variant's options over the base name's
+        merged = {**opts.get(bases[name], {}), **(opts.get(name, {}) if name != bases[name] else {})}
+        results.append(bench_algorithm(name, merged, args))
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(results))

@@ -5,6 +5,8 @@
 
 One engine, one ``run_bench`` per budget (AR baseline included, greedy, lossless check on);
 writes JSON (every bench row), a Markdown table and, when matplotlib is installed, a PNG.
+``--combine A.json B.json --json OUT.json`` merges runs over disjoint budgets (one process
+per core) into one result.
 """
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--combine", nargs="+", metavar="PART.json",
+                   help="no run: merge the JSONs of runs over disjoint budgets (same model, prompts and "
+                        "sizes; e.g. two processes, one per core) into --json, with its table and plot")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
+    if args.combine:
+        return _combine(args.combine, args.json)
 
     import torch
     torch.set_num_threads(1)
@@ -48,22 +55,63 @@ def main(argv=None) -> int:
                       "limit": args.limit, "max_new_tokens": args.max_new_tokens, "warmup": args.warmup,
                       "command": "python -m specplug.mat_curves " + " ".join(argv or sys.argv[1:])},
            "results": rows}
-    with open(args.json, "w") as f:
+    _write(out, args.json)
+    return 0
+
+
+def _combine(paths, dest: str) -> int:
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    keys = ("algorithm", "prompts", "limit", "max_new_tokens", "warmup")
+    first = parts[0]
+    for path, d in zip(paths, parts):
+        if (d["model"], d["device"]) != (first["model"], first["device"]) or \
+                any(d["config"][k] != first["config"][k] for k in keys):
+            raise SystemExit(f"--combine: {path} was run with another model or settings than {paths[0]} "
+                             f"(compare {', '.join(keys)}); only runs over disjoint budgets can be merged")
+    seen = set()
+    rows = []
+    for path, d in zip(paths, parts):
+        for r in d["results"]:
+            key = (r["algorithm"], r["prompt_set"], r["budget"])
+            if key in seen:
+                raise SystemExit(f"--combine: {path} repeats budget {r['budget']} for {r['algorithm']} on "
+                                 f"{r['prompt_set']}; merge runs over disjoint budgets only")
+            seen.add(key)
+            rows.append(r)
+    cfg = dict(first["config"])
+    cfg["budgets"] = ",".join(str(b) for b in sorted({r["budget"] for r in rows}))
+    cfg["command"] = " + ".join(d["config"]["command"] for d in parts)
+    out = {"model": first["model"], "device": first["device"], "torch_threads": first.get("torch_threads", 1),
+           "config": cfg, "results": rows}
+    _write(out, dest)
+    return 0
+
+
+def _write(out: dict, path: str) -> None:
+    """The JSON, a Markdown table (set x tree mode, one MAT column per budget) and a PNG."""
+    with open(path, "w") as f:
         json.dump(out, f, indent=2)
-    root = os.path.splitext(args.json)[0]
+    rows = out["results"]
+    root = os.path.splitext(path)[0]
     budgets = sorted({r["budget"] for r in rows})
+    sets = list(dict.fromkeys(r["prompt_set"] for r in rows))
+    algos = list(dict.fromkeys(r["algorithm"] for r in rows))
     lines = ["| prompt set | tree | " + " | ".join(f"MAT @{b}" for b in budgets) + " |",
              "|---|---|" + "---:|" * len(budgets)]
     for s in sets:
         for a in algos:
             mats = {r["budget"]: r["mat"] for r in rows if r["prompt_set"] == s and r["algorithm"] == a}
-            lines.append(f"| {s} | {a} | " + " | ".join(f"{mats[b]:.3f}" for b in budgets) + " |")
+            lines.append(f"| {s} | {a} | " + " | ".join(f"{mats[b]:.3f}" if b in mats else "-" for b in budgets) + " |")
+    cfg = out["config"]
     with open(root + ".md", "w") as f:
-        f.write(f"MAT vs budget, {out['model']} on {out['device']}, greedy, {args.limit} prompts x "
-                f"{args.max_new_tokens} tokens per set\n\n" + "\n".join(lines) + "\n")
+        f.write(f"MAT vs budget, {out['model']} on {out['device']}, greedy, {cfg['limit']} prompts x "
+                f"{cfg['max_new_tokens']} tokens per set\n\n" + "\n".join(lines) + "\n\n"
+                f"command: `{cfg['command']}`\n")
     from specplug.plots import mat_vs_budget_png
     mat_vs_budget_png(rows, root + ".png")
-    return 0
 
 
 if __name__ == "__main__":

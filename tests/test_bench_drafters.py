@@ -30,6 +30,20 @@ def test_cli_rejects_bad_input(capsys):
     assert cli.main(["bench-drafters", "--algorithms", "nope", "--requests", "0"]) == 2
     assert "unknown algorithm" in capsys.readouterr().err
     assert cli.main(["bench-drafters", "--options", "racer", "--requests", "0"]) == 2
+    # options for an algorithm that is not run would be silently ignored: refused instead
+    assert cli.main(["bench-drafters", "--algorithms", "racer", "--requests", "0",
+                     "--options", 'suffix={"max_depth": 4}']) == 2
+    assert "not in --algorithms" in capsys.readouterr().err
+
+
+def test_cli_options_by_variant_override_the_base_name(tmp_path):
+    out = tmp_path / "b.json"
+    assert cli.main(["bench-drafters", "--algorithms", "racer,racer[dynamic]", "--batch", "4", "--steps", "2",
+                     "--warmup", "1", "--vocab", "2000", "--requests", "0", "--options", 'racer={"min_match": 2}',
+                     "--options", 'racer[dynamic]={"min_match": 3}', "--json", str(out)]) == 0
+    rows = {r["algorithm"]: r["options"] for r in json.loads(out.read_text())["results"]}
+    assert rows["racer"] == {"min_match": 2}
+    assert rows["racer[dynamic]"] == {"min_match": 3, "tree": "dynamic"}
 
 
 def test_workload_is_repetitive_and_in_vocab():

@@ -201,10 +201,11 @@ def test_bad_tree_options_rejected(name, opts, match):
 
 
 def test_static_mode_ignores_probabilities_and_keeps_memory():
-    d = registry.create("racer", 1000, {})
+    d = registry.create("racer", 1000, {"tree": "static"})
     assert not d.uses_topk_probs
-    d2 = registry.create("racer", 1000, {"tree": "dynamic"})
-    assert d2.uses_topk_probs and d2.global_nbytes() > d.global_nbytes()
+    d2 = registry.create("racer", 1000, {})                  # dynamic is RACER's default
+    assert d2.tree == "dynamic" and d2.uses_topk_probs and d2.global_nbytes() > d.global_nbytes()
+    assert registry.create("token-recycling", 1000, {}).tree == "static"    # its template stays the default
     # static drafters accept (ids, probs) feedback too (engines may send it)
     d.start(0, [1, 2, 3], (np.array([[2, 5], [3, 6]]), np.array([[0.5, 0.2], [0.6, 0.1]], np.float32)))
     [t] = d.propose([0], [8])

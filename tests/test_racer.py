@@ -170,3 +170,37 @@ def test_registry_entry():
     spec = registry.get("racer")
     assert spec.uses_target_topk and spec.default_budget == 64 and RacerDrafter.uses_target_topk
     assert isinstance(registry.create("RACER", VOCAB), RacerDrafter)
+
+
+def test_dynamic_trees_value_retrieved_edges_by_match_length():
+    """Dynamic RACER calibrates a retrieved edge per (matched length class, frequency-ratio
+    bin): a 6-token match and a 1-token match at similar ratios get their own estimates,
+    and observe scores each drafted edge in its own cell."""
+    from specplug.drafters.tree_build import RETRIEVAL_CLASSES, match_class
+    assert [match_class(d, RETRIEVAL_CLASSES) for d in (1, 2, 3, 4, 5, 6, 10)] == [0, 0, 1, 2, 2, 3, 3]
+    d = RacerDrafter(100, tree="dynamic", logits_depth=0, pair_rows=0)
+    rc = d.acceptance
+    rc.trials[:RETRIEVAL_CLASSES] = 1000.0
+    rc.hits[0] = 50.0                       # 1-token matches: rarely accepted
+    rc.hits[3] = 900.0                      # >= 6 tokens matched: mostly accepted
+    table = d.edge_table()
+    # "1..6" occurred before, followed by 7 50; "6" alone was also followed by 60
+    d.start("r", [1, 2, 3, 4, 5, 6, 7, 50, 6, 60, 9, 1, 2, 3, 4, 5, 6])
+    [tree] = d.propose(["r"], [8])
+    seven, sixty = chain_below(tree, [7]), chain_below(tree, [60])
+    assert seven > 0 and sixty > 0
+    # 7 below the 6-token border (automaton depth 7, ratio 1 / (1 + 1)), 60 below the
+    # 1-token border (depth 2, ratio 1 / (2 + 1))
+    assert tree.edge_bin[seven] == 3 * 16 + 5 and tree.edge_bin[sixty] == 0 * 16 + 3
+    assert tree.scores[seven] == pytest.approx(table[3, 5], rel=1e-6)
+    assert tree.scores[sixty] == pytest.approx(table[0, 3], rel=1e-6)
+    fifty = chain_below(tree, [7, 50])                       # continuation: depth 8, ratio 1
+    assert fifty > 0 and tree.scores[fifty] == pytest.approx(table[3, 5] * table[3, 9], rel=1e-6)
+    before_t, before_h = rc.trials.copy(), rc.hits.copy()
+    d.observe("r", tree, [7, 50, 6])
+    dt, dh = rc.trials - before_t, rc.hits - before_h
+    assert dt[3, 5] == 1 and dh[3, 5] == 1                   # 7 accepted
+    # 50 accepted after it; then 6 (ratio 1 too) was tried, but 6 is the bonus token here
+    assert dt[3, 9] == 2 and dh[3, 9] == 1
+    assert dt[0, 3] == 1 and dh[0, 3] == 0                   # 60 drafted from the root, rejected
+    d.finish("r")
