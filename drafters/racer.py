@@ -25,8 +25,8 @@ estimated acceptance probability. With ``adaptive_prior`` the rank priors are th
 hit rates of recycled rank-r candidates (counted at every verified node), shrunk towards
 the defaults, so the logits tree's depth/breadth trade-off calibrates itself to the target.
 
-Node values (``tree``): ``"dynamic"``, the default since it gave the higher MAT at 14 of 15
-measured (prompt set, budget) points (docs/dynamic_trees.md), values every edge by a
+Node values (``tree``): ``"dynamic"``, the default since its MAT was at least static's at 14
+of 15 measured (prompt set, budget) points (docs/dynamic_trees.md), values every edge by a
 calibrated acceptance estimate (the target's stored top-k probability for logits edges;
 matched length and frequency ratio for retrieved ones, see :mod:`.calibration`);
 ``"static"`` uses the fixed rank priors and raw frequency ratios of the paper.

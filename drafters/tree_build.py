@@ -163,14 +163,17 @@ def match_class(depth, nclasses):
 
 
 @njit(cache=True, inline="always")
-def _retrieval_cell(nodes, c, ratio, lv):
-    """(value factor, cell) of retrieved automaton node c with frequency ratio ``ratio``:
-    dynamic trees value it by the calibrated acceptance of its cell (match class, ratio
-    bin); static trees by the ratio itself. The cell is class * 16 + bin."""
-    bn = prob_bin(ratio)
+def _retrieval_cell(nodes, c, scale, denom, lv):
+    """(score, cell) of retrieved automaton node c under a parent scored ``scale``, its
+    frequency ratio being freq[c] / ``denom``: dynamic trees value the edge by the
+    calibrated acceptance of its cell (match class, ratio bin), static trees by the ratio
+    (computed as scale * freq / denom, the paper's order, so that scores and therefore
+    ties against the logits frontier are bit-identical). The cell is class * 16 + bin."""
+    f = nodes[c, FREQ]
+    bn = prob_bin(f / denom)
     rcal = lv[7]
     cls = match_class(nodes[c, DEPTH], rcal.shape[0])
-    v = rcal[cls, bn] if lv[0] else ratio
+    v = scale * rcal[cls, bn] if lv[0] else scale * f / denom
     return v, cls * 16 + bn
 
 
@@ -231,8 +234,8 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
     for j in range(nb):
         c = nodes[borders[j], FIRST_CHILD]
         while c >= 0:
-            v, cell = _retrieval_cell(nodes, c, nodes[c, FREQ] / norms[j], lv)
-            nr = heap_push(rs, ra, rb, nr, weights[j] * v, c, cell)   # payload b = parent * 64 + cell
+            v, cell = _retrieval_cell(nodes, c, weights[j], norms[j], lv)
+            nr = heap_push(rs, ra, rb, nr, v, c, cell)   # payload b = parent * 64 + cell
             c = nodes[c, NEXT_SIBLING]
     lsc[0] = 1.0
     lrun[0] = 0
@@ -263,8 +266,8 @@ def grow_fused(nodes, borders, norms, weights, nb, retrieval_limit, retrieval_fi
             fpar = nodes[c, FREQ]
             g = nodes[c, FIRST_CHILD]
             while g >= 0:
-                v, cell = _retrieval_cell(nodes, g, nodes[g, FREQ] / fpar, lv)
-                nr = heap_push(rs, ra, rb, nr, s * v, g, i * 64 + cell)
+                v, cell = _retrieval_cell(nodes, g, s, fpar, lv)
+                nr = heap_push(rs, ra, rb, nr, v, g, i * 64 + cell)
                 g = nodes[g, NEXT_SIBLING]
         elif nl > 0:
             s, p, r, nl = heap_pop(ls_, la, lb, nl)

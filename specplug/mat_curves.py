@@ -24,9 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=0)
-    p.add_argument("--combine", nargs="+", metavar="PART.json",
+    p.add_argument("--trees", default="static,dynamic", help="tree modes to run (comma-separated)")
+    p.add_argument("--combine", nargs="+", metavar="PART.json[:ALGO]",
                    help="no run: merge the JSONs of runs over disjoint budgets (same model, prompts and "
-                        "sizes; e.g. two processes, one per core) into --json, with its table and plot")
+                        "sizes; e.g. two processes, one per core) into --json, with its table and plot; "
+                        "PART.json:ALGO takes only that algorithm's rows (e.g. a rerun of one tree mode)")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     if args.combine:
@@ -40,7 +42,10 @@ def main(argv=None) -> int:
 
     sets = {prompt_set_label(n): load_prompt_set(n, limit=args.limit) for n in args.prompts.split(",")}
     engine = HFEngine.load()
-    algos = [f"{args.algorithm}[static]", f"{args.algorithm}[dynamic]"]
+    modes = [m.strip() for m in args.trees.split(",") if m.strip()]
+    if not modes or any(m not in ("static", "dynamic") for m in modes):
+        raise SystemExit(f"--trees: comma-separated static and/or dynamic, got {args.trees!r}")
+    algos = [f"{args.algorithm}[{m}]" for m in modes]
     rows = []
     for b in [int(x) for x in args.budgets.split(",")]:
         rep = run_bench(engine, algos, sets, max_new_tokens=args.max_new_tokens, budget=b, warmup=args.warmup)
@@ -60,10 +65,16 @@ def main(argv=None) -> int:
 
 
 def _combine(paths, dest: str) -> int:
-    parts = []
-    for path in paths:
+    paths = list(paths)
+    parts, only = [], []
+    for i, spec in enumerate(paths):
+        path, sep, algo = spec.rpartition(":")
+        if not sep or "/" in algo or not os.path.isfile(path):
+            path, algo = spec, None
+        paths[i] = path
         with open(path) as f:
             parts.append(json.load(f))
+        only.append(algo)
     keys = ("algorithm", "prompts", "limit", "max_new_tokens", "warmup")
     first = parts[0]
     for path, d in zip(paths, parts):
@@ -73,8 +84,11 @@ def _combine(paths, dest: str) -> int:
                              f"(compare {', '.join(keys)}); only runs over disjoint budgets can be merged")
     seen = set()
     rows = []
-    for path, d in zip(paths, parts):
-        for r in d["results"]:
+    for path, d, algo in zip(paths, parts, only):
+        picked = [r for r in d["results"] if algo is None or r["algorithm"] == algo]
+        if not picked:
+            raise SystemExit(f"--combine: no rows of {algo!r} in {path}")
+        for r in picked:
             key = (r["algorithm"], r["prompt_set"], r["budget"])
             if key in seen:
                 raise SystemExit(f"--combine: {path} repeats budget {r['budget']} for {r['algorithm']} on "
@@ -83,7 +97,8 @@ def _combine(paths, dest: str) -> int:
             rows.append(r)
     cfg = dict(first["config"])
     cfg["budgets"] = ",".join(str(b) for b in sorted({r["budget"] for r in rows}))
-    cfg["command"] = " + ".join(d["config"]["command"] for d in parts)
+    cfg["command"] = " + ".join(d["config"]["command"] + (f" (rows of {a})" if a else "")
+                                for d, a in zip(parts, only))
     out = {"model": first["model"], "device": first["device"], "torch_threads": first.get("torch_threads", 1),
            "config": cfg, "results": rows}
     _write(out, dest)

@@ -51,5 +51,12 @@ def test_mat_curves_combines_runs_over_disjoint_budgets(tmp_path):
     assert "| gsm8k | racer[dynamic] | 1.080 | 1.160 | 1.640 |" in table
     with pytest.raises(SystemExit, match="disjoint"):
         mat_curves.main(["--combine", a, a, "--json", str(tmp_path / "x.json")])
+    # PART.json:ALGO takes one algorithm's rows: a rerun of one tree mode replaces it
+    c = _mat_part(tmp_path, "c.json", [8, 16, 64])
+    assert mat_curves.main(["--combine", f"{a}:racer[dynamic]", f"{b}:racer[dynamic]", f"{c}:racer[static]",
+                            "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())["results"]) == 12
+    with pytest.raises(SystemExit, match="no rows"):
+        mat_curves.main(["--combine", f"{a}:racer[bogus]", "--json", str(out)])
     with pytest.raises(SystemExit, match="other model or settings"):
-        mat_curves.main(["--combine", a, _mat_part(tmp_path, "c.json", [32], limit=3), "--json", str(out)])
+        mat_curves.main(["--combine", a, _mat_part(tmp_path, "d.json", [32], limit=3), "--json", str(out)])
