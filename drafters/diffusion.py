@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .automaton_drafter import AutomatonDrafter, as_token_array, check_budgets
+from .automaton_drafter import AutomatonDrafter, check_budgets
 from .diffusion_lattice import AdaptiveLength, NgramProxy, argmax_path, beam_search, build_lattice
 from .errors import ConfigError, ModelError
 from .tree import DraftTree
@@ -129,6 +129,8 @@ class DiffusionDrafter(AutomatonDrafter):
         self.proxy_beta = float(proxy_beta)
         eos = self._parse_eos(eos_ids)
         self.eos_ids = tuple(t for t in eos if 0 <= t < vocab_size)
+        import torch
+        self._eos_index = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
         self._ctx: dict = {}
         self._adl: dict = {}
         self._last_len: dict = {}
@@ -165,9 +167,8 @@ class DiffusionDrafter(AutomatonDrafter):
 
     # ------------------------------------------------------------------ protocol
     def start(self, rid, context_ids, context_topk=None):
-        super().start(rid, context_ids, context_topk)
-        ids = as_token_array(context_ids, self.vocab_size, "context_ids")
-        self._ctx[rid] = ids[-self.window:].copy()
+        super().start(rid, context_ids, context_topk)                    # validates the ids
+        self._ctx[rid] = np.asarray(context_ids, np.int32)[-self.window:].copy()
         self._adl[rid] = AdaptiveLength(self.k_min, self.k_max, self.rho, self.delta)
         self._last_len[rid] = None
 
@@ -205,22 +206,16 @@ class DiffusionDrafter(AutomatonDrafter):
             n = len(c)
             ids[i, :n] = torch.from_numpy(c.astype(np.int64))
             key[i, : n + k] = True
-            pos[i, :k] = torch.arange(n, n + k) - self.shift
-            pos[i, k:] = n - self.shift
+            pos[i, :k] = torch.arange(n, n + k)
+            pos[i, k:] = n
+        full_rows = bool(key.all())           # on the host: no device sync before the forward
         with torch.inference_mode():
-            ids, key, pos = ids.to(self.device), key.to(self.device), pos.to(self.device)
-            if hasattr(self.model, "hidden"):
-                h = self.model.hidden(ids, None if bool(key.all()) else key)
-                hm = torch.gather(h, 1, pos[..., None].expand(-1, -1, h.shape[-1]))
-                logits = hm @ self.model.head_weight.t()
-            else:  # remote-code model: full logits, gathered
-                full = self.model(ids, key)
-                logits = torch.gather(full, 1, (pos + self.shift)[..., None].expand(-1, -1, full.shape[-1]))
+            ids, pos = ids.to(self.device), pos.to(self.device)
+            logits = self.model.slot_logits(ids, None if full_rows else key.to(self.device), pos)
             probs = torch.softmax(logits.float(), dim=-1)                   # [b, kmax, V]
             top_p, top_i = torch.topk(probs, min(self.cap, probs.shape[-1]), dim=-1)
             if self.eos_ids:
-                eos = torch.tensor(self.eos_ids, device=probs.device)
-                ep = probs[..., eos]                                         # [b, kmax, E]
+                ep = probs[..., self._eos_index]                             # [b, kmax, E]
                 above = torch.stack([(probs * (probs > ep[..., e:e + 1])).sum(-1)
                                      for e in range(len(self.eos_ids))], dim=-1)
             else:
@@ -242,7 +237,7 @@ class DiffusionDrafter(AutomatonDrafter):
         work = []
         for i, rid in enumerate(rids):
             ctx = self._ctx[rid]
-            if b[i] <= 1 or ctx.shape[0] < 1:
+            if b[i] <= 1:                     # (start refused empty contexts)
                 trees[i] = DraftTree.single(int(ctx[-1]))
                 continue
             # no path of a tree of b nodes is longer than b - 1: slots past it are never used

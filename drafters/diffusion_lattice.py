@@ -145,15 +145,19 @@ def _proxy_score(nodes, table, root, root_total, states, cands, beta, inv_vocab,
     uniform base."""
     nb, nc = cands.shape
     chain = np.empty(64, np.int64)
+    totals = np.empty(64, np.int64)
     for b in range(nb):
-        # the failure chain of the state, deepest first (depth <= automaton depth <= 64)
+        # the failure chain of the state, deepest first (depth <= automaton depth <= 64),
+        # with each context's continuation count (the same for every candidate)
         n = 0
         v = states[b]
         while v != root and n < 63:
             chain[n] = v
+            totals[n] = _cont_total(nodes, v)
             n += 1
             v = nodes[v, FAIL]
         chain[n] = root
+        totals[n] = root_total
         n += 1
         for j in range(nc):
             t = cands[b, j]
@@ -163,7 +167,7 @@ def _proxy_score(nodes, table, root, root_total, states, cands, beta, inv_vocab,
             p = inv_vocab
             for i in range(n - 1, -1, -1):        # shortest context first
                 u = chain[i]
-                tot = root_total if u == root else _cont_total(nodes, u)
+                tot = totals[i]
                 if tot == 0:
                     continue
                 ch = child_of(nodes, table, u, t)

@@ -243,6 +243,14 @@ class MaskedDiffusionLM(nn.Module):
         h = h[:, start - shift: h.shape[1] - shift]
         return h @ self.head_weight.t()
 
+    def slot_logits(self, input_ids, key_mask, slots):
+        """Logits of the tokens at positions ``slots`` [B, S] only (the drafter's k slots, the
+        trainer's masked targets), so the LM head runs on S rows per sequence. With
+        ``shift_logits`` slot t is read from the hidden state at t - 1."""
+        h = self.hidden(input_ids, key_mask)
+        src = slots - int(self.config.shift_logits)
+        return torch.gather(h, 1, src[..., None].expand(-1, -1, h.shape[-1])) @ self.head_weight.t()
+
     # ------------------------------------------------------------------ state dict in HF names
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         out = {"model.embed_tokens.weight": torch.cat([self.embed_tokens, self.extra_embed]).detach(),
@@ -331,6 +339,11 @@ class _RemoteWrapper(nn.Module):
         logits = out.logits if hasattr(out, "logits") else out[0]
         logits = logits[..., : self.config.vocab_size]
         return logits if logits_from is None else logits[:, logits_from:]
+
+    def slot_logits(self, input_ids, key_mask, slots):
+        """Full logits from the model's own code, gathered at ``slots`` [B, S]."""
+        full = self.forward(input_ids, key_mask)
+        return torch.gather(full, 1, slots[..., None].expand(-1, -1, full.shape[-1]))
 
 
 def load_diffusion_model(path: str | os.PathLike, device="cpu", dtype=torch.float32,

@@ -153,10 +153,7 @@ def batch_loss(model, ids, key, tgt, w, pos):
     import torch
     import torch.nn.functional as F
 
-    h = model.hidden(ids, key)
-    pos = pos - int(model.config.shift_logits)
-    hm = torch.gather(h, 1, pos[..., None].expand(-1, -1, h.shape[-1]))
-    logits = hm @ model.head_weight.t()
+    logits = model.slot_logits(ids, key, pos)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), reduction="none")
     ce = ce.view_as(w)
     return (ce * w).sum() / w.sum().clamp(min=1e-9), logits, ce
@@ -180,10 +177,7 @@ def evaluate(model, seqs, plens, window: int, k: int, mask_id: int, n: int = 96,
         for s in range(0, n, batch):
             b = min(batch, n - s)
             ids, key, tgt, w, pos = make_batch(sub, subp, rng, b, window, k, mask_id, 1.0, r_fixed=k)
-            h = model.hidden(ids, key)
-            pos = pos - int(model.config.shift_logits)
-            hm = torch.gather(h, 1, pos[..., None].expand(-1, -1, h.shape[-1]))
-            pred = (hm @ model.head_weight.t()).argmax(-1)
+            pred = model.slot_logits(ids, key, pos).argmax(-1)
             ok = (pred == tgt).numpy()
             hits += ok.sum(0)
             for row in ok:
