@@ -42,7 +42,7 @@ from .budget import CostModel, default_cost_model
 from .errors import ConfigError
 from .tree import DraftTree
 
-__all__ = ["EarlyExitRunner", "ShadowTokens", "shadow_layers", "LayerStats", "ExitCost", "select_exit", "tpl_table",
+__all__ = ["EarlyExitRunner", "ShadowTokens", "shadow_layers", "LayerStats", "ExitCost", "select_exit", "tpl_table", "step_costs",
            "expected_tokens", "feasible_layers", "ProbeCredit", "EarlyExitDrafter", "DELDrafter"]
 
 
@@ -239,21 +239,30 @@ def expected_tokens(alpha, g) -> np.ndarray:
     return out
 
 
-def tpl_table(alpha, layers, cost: ExitCost, max_gamma: int) -> np.ndarray:
-    """TPL[k, γ-1] = expected tokens / step cost for exit layers[k] and γ = 1..max_gamma."""
+def step_costs(layers, cost: ExitCost, max_gamma: int) -> np.ndarray:
+    """cost.step(layers[k], γ) for γ = 1..max_gamma, [K, max_gamma]: fixed once the candidate
+    layers are, so per-step callers compute it once and pass it to :func:`select_exit`."""
+    g = np.arange(1, int(max_gamma) + 1)
+    return cost.step(np.asarray(layers, np.int64)[:, None], g[None, :])
+
+
+def tpl_table(alpha, layers, cost: ExitCost, max_gamma: int, steps: np.ndarray | None = None) -> np.ndarray:
+    """TPL[k, γ-1] = expected tokens / step cost for exit layers[k] and γ = 1..max_gamma
+    (``steps``: the :func:`step_costs` of layers, at least max_gamma columns)."""
     g = np.arange(1, int(max_gamma) + 1)
     a = np.asarray(alpha, np.float64)[:, None]
-    e = np.asarray(layers, np.int64)[:, None]
-    return expected_tokens(a, g[None, :]) / cost.step(e, g[None, :])
+    c = step_costs(layers, cost, max_gamma) if steps is None else steps[:, : int(max_gamma)]
+    return expected_tokens(a, g[None, :]) / c
 
 
-def select_exit(alpha, layers, cost: ExitCost, max_gamma: int, min_gain: float = 0.0):
+def select_exit(alpha, layers, cost: ExitCost, max_gamma: int, min_gain: float = 0.0,
+                steps: np.ndarray | None = None):
     """(E, γ, predicted speedup over AR) maximising TPL, or (None, 0, best speedup) when no
-    (E, γ) beats AR by more than ``min_gain`` (fraction)."""
+    (E, γ) beats AR by more than ``min_gain`` (fraction). ``steps``: see :func:`tpl_table`."""
     layers = np.asarray(layers, np.int64)
     if layers.shape[0] == 0 or max_gamma < 1:
         return None, 0, 0.0
-    t = tpl_table(alpha, layers, cost, max_gamma)
+    t = tpl_table(alpha, layers, cost, max_gamma, steps)
     k, g = np.unravel_index(int(np.argmax(t)), t.shape)
     speedup = float(t[k, g] * cost.ar())
     if speedup <= 1.0 + min_gain:
@@ -402,7 +411,7 @@ class EarlyExitDrafter(Drafter):
                 trees.append(DraftTree.chain(st.root, toks[k], np.cumprod(pr).astype(np.float32)))
             else:
                 trees.append(DraftTree.single(st.root))
-            st.history.append((st.steps, st.exit if k in toks else 0, len(toks.get(k, ()))))
+            st.history.append((st.steps, st.exit, len(toks.get(k, ()))))      # exit is 0 when not drafting
         return trees
 
     def observe(self, rid, tree, accepted, target_topk=None):
@@ -475,6 +484,8 @@ class DELDrafter(EarlyExitDrafter):
         self.history = []
         self.finished = 0
         self.cost: ExitCost | None = None
+        self._steps = np.zeros((0, 0))             # step_costs of the candidates (set in bind)
+        self._ar = 0.0
         self.candidates = np.zeros(0, np.int64)
         self.credit = ProbeCredit(self.probe_budget)
         self.prior: LayerStats | None = None       # statistics carried across requests
@@ -510,6 +521,9 @@ class DELDrafter(EarlyExitDrafter):
                 cand = np.sort(feas[:: max(1, self.probe_stride)][: self.probe_layers])
             self.candidates = np.asarray(cand, np.int64)
             self.prior = None
+            # per-step selection only needs alpha: the cost side is fixed from here on
+            self._steps = step_costs(self.candidates, self.cost, self.max_draft)
+            self._ar = self.cost.ar()
         self.runner, self.num_layers = runner, L
         if self.candidates.shape[0] and self.seed_tokens > 0 and self._cold():
             runner.request_prompt_shadow(self.candidates, self.seed_tokens)
@@ -534,13 +548,13 @@ class DELDrafter(EarlyExitDrafter):
     def _plan(self, rid, st: _Req, budget: int) -> tuple[int, int]:
         st.probe_layers = None
         if self.candidates.shape[0] == 0:
-            self.credit.earn(self.cost.ar())
+            self.credit.earn(self._ar)
             return 0, 0
         gmax = min(self.max_draft, budget - 1)
-        e, g, _ = select_exit(st.stats.alpha(self.candidates), self.candidates, self.cost, gmax, self.min_gain) \
-            if gmax >= 1 else (None, 0, 0.0)
+        e, g, _ = select_exit(st.stats.alpha(self.candidates), self.candidates, self.cost, gmax, self.min_gain,
+                              self._steps) if gmax >= 1 else (None, 0, 0.0)
         e, g = (0, 0) if e is None else (e, g)
-        step_cost = float(self.cost.step(e, g)) if e else self.cost.ar()
+        step_cost = float(self._steps[np.searchsorted(self.candidates, e), g - 1]) if e else self._ar
         self.credit.earn(step_cost)
         probe = self.candidates[self.candidates != e]
         # shadow rows: K layers x (accepted + 1) positions, at most g + 1 of them
