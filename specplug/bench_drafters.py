@@ -276,8 +276,7 @@ def run(args) -> int:
 
     opts = _parse_options(args.options)
     names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
-    for n in names:
-        split_variant(n, {})                       # unknown names / tree modes fail before any work
+    # unknown names / tree modes fail here, before any work
     bases = {n: registry.get(split_variant(n, {})[0]).name for n in names}
     unused = [k for k in opts if k not in names and k not in bases.values()]
     if unused:

@@ -33,6 +33,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.combine:
         return _combine(args.combine, args.json)
+    from specplug.bench import parse_tree_modes
+    from specplug.drafters.errors import ConfigError
+    try:
+        modes = parse_tree_modes(args.trees)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    if not modes:
+        raise SystemExit(f"--trees: static, dynamic or static,dynamic; got {args.trees!r}")
 
     import torch
     torch.set_num_threads(1)
@@ -42,9 +50,6 @@ def main(argv=None) -> int:
 
     sets = {prompt_set_label(n): load_prompt_set(n, limit=args.limit) for n in args.prompts.split(",")}
     engine = HFEngine.load()
-    modes = [m.strip() for m in args.trees.split(",") if m.strip()]
-    if not modes or any(m not in ("static", "dynamic") for m in modes):
-        raise SystemExit(f"--trees: comma-separated static and/or dynamic, got {args.trees!r}")
     algos = [f"{args.algorithm}[{m}]" for m in modes]
     rows = []
     for b in [int(x) for x in args.budgets.split(",")]:
