@@ -123,20 +123,19 @@ class DraftBridge:
             if len(tree) > self.width or int(tree.tokens[0]) != roots[i]:
                 trees[i] = self._bad_tree(reqs[i], f"{len(tree)} nodes (width {self.width}), "
                                                    f"root {int(tree.tokens[0])} (expected {roots[i]})")
-        packed = pack_trees(trees, self.width)
-        if self.vocab_size is not None:
-            bad = np.flatnonzero((packed.tokens < 0).any(1) | (packed.tokens >= self.vocab_size).any(1))
-            for i in bad:
+        if self.vocab_size is not None and trees:   # per tree, on the trees themselves: one pass
+            toks = np.concatenate([t.tokens for t in trees])
+            starts = np.zeros(len(trees), np.int64)
+            np.cumsum([len(t) for t in trees[:-1]], out=starts[1:])
+            lo, hi = np.minimum.reduceat(toks, starts), np.maximum.reduceat(toks, starts)
+            for i in np.flatnonzero((lo < 0) | (hi >= self.vocab_size)):
                 trees[i] = self._bad_tree(reqs[i], f"token ids outside [0, {self.vocab_size})")
-            if bad.size:
-                packed = pack_trees(trees, self.width)
         if self.policy is not None:  # cut to the goodput-maximising sizes (prefixes: still valid)
             trees = self.policy.apply(self.drafter, rids, trees, [self.width] * len(rids))
         width = self.width
         if self.policy is not None or self.tight:   # pack to the widest tree of the step
             width = max((len(t) for t in trees), default=1)
-        if self.policy is not None or width != self.width:  # the trees or the width changed
-            packed = pack_trees(trees, width)
+        packed = pack_trees(trees, width)           # once, at the step's width
         step = PackedStep(rids, trees, packed.tokens.astype(np.int64).reshape(-1),
                           packed.mask.reshape(-1), width)
         self._pending = step
