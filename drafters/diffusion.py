@@ -134,7 +134,7 @@ class DiffusionDrafter(AutomatonDrafter):
         self._ctx: dict = {}
         self._adl: dict = {}
         self._last_len: dict = {}
-        self._checked: set[int] = set()
+        self._checked_tokenizer = None     # held, not its id(): a freed object's id is reused
         self.stats = {"steps": 0, "drafted": 0, "eos_cuts": 0, "forward_s": 0.0, "search_s": 0.0}
 
     def _parse_eos(self, text: str) -> list[int]:
@@ -160,10 +160,10 @@ class DiffusionDrafter(AutomatonDrafter):
     def check_target(self, tokenizer) -> None:
         """Engines with a tokenizer call this before generating: identical vocabularies or a
         clear error (a tokenizer that passed is not compared again)."""
-        if id(tokenizer) in self._checked:
+        if tokenizer is self._checked_tokenizer:
             return
         check_vocabulary(self.model_path, self.config.vocab_size, self.vocab_size, tokenizer)
-        self._checked.add(id(tokenizer))
+        self._checked_tokenizer = tokenizer
 
     # ------------------------------------------------------------------ protocol
     def start(self, rid, context_ids, context_topk=None):
