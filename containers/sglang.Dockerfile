@@ -13,11 +13,12 @@
 ARG SGLANG_IMAGE=lmsysorg/sglang:v0.5.23
 FROM ${SGLANG_IMAGE}
 
-# --no-deps: specplug needs numpy, torch, transformers, safetensors and tqdm, which the
-# image already has; SGLang's CUDA torch and transformers stay untouched. The package
-# registers the `sglang.srt.plugins` entry point that every SGLang process loads.
+# specplug and its dependencies (numba included) go in with every package of the image
+# pinned as a constraint (containers/install_specplug.sh): SGLang's CUDA torch and
+# transformers stay as they are, and a dependency that would need others fails the build.
+# The package registers the `sglang.srt.plugins` entry point that every SGLang process loads.
 COPY . /tmp/specplug
-RUN python3 -m pip install --no-cache-dir --no-deps /tmp/specplug \
+RUN sh /tmp/specplug/containers/install_specplug.sh python3 /tmp/specplug \
  && rm -rf /tmp/specplug \
  && python3 -c "from importlib.metadata import entry_points as e; \
 assert any(p.value == 'specplug.plugins.sglang:register' for p in e(group='sglang.srt.plugins')); \

@@ -12,11 +12,13 @@ ARG TGI_VERSION=3.3.6
 FROM ghcr.io/huggingface/text-generation-inference:${TGI_VERSION}
 
 # TGI's server runs from the Python 3.11 venv at /usr/src/.venv (the entrypoint activates
-# it; shards inherit the launcher's environment). specplug's dependencies (numpy, torch,
-# transformers, safetensors, tqdm) are already there: --no-deps keeps TGI's torch and
-# transformers untouched. The wheel puts specplug_tgi.pth into that venv's site-packages.
+# it; shards inherit the launcher's environment). specplug and its dependencies (numba
+# included) go in with every package of that venv pinned as a constraint
+# (containers/install_specplug.sh; through the image's uv, as `uv sync` left the venv without
+# pip): TGI's torch and transformers stay as they are, and a dependency that would need
+# others fails the build. The wheel puts specplug_tgi.pth into that venv's site-packages.
 COPY . /tmp/specplug
-RUN /usr/src/.venv/bin/python -m pip install --no-cache-dir --no-deps /tmp/specplug \
+RUN sh /tmp/specplug/containers/install_specplug.sh /usr/src/.venv/bin/python /tmp/specplug \
  && rm -rf /tmp/specplug \
  && test -f /usr/src/.venv/lib/python3.11/site-packages/specplug_tgi.pth \
  && /usr/src/.venv/bin/python -c "import specplug.patches.tgi, specplug.drafters.registry as r; print('specplug', r.names())"

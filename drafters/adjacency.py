@@ -16,24 +16,14 @@ from numba import njit
 
 from .calibration import EdgeCalibration, score_row
 from .errors import ConfigError
+from .feedback import Feedback, TopK
 
-__all__ = ["AdjacencyTable", "update_rows", "split_topk"]
+__all__ = ["AdjacencyTable", "PairAdjacency", "update_rows", "flat_topk", "DEFAULT_RANK_PRIOR"]
 
-
-def split_topk(x):
-    """One request's top-k feedback as (ids [n, k], probs [n, k] float32 or None).
-
-    Engines pass either the ids alone or a tuple (ids, probs): the target's probabilities
-    of those ids (softmax of the verified logits), which dynamic trees use as node values.
-    """
-    if isinstance(x, tuple):
-        if len(x) != 2:
-            raise ConfigError("target_topk must be ids [n, k] or a tuple (ids [n, k], probs [n, k])")
-        ids, probs = np.asarray(x[0]), np.asarray(x[1], np.float32)
-        if probs.shape != ids.shape:
-            raise ConfigError(f"target_topk probabilities must have the ids' shape {ids.shape}, got {probs.shape}")
-        return ids, probs
-    return np.asarray(x), None
+#: P(rank-r adjacency candidate is the target's next token | its parent was): the prior of
+#: recycled candidates (RACER's logits tree, Token Recycling's template, the tables' edge
+#: calibration); a rough fit of top-k acceptance of recycled logits, decaying with rank.
+DEFAULT_RANK_PRIOR = (0.5, 0.15, 0.08, 0.05, 0.04, 0.03, 0.025, 0.02)
 
 
 @njit(cache=True, inline="always")
@@ -110,38 +100,13 @@ def update_rows_flat(rows, probs, tokens, topk, tprobs, offsets, has_topk, hits,
             _write_row(rows, probs, store_p, t, topk, tprobs, i, kk, vocab)
 
 
-def flatten_feedback(trees, target_topk):
-    """One batch of verified trees as flat arrays: (tokens, parents, topk [N, k] int32,
-    offsets [B + 1], has_topk [B], probs [N, k] float32 with -1 where unknown); None when
-    no request brought top-k ids. Entries of ``target_topk`` are ids or (ids, probs)."""
-    if target_topk is None:
+def flat_topk(feedback: Feedback):
+    """(ids [N, k] int32, probs [N, k] float32 with -1 where unknown) of a step's verified
+    nodes, or None when the engine sent no top-k for any request."""
+    tk = feedback.topk
+    if tk is None or not feedback.has_topk.any():
         return None
-    has = np.fromiter((x is not None for x in target_topk), np.bool_, len(target_topk))
-    if not has.any():
-        return None
-    sizes = np.fromiter((len(t) for t in trees), np.int64, len(trees))
-    offsets = np.zeros(len(trees) + 1, np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    split = [split_topk(x) if x is not None else (None, None) for x in target_topk]
-    rows = [x for x, _ in split]
-    prows = [p for _, p in split]
-    k = max(x.shape[1] for x in rows if x is not None and x.ndim == 2)
-    for i, x in enumerate(rows):
-        if x is None:
-            rows[i] = np.full((int(sizes[i]), k), -1, np.int32)
-        elif x.ndim != 2 or x.shape[0] != sizes[i]:
-            raise ConfigError(f"target_topk must have shape [tree nodes = {int(sizes[i])}, k], got {x.shape}")
-        elif x.shape[1] != k:
-            rows[i] = np.pad(x, ((0, 0), (0, k - x.shape[1])), constant_values=-1)
-            if prows[i] is not None:
-                prows[i] = np.pad(prows[i], ((0, 0), (0, k - prows[i].shape[1])), constant_values=-1.0)
-        if prows[i] is None:
-            prows[i] = np.full((int(sizes[i]), k), -1.0, np.float32)
-    toks = np.concatenate([t.tokens for t in trees])
-    parents = np.concatenate([t.parents for t in trees])
-    topk = np.ascontiguousarray(np.concatenate(rows), dtype=np.int32)
-    probs = np.ascontiguousarray(np.concatenate(prows), dtype=np.float32)
-    return toks, parents, topk, offsets, has, probs
+    return tk.ids, tk.probs_or_unknown()
 
 
 def id_and_prob_rows(n: int, k: int, probs: bool):
@@ -173,7 +138,6 @@ class AdjacencyTable:
         self.rows, self.probs = id_and_prob_rows(int(vocab_size), self.k, probs)
         self.hits = np.zeros(self.k, np.float64)     # rank-r entry was the target's top-1
         self.trials = np.zeros(1, np.float64)        # known rows checked against the target
-        from .racer import DEFAULT_RANK_PRIOR       # noqa: late import (racer imports this module)
         self.calibration = EdgeCalibration(self.k, DEFAULT_RANK_PRIOR)
 
     @property
@@ -183,36 +147,32 @@ class AdjacencyTable:
     def nbytes(self) -> int:
         return int(self.rows.nbytes + (self.probs.nbytes if self.probs.shape[0] > 1 else 0))
 
-    def update(self, tokens, topk) -> None:
-        """Row of tokens[i] := topk[i] (the target's top-k after the position of tokens[i]);
-        ``topk`` is ids [n, k] or (ids, probs)."""
+    def update(self, tokens, topk: TopK) -> None:
+        """Row of tokens[i] := topk row i (the target's top-k after the position of tokens[i])."""
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        tk, pr = split_topk(topk)
-        if tk.ndim != 2 or tk.shape[0] != toks.shape[0]:
-            raise ConfigError(f"top-k ids must have shape [{toks.shape[0]}, k], got {tk.shape}")
+        if len(topk) != toks.shape[0]:
+            raise ConfigError(f"top-k ids must have shape [{toks.shape[0]}, k], got {topk.ids.shape}")
         if toks.shape[0]:
-            update_rows(self.rows, self.probs, toks, np.ascontiguousarray(tk, dtype=np.int32), _probs_arg(pr))
+            update_rows(self.rows, self.probs, toks, topk.ids, _probs_arg(topk.probs))
 
-    def seed(self, context_ids, context_topk) -> None:
-        """From prefill: context_topk[i] followed context_ids[i] (for all but the last token)."""
+    def seed(self, context_ids, context_topk: TopK) -> None:
+        """From prefill: context_topk row i followed context_ids[i] (for all but the last token)."""
         ctx = np.ascontiguousarray(context_ids, dtype=np.int32)
-        tk, pr = split_topk(context_topk)
         n = ctx.shape[0] - 1
-        if tk.ndim != 2 or tk.shape[0] != n:
+        if len(context_topk) != n:
             raise ConfigError(f"context_topk must have shape [len(context_ids) - 1, k] = [{n}, k], "
-                              f"got {tk.shape}")
+                              f"got {context_topk.ids.shape}")
         if n > 0:
-            update_rows(self.rows, self.probs, ctx, np.ascontiguousarray(tk, dtype=np.int32), _probs_arg(pr))
+            update_rows(self.rows, self.probs, ctx, context_topk.ids, _probs_arg(context_topk.probs))
 
-    def update_from_trees(self, trees, target_topk) -> None:
-        """Batched observe: every node of every verified tree gets the target's top-k there
-        (``target_topk[b]`` is [len(trees[b]), k'] or None where the engine gave none)."""
-        flat = flatten_feedback(trees, target_topk)
+    def update_from_feedback(self, feedback: Feedback) -> None:
+        """Batched observe: every node of every verified tree gets the target's top-k there."""
+        flat = flat_topk(feedback)
         if flat is None:
             return
-        toks, _, topk, offsets, has, probs = flat
-        update_rows_flat(self.rows, self.probs, toks, topk, probs, offsets, has, self.hits, self.trials,
-                         self.calibration.hits, self.calibration.trials)
+        topk, probs = flat
+        update_rows_flat(self.rows, self.probs, feedback.tokens, topk, probs, feedback.node_offsets,
+                         feedback.has_topk, self.hits, self.trials, self.calibration.hits, self.calibration.trials)
         if self.trials[0] > 1e7:                    # keep adapting: old evidence fades
             self.hits *= 0.5
             self.trials *= 0.5
@@ -296,30 +256,29 @@ class PairAdjacency:
         self.vocab_size, self.k = int(vocab_size), int(k)
         self.keys = np.full(size, -1, np.int64)
         self.rows, self.probs = id_and_prob_rows(size, self.k, probs)
-        from .racer import DEFAULT_RANK_PRIOR       # noqa: late import (racer imports this module)
         self.calibration = EdgeCalibration(self.k, DEFAULT_RANK_PRIOR)
 
     def nbytes(self) -> int:
         return int(self.keys.nbytes + self.rows.nbytes + (self.probs.nbytes if self.probs.shape[0] > 1 else 0))
 
-    def update_from_trees(self, trees, target_topk, root_prev) -> None:
-        flat = flatten_feedback(trees, target_topk)
+    def update_from_feedback(self, feedback: Feedback, root_prev) -> None:
+        flat = flat_topk(feedback)
         if flat is None:
             return
-        toks, parents, topk, offsets, has, probs = flat
-        update_pairs_flat(self.keys, self.rows, self.probs, toks, parents, np.asarray(root_prev, np.int64), topk,
-                          probs, offsets, has, self.vocab_size, self.calibration.hits, self.calibration.trials)
+        topk, probs = flat
+        update_pairs_flat(self.keys, self.rows, self.probs, feedback.tokens, feedback.parents,
+                          np.asarray(root_prev, np.int64), topk, probs, feedback.node_offsets, feedback.has_topk,
+                          self.vocab_size, self.calibration.hits, self.calibration.trials)
         self.calibration.decay()
 
-    def seed(self, context_ids, context_topk) -> None:
-        """Prefill: the pair (context[i-1], context[i]) was followed by context_topk[i]."""
+    def seed(self, context_ids, context_topk: TopK) -> None:
+        """Prefill: the pair (context[i-1], context[i]) was followed by context_topk row i."""
         ctx = np.ascontiguousarray(context_ids, dtype=np.int32)
-        ids, pr = split_topk(context_topk)
-        tk = np.ascontiguousarray(ids, dtype=np.int32)
+        tk = context_topk.ids
         n = ctx.shape[0] - 1                        # positions with top-k
         if n < 2:
             return
-        pr = np.full(tk.shape, -1.0, np.float32) if pr is None else np.ascontiguousarray(pr, dtype=np.float32)
+        pr = context_topk.probs_or_unknown()
         tokens = ctx[:n]
         parents = np.arange(-1, n - 1, dtype=np.int32)   # a chain: node i's parent is i - 1
         offsets = np.array([0, n], np.int64)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .base import Drafter, check_budget
 from .errors import ConfigError
+from .feedback import Feedback
 from .ngram_automaton import NODE_BYTES, NgramPool, O_COUNT
 
 RequestId = Hashable
@@ -75,27 +76,19 @@ class AutomatonDrafter(Drafter):
         if self.global_cache:
             self._outputs[rid] = []
 
-    def observe(self, rid, tree, accepted, target_topk=None):
-        self.observe_batch([rid], [tree], [accepted], None if target_topk is None else [target_topk])
-
-    def observe_batch(self, rids, trees, accepted, target_topk=None):
-        if not len(rids):
+    def observe_batch(self, feedback: Feedback) -> None:
+        if not len(feedback):
             return
-        slots = self.slots(rids)
-        parts = [np.asarray(a, dtype=np.int64) for a in accepted]
-        lens = np.fromiter((p.shape[0] for p in parts), np.int64, len(parts))
-        offsets = np.zeros(len(parts) + 1, np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        slots = self.slots(feedback.rids)
+        flat = feedback.accepted
         if flat.shape[0] and (flat.min() < 0 or flat.max() >= self.vocab_size):
             raise ConfigError(f"accepted tokens outside [0, {self.vocab_size}): vocabulary mismatch "
                               f"between drafter and target")
-        flat = flat.astype(np.int32)
-        self._observe_extra(slots, trees, target_topk)
-        self.pool.feed_many(slots, flat, offsets)
+        self._observe_extra(slots, feedback)
+        self.pool.feed_many(slots, np.ascontiguousarray(flat, dtype=np.int32), feedback.accepted_offsets)
         if self.global_cache:
-            for rid, p in zip(rids, parts):
-                self._outputs[rid].append(p)
+            for i, rid in enumerate(feedback.rids):
+                self._outputs[rid].append(feedback.accepted_of(i).astype(np.int64))
 
     def finish(self, rid):
         slot = self._slot.pop(rid, None)
@@ -112,7 +105,7 @@ class AutomatonDrafter(Drafter):
         return len(self._slot)
 
     # ------------------------------------------------------------------ helpers
-    def _observe_extra(self, slots, trees, target_topk) -> None:
+    def _observe_extra(self, slots: np.ndarray, feedback: Feedback) -> None:
         """Hook for drafters that also learn from the verified trees (RACER's adjacency)."""
 
     def slots(self, rids: Sequence[RequestId]) -> np.ndarray:

@@ -1,33 +1,37 @@
-"""The drafter protocol every algorithm implements and every engine adapter drives.
+"""The drafter protocol every algorithm implements and every engine drives (through
+:class:`specplug.drafters.session.DraftSession`, never directly).
 
-Per request the engine calls, in order:
+Per request, in order:
 
     start(rid, context_ids, context_topk=None)   request admitted (after prefill)
     propose(rids, budgets) -> list[DraftTree]     once per engine step, batched
-    observe(rid, tree, accepted, target_topk)     after verification of that tree
+    observe_batch(feedback)                       after verification of those trees
     finish(rid)                                   finished, aborted or evicted
 
-``context_ids`` are all committed tokens of the request; the last one is the root
-of the next tree (committed, KV not yet computed). ``context_topk`` optionally
-gives the target's top-k next-token ids after each context position but the last
-([len(context_ids) - 1, k]): the prefill logits, for drafters that seed from them.
+``context_ids`` are all committed tokens of the request; the last one is the root of the
+next tree (committed, KV not yet computed). ``context_topk`` optionally gives the target's
+top-k next-token ids after each context position but the last (a :class:`TopK` of
+``len(context_ids) - 1`` rows): the prefill logits, for drafters that seed from them.
 
-``accepted`` in ``observe`` is the tokens committed this step: the tokens of the
-accepted tree nodes below the root, then the bonus token (so its last token is the
-next root). ``target_topk[i]`` is the target's top-k next-token ids at tree node i
-([n, k], best first), or None where the engine does not provide it. Drafters with
-``uses_topk_probs`` true also accept a tuple (ids [n, k], probs [n, k] float32): the
-target's probabilities of those ids (engines that can send them do; the same form is
-used for ``context_topk``).
+``feedback`` (:class:`specplug.drafters.feedback.Feedback`) is one verified step for a batch:
+flat accepted tokens with per-request offsets (a request's accepted tree nodes below the
+root, then the bonus token) and, for drafters with ``uses_target_topk``, the target's top-k
+at every verified node, flat, with probabilities where the engine can send them
+(``uses_topk_probs``). ``observe(rid, tree, accepted, target_topk)`` is the one-request
+form; a drafter implements one of the two, the base class derives the other.
+
+Everything an engine, the session or the benchmarks may ask a drafter is declared here with
+a default (``topk``, ``needs_runner``, :meth:`length_ratios`, :meth:`check_target`, the
+reports and byte counts): nothing outside ``drafters/`` probes a drafter with ``getattr``.
 
 Drafters hold per-request state only between ``start`` and ``finish``; every cache is
 bounded. No engine imports here.
 
 Drafters that need the target model itself (early-exit self-speculation) set
 ``needs_runner`` to the name of a narrow interface the engine adapter implements
-(``"early_exit"``: :class:`specplug.drafters.early_exit.EarlyExitRunner`). The engine
-builds one runner per batch and calls ``drafter.bind(runner)`` before any ``start`` of
-that batch; an engine without such a runner must refuse the drafter with a ConfigError.
+(``"early_exit"``: :class:`specplug.drafters.early_exit.EarlyExitRunner`). The session binds
+the engine's runner (``drafter.bind(runner)``) before any ``start``; an engine without such
+a runner refuses the drafter with a ConfigError.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from typing import Any, ClassVar, Hashable, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .feedback import Feedback, TopK
 from .tree import DraftTree
 
 RequestId = Hashable
@@ -58,11 +63,11 @@ class Drafter(ABC):
 
     #: registered algorithm name (lower case, dashes)
     name: ClassVar[str] = ""
-    #: True when the drafter learns from ``target_topk`` (engines then compute it)
+    #: True when the drafter learns from the target's top-k (engines then compute it)
     uses_target_topk: ClassVar[bool] = False
-    #: True when the drafter wants the top-k probabilities too: (ids, probs) tuples
+    #: True when the drafter wants the top-k probabilities too (``TopK.probs``)
     uses_topk_probs: bool = False
-    #: top-k width the drafter wants in ``target_topk`` / ``context_topk``
+    #: top-k width the drafter wants in feedback and ``context_topk``
     topk: int = 8
     #: name of the model interface the engine must provide through :meth:`bind`, or None
     needs_runner: ClassVar[str | None] = None
@@ -73,19 +78,40 @@ class Drafter(ABC):
         self.vocab_size = int(vocab_size)
         self.options = options
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "observe" not in _own_methods(cls) and "observe_batch" not in _own_methods(cls):
+            raise TypeError(f"{cls.__name__} must implement observe or observe_batch")
+
+    @property
+    def feedback_topk(self) -> int:
+        """Top-k width engines compute for this drafter (0: it learns nothing from logits)."""
+        return int(self.topk) if self.uses_target_topk else 0
+
+    @property
+    def feedback_probs(self) -> bool:
+        """Whether engines send the top-k probabilities too."""
+        return bool(self.uses_target_topk and self.uses_topk_probs)
+
     def bind(self, runner: Any) -> None:
         """Receive the engine's runner (see ``needs_runner``) before ``start``; default: ignore."""
 
     @abstractmethod
     def start(self, rid: RequestId, context_ids: Sequence[int],
-              context_topk: np.ndarray | None = None) -> None: ...
+              context_topk: TopK | None = None) -> None: ...
 
     @abstractmethod
     def propose(self, rids: Sequence[RequestId], budgets: Sequence[int]) -> list[DraftTree]: ...
 
-    @abstractmethod
     def observe(self, rid: RequestId, tree: DraftTree, accepted: Sequence[int],
-                target_topk: np.ndarray | None = None) -> None: ...
+                target_topk: TopK | None = None) -> None:
+        """One request's verified tree (see the module doc)."""
+        self.observe_batch(Feedback.one(rid, tree, accepted, target_topk))
+
+    def observe_batch(self, feedback: Feedback) -> None:
+        """A verified step for a batch; drafters with compiled state updates override it."""
+        for i, rid in enumerate(feedback.rids):
+            self.observe(rid, feedback.trees[i], feedback.accepted_of(i), feedback.topk_of(i))
 
     @abstractmethod
     def finish(self, rid: RequestId) -> None: ...
@@ -94,12 +120,41 @@ class Drafter(ABC):
     def active_requests(self) -> int:
         """How many requests hold state (0 after every request finished)."""
 
-    def observe_batch(self, rids: Sequence[RequestId], trees: Sequence[DraftTree],
-                      accepted: Sequence[Sequence[int]],
-                      target_topk: Sequence[np.ndarray | None] | None = None) -> None:
-        """Batched observe; drafters with compiled state updates override it."""
-        for i, rid in enumerate(rids):
-            self.observe(rid, trees[i], accepted[i], None if target_topk is None else target_topk[i])
+    # ------------------------------------------------------------------ optional capabilities
+    def length_ratios(self, rids: Sequence[RequestId]) -> np.ndarray | None:
+        """Per request, realised / expected accepted length (the budget policy's calibration),
+        or None: trust the trees' scores as they are."""
+        return None
+
+    def check_target(self, tokenizer: Any) -> None:
+        """Raise ConfigError when the target's tokenizer does not match the drafter's own
+        (drafters with a model of their own); default: nothing to check."""
+
+    def bench_report(self) -> dict | None:
+        """What ``specplug bench`` records of the run (DEL's exit timeline), or None."""
+        return None
+
+    def calibration_report(self) -> dict | None:
+        """Calibration tables for ``specplug bench --calibration``, or None."""
+        return None
+
+    def request_nbytes(self, rid: RequestId) -> int | None:
+        """Bytes of one request's own state (``specplug bench-drafters``), or None: not counted."""
+        return None
+
+    def global_nbytes(self) -> int | None:
+        """Bytes of state shared by all requests, or None: not counted."""
+        return None
+
+
+def _own_methods(cls: type) -> set[str]:
+    """Methods defined by ``cls`` or a base below :class:`Drafter`."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is Drafter:
+            break
+        names.update(vars(klass))
+    return names
 
 
 class ContextDrafter(Drafter):

@@ -140,10 +140,10 @@ def _choose_width(gains, cost, max_budget, ratio, min_gain):
 
 
 class BudgetPolicy:
-    """Engine-side use: the drafter proposes trees at the step's maximum budget; the policy
-    cuts each to its chosen size (a prefix in insertion order: best-first trees stay valid
-    and ancestor-closed). ``ratio`` per request comes from the drafter's length calibration
-    when it keeps one (``drafter.length_calibration.ratio(rid)``), else 1."""
+    """Engine-side use (:class:`specplug.drafters.session.DraftSession`): the drafter proposes
+    trees at the step's maximum budget; the policy cuts each to its chosen size (a prefix in
+    insertion order: best-first trees stay valid and ancestor-closed). ``ratios`` per
+    request come from the drafter's length calibration (``Drafter.length_ratios``), else 1."""
 
     def __init__(self, cost: CostModel, min_gain: float = 1e-3, padded: bool = True):
         self.cost = cost
@@ -151,24 +151,13 @@ class BudgetPolicy:
         self.padded = bool(padded)      # the embedded engine pads trees to the widest one
         self.last_budgets = np.zeros(0, np.int64)
 
-    def apply(self, drafter, rids, trees, max_budgets):
-        cal = getattr(drafter, "length_calibration", None)
-        ratio = np.array([cal.ratio(r) for r in rids]) if cal is not None else 1.0
+    def apply(self, trees, max_budgets, ratios=None):
+        """``trees`` cut to the budgets that maximise the step's expected goodput."""
         gains = node_gains(trees)
+        ratio = 1.0 if ratios is None else ratios
         budgets, _, _ = choose_budgets(gains, self.cost, max_budget=int(np.max(max_budgets)), ratio=ratio,
                                        min_gain=self.min_gain, padded=self.padded)
         budgets = np.minimum(budgets, np.asarray(max_budgets, np.int64))
         self.last_budgets = budgets
-        from .tree import DraftTree
-        out = []
-        for t, n in zip(trees, budgets.tolist()):
-            if n >= len(t):
-                out.append(t)
-                continue
-            c = DraftTree.__new__(DraftTree)     # a prefix of a valid tree is valid
-            c.tokens, c.parents, c.scores = t.tokens[:n], t.parents[:n], t.scores[:n]
-            bins = getattr(t, "edge_bin", None)      # per-node calibration cells (RACER dynamic)
-            if bins is not None:
-                c.edge_bin = bins[:n]
-            out.append(c)
-        return out
+        # a prefix of a best-first tree is its best tree of that size (node_data kept)
+        return [t.prefix(n) for t, n in zip(trees, budgets.tolist())]

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["NBINS", "prob_bin", "edge_value", "EdgeCalibration", "LengthCalibration", "expected_lengths"]
+__all__ = ["NBINS", "BIN_BITS", "pack_cell", "unpack_cell", "prob_bin", "edge_value", "EdgeCalibration",
+           "LengthCalibration", "expected_lengths"]
 
 
 def expected_lengths(trees) -> np.ndarray:
@@ -39,6 +40,24 @@ def expected_lengths(trees) -> np.ndarray:
 #: probability bins of the edge calibration ([0, 0.1), [0.1, 0.2), ... [0.9, 1]); column
 #: NBINS holds entries whose probability is unknown
 NBINS = 10
+
+#: a calibration cell (table row, probability bin) travels as one int, ``row << BIN_BITS | bin``
+#: (``DraftTree.node_data`` of dynamic RACER trees, see :func:`score_tree_edges`)
+BIN_BITS = 4
+BIN_MASK = (1 << BIN_BITS) - 1
+assert NBINS + 1 <= 1 << BIN_BITS, "the probability bins (NBINS + the unknown one) must fit in BIN_BITS"
+
+
+@njit(cache=True, inline="always")
+def pack_cell(row, column):
+    """The cell (row, probability bin ``column``) of a calibration table as one int."""
+    return (row << BIN_BITS) | column
+
+
+@njit(cache=True, inline="always")
+def unpack_cell(cell):
+    """(row, probability bin) of a packed cell (see :func:`pack_cell`)."""
+    return cell >> BIN_BITS, cell & BIN_MASK
 
 
 @njit(cache=True, inline="always")
@@ -69,31 +88,33 @@ def score_row(cal_hits, cal_trials, old_toks, old_probs, best):
 
 
 @njit(cache=True)
-def score_tree_edges(tokens, parents, ebin, offsets, acc, acc_off, hits, trials):
-    """Acceptance evidence for binned edges: node i of tree b (flat index offsets[b] + i)
-    whose parent was accepted (or is the root) and whose ``ebin`` >= 0 is a trial of the
-    cell (ebin >> 4, ebin & 15) of the table, a hit when it was accepted itself (its token is the committed token at its depth;
-    acc[acc_off[b]:acc_off[b + 1]] are the committed tokens, the bonus token last)."""
-    for b in range(offsets.shape[0] - 1):
-        base = offsets[b]
-        n = offsets[b + 1] - base
-        na = acc_off[b + 1] - acc_off[b] - 1
-        on = np.zeros(n, np.bool_)
+def score_tree_edges(tokens, parents, cells, node_offsets, accepted, accepted_offsets, hits, trials):
+    """Acceptance evidence for binned edges: node i of tree b (flat index node_offsets[b] + i)
+    whose parent was accepted (or is the root) and whose packed ``cells`` entry is >= 0 is a
+    trial of that cell (:func:`unpack_cell`) of the table, a hit when it was accepted itself
+    (its token is the committed token at its depth; ``accepted[accepted_offsets[b]:
+    accepted_offsets[b + 1]]`` are the committed tokens, the bonus token last)."""
+    for b in range(node_offsets.shape[0] - 1):
+        base = node_offsets[b]
+        n = node_offsets[b + 1] - base
+        n_accepted = accepted_offsets[b + 1] - accepted_offsets[b] - 1
+        on_path = np.zeros(n, np.bool_)
         depth = np.zeros(n, np.int64)
-        on[0] = True
+        on_path[0] = True
         for i in range(1, n):
             p = parents[base + i]
             d = depth[p] + 1
             depth[i] = d
-            if not on[p]:
+            if not on_path[p]:
                 continue
-            hit = d <= na and tokens[base + i] == acc[acc_off[b] + d - 1]
-            on[i] = hit
-            e = ebin[base + i]
-            if e >= 0:
-                trials[e >> 4, e & 15] += 1.0
+            hit = d <= n_accepted and tokens[base + i] == accepted[accepted_offsets[b] + d - 1]
+            on_path[i] = hit
+            cell = cells[base + i]
+            if cell >= 0:
+                row, column = unpack_cell(cell)
+                trials[row, column] += 1.0
                 if hit:
-                    hits[e >> 4, e & 15] += 1.0
+                    hits[row, column] += 1.0
 
 
 class EdgeCalibration:

@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import pathlib
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from .automaton_drafter import AutomatonDrafter, check_budgets
 from .diffusion_lattice import AdaptiveLength, NgramProxy, argmax_path, beam_search, build_lattice
 from .errors import ConfigError, ModelError
+from .feedback import Feedback
+from .options import Option, resolve_options
 from .tree import DraftTree
 
 __all__ = ["DiffusionDrafter", "check_vocabulary", "load_drafter_model"]
@@ -36,7 +38,7 @@ _MODEL_CACHE_SIZE = 2
 def load_drafter_model(path: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False):
     """(model, config), cached per (path, mtime, device, dtype): a benchmark creating several
     drafters loads the checkpoint once. At most two models are held."""
-    import torch
+    import torch   # torch and the model module load only with a drafter model (not a cycle)
 
     from .diffusion_model import load_diffusion_model
 
@@ -98,13 +100,41 @@ def check_vocabulary(model_path: str, drafter_vocab: int, target_vocab: int, tar
 
 class DiffusionDrafter(AutomatonDrafter):
     name = "diffusion"
+    DEFAULT_BUDGET: ClassVar[int] = 64
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("model_path", str, "", "local masked diffusion checkpoint directory (HF format; required): "
+               "`specplug train-drafter --kind diffusion` makes one"),
+        Option("device", str, "cpu", "device of the drafter model (its own; no KV shared with the target)"),
+        Option("dtype", str, "float32", "dtype of the drafter model", choices=_DTYPES),
+        Option("trust_remote_code", bool, False, "allow checkpoints of other architectures (Dream, LLaDA) to run "
+               "their own Python code from model_path"),
+        Option("tau", float, 0.8, "lattice: per position keep the smallest top set with this cumulative mass",
+               0.01, 1.0),
+        Option("cap", int, 15, "lattice: most tokens per position (EOS exempt)", 1, 64),
+        Option("beams", int, 3, "path search beam width (paths merged into the tree)", 1, 32),
+        Option("lam", float, 0.5, "path score: lam * log p_dlm + (1 - lam) * log p_causal (context n-gram)",
+               0.0, 1.0),
+        Option("k_min", int, 20, "shortest draft length (masked slots)", 1, 256),
+        Option("k_max", int, 30, "longest draft length (masked slots); the fixed k when adaptive is off", 1, 256),
+        Option("adaptive", bool, True, "adaptive draft length (EMA of generated and accepted length); false: k = k_max"),
+        Option("rho", float, 0.5, "ADL: EMA weight of the previous value", 0.0, 0.99),
+        Option("delta", int, 10, "ADL: extra slots when the accepted length reaches the generated length", 0, 256),
+        Option("path_search", str, "beam", "'beam' (causal-consistency search) or 'argmax' (per-position argmax, "
+               "the ablation)", choices=("beam", "argmax")),
+        Option("mode", str, "tree", "'tree' (beams merged) or 'chain' (the best path)", choices=("tree", "chain")),
+        Option("window", int, 64, "context tokens (the latest) given to the drafter model", 1, 4096),
+        Option("proxy_order", int, 4, "order of the context n-gram causal proxy (automaton depth)", 1, 16),
+        Option("proxy_beta", float, 1.0, "smoothing weight of the n-gram proxy (backs off to shorter contexts)",
+               0.001, 1000.0),
+        Option("max_nodes_per_request", int, 16384, "n-gram automaton node cap per request (40 B per node); "
+               "must be >= 64 * proxy_order", 64, 1 << 24),
+        Option("eos_ids", str, "", "comma-separated end-of-sequence ids cutting the lattice (default: the "
+               "checkpoint's eos_token_id)"),
+    )
 
-    def __init__(self, vocab_size: int, *, model_path: str = "", device: str = "cpu", dtype: str = "float32",
-                 trust_remote_code: bool = False, tau: float = 0.8, cap: int = 15, beams: int = 3,
-                 lam: float = 0.5, k_min: int = 20, k_max: int = 30, adaptive: bool = True, rho: float = 0.5,
-                 delta: int = 10, path_search: str = "beam", mode: str = "tree", window: int = 64,
-                 proxy_order: int = 4, proxy_beta: float = 1.0, max_nodes_per_request: int = 16384,
-                 eos_ids: str = "", **options: Any):
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
+        model_path, k_min, k_max, proxy_order = o["model_path"], o["k_min"], o["k_max"], o["proxy_order"]
         if not str(model_path).strip():
             raise ConfigError("algorithm 'diffusion' needs the option model_path: a local masked diffusion "
                               "checkpoint directory; train one for the target with `specplug train-drafter "
@@ -112,22 +142,21 @@ class DiffusionDrafter(AutomatonDrafter):
                               "--options '{\"diffusion\": {\"model_path\": \"DIR\"}}'")
         if k_min > k_max:
             raise ConfigError(f"option k_min ({k_min}) of algorithm 'diffusion' must not exceed k_max ({k_max})")
-        if dtype not in _DTYPES:
-            raise ConfigError(f"option 'dtype' of algorithm 'diffusion' must be one of {list(_DTYPES)}, got {dtype!r}")
-        super().__init__(vocab_size, ngram=proxy_order, max_nodes_per_request=max_nodes_per_request,
-                         global_cache=False, global_cache_nodes=64 * proxy_order, **options)
+        super().__init__(vocab_size, ngram=proxy_order, max_nodes_per_request=o["max_nodes_per_request"],
+                         global_cache=False, global_cache_nodes=64 * proxy_order)
         self.model_path = str(pathlib.Path(model_path).expanduser())
-        self.model, self.config = load_drafter_model(self.model_path, device, dtype, trust_remote_code)
+        self.model, self.config = load_drafter_model(self.model_path, o["device"], o["dtype"],
+                                                     o["trust_remote_code"])
         check_vocabulary(self.model_path, self.config.vocab_size, vocab_size)
         self.mask_id = int(self.config.mask_token_id)
         self.shift = int(getattr(self.config, "shift_logits", False))
         self.device = next(self.model.parameters()).device
-        self.tau, self.cap, self.beams, self.lam = float(tau), int(cap), int(beams), float(lam)
-        self.k_min, self.k_max, self.adaptive = int(k_min), int(k_max), bool(adaptive)
-        self.rho, self.delta = float(rho), int(delta)
-        self.path_search, self.mode, self.window = path_search, mode, int(window)
-        self.proxy_beta = float(proxy_beta)
-        eos = self._parse_eos(eos_ids)
+        self.tau, self.cap, self.beams, self.lam = o["tau"], o["cap"], o["beams"], o["lam"]
+        self.k_min, self.k_max, self.adaptive = k_min, k_max, o["adaptive"]
+        self.rho, self.delta = o["rho"], o["delta"]
+        self.path_search, self.mode, self.window = o["path_search"], o["mode"], o["window"]
+        self.proxy_beta = o["proxy_beta"]
+        eos = self._parse_eos(o["eos_ids"])
         self.eos_ids = tuple(t for t in eos if 0 <= t < vocab_size)
         import torch
         self._eos_index = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
@@ -172,10 +201,10 @@ class DiffusionDrafter(AutomatonDrafter):
         self._adl[rid] = AdaptiveLength(self.k_min, self.k_max, self.rho, self.delta)
         self._last_len[rid] = None
 
-    def observe_batch(self, rids, trees, accepted, target_topk=None):
-        super().observe_batch(rids, trees, accepted, target_topk)
-        for rid, acc in zip(rids, accepted):
-            a = np.asarray(acc, np.int32)
+    def observe_batch(self, feedback: Feedback) -> None:
+        super().observe_batch(feedback)
+        for i, rid in enumerate(feedback.rids):
+            a = feedback.accepted_of(i)
             self._ctx[rid] = np.concatenate([self._ctx[rid], a])[-self.window:]
             g = self._last_len.get(rid)
             if g is not None and self.adaptive:

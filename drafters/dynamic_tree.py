@@ -1,12 +1,13 @@
 """Dynamic draft trees: greedy best-first expansion over a candidate graph (DySpec, EAGLE-2).
 
-Input, a **candidate graph** in dense form: for every key K (a token for adjacency rows, an
-automaton state, a lattice position...), up to k candidate rows sorted best first:
+Input, a **candidate graph** (:class:`CandidateGraph`) in dense form: for every key K (a
+token for adjacency rows, an automaton state, a lattice position...), up to k candidate
+rows sorted best first:
 
-    ctok[K, r]   the candidate's token (-1: no more candidates in this row)
-    cval[K, r]   its value as an edge: the estimated P(accepted | parent accepted), in (0, 1]
-                 (raw probabilities, or calibrated ones: see ``cal`` below)
-    ckey[K, r]   the key of the node it becomes (-1: a leaf, nothing below it)
+    tokens[K, r]   the candidate's token (-1: no more candidates in this row)
+    values[K, r]   its value as an edge: the estimated P(accepted | parent accepted), in (0, 1]
+                   (raw probabilities, or calibrated ones: see ``calibration`` below)
+    keys[K, r]     the key of the node it becomes (-1: a leaf, nothing below it)
 
 A node's value is the product of the edge values on its path (its estimated probability of
 being reached and accepted: the DraftTree score); the value of a tree is the sum of its
@@ -19,144 +20,165 @@ popped values never increase, and every node not taken is worth at most the last
 taken. Two pushes per node, so one tree costs O(n log n) for n nodes, all compiled.
 
 Optional refinements used by the adjacency drafters:
-* ``cal`` / ``use_cal``: ``cval`` holds raw target probabilities (or -1: unknown) and the
-  edge value is ``cal[r, bin(p)]`` (:mod:`.calibration`), times ``alpha`` (a per-request
-  multiplier), capped at 1; values are made non-increasing along each row on the fly.
-* pair rows (keys are tokens): a node whose (parent token, token) pair has a row in the
-  pair cache (:mod:`.adjacency`) takes its candidates from there instead.
+* :class:`Calibration` (``use``): ``values`` holds raw target probabilities (or -1:
+  unknown) and the edge value is ``table[r, bin(p)]`` (:mod:`.calibration`), times
+  ``alpha`` (a per-request multiplier), capped at 1; values are made non-increasing along
+  each row on the fly.
+* pair rows (:class:`.tree_build.PairTable`; keys are tokens): a node whose (parent token,
+  token) pair has a row in the pair cache (:mod:`.adjacency`) takes its candidates from
+  there instead.
+
+Why this grower is not merged with :func:`.tree_build.grow_fused`: see the note there.
 """
 from __future__ import annotations
+
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from .adjacency import pair_row
 from .calibration import edge_value
-from .tree_build import heap_pop, heap_push, tree_add, tree_find, tree_init
+from .tree_build import (PairTable, TreeScratch, heap_pop, heap_push, tree_add, tree_find, tree_init,
+                         tree_rows)
 
-__all__ = ["grow_dynamic", "build_dynamic", "build_dynamic_batch"]
+__all__ = ["CandidateGraph", "Calibration", "DynamicNodes", "grow_dynamic", "build_dynamic", "build_dynamic_batch"]
+
+#: The candidate graph (see the module doc): ``tokens`` int32, ``values`` float32 and
+#: ``keys`` int32, all [keys, k].
+CandidateGraph = namedtuple("CandidateGraph", ["tokens", "values", "keys"])
+#: Edge calibration: ``table`` [k, NBINS + 1] float64 when ``use`` (the graph's values are
+#: then raw probabilities), else a placeholder (the values are edge values already).
+Calibration = namedtuple("Calibration", ["table", "use"])
+#: Per-node scratch [width]: ``value`` (float64 path value), ``source`` (the candidate row
+#: it drafts from: 0 the graph, 1 the pair rows, -1 none) and ``row`` (that row's index).
+DynamicNodes = namedtuple("DynamicNodes", ["value", "source", "row"])
+
+#: DynamicNodes.source
+FROM_GRAPH, FROM_PAIRS, NO_ROW = 0, 1, -1
 
 
 @njit(cache=True, inline="always")
-def _cand(ctok, cval, ptok, pval, which, row, r):
-    if which == 1:
-        return ptok[row, r], pval[row, r]
-    return ctok[row, r], cval[row, r]
+def _candidate(graph, pairs, source, row, rank):
+    """(token, raw value) of the rank-``rank`` candidate in ``row`` of ``source``."""
+    if source == FROM_PAIRS:
+        return pairs.tokens[row, rank], pairs.probs[row, rank]
+    return graph.tokens[row, rank], graph.values[row, rank]
 
 
 @njit(cache=True, inline="always")
-def _edge(raw, r, cal, use_cal, alpha):
-    v = edge_value(cal, r, raw) * alpha if use_cal else raw
+def _edge_value(raw, rank, calibration, alpha):
+    v = edge_value(calibration.table, rank, raw) * alpha if calibration.use else raw
     return v if v < 1.0 else 1.0
 
 
 @njit(cache=True)
-def _select_row(ckey, pkeys, use_pairs, vocab, parent_tok, tok, key, nsrc, nrow):
-    """The row node i drafts from: its pair row (source 1) when there is one, else key row."""
-    if use_pairs:
-        s = pair_row(pkeys, parent_tok, tok, vocab)
-        if s >= 0:
-            nsrc[0] = 1
-            nrow[0] = s
-            return
-    nsrc[0] = 0
-    nrow[0] = key
+def _select_row(pairs, vocab, parent_token, token, key):
+    """(source, row) a node drafts from: its (parent token, token) pair row when there is
+    one, else row ``key`` of the graph."""
+    if pairs.use:
+        slot = pair_row(pairs.keys, parent_token, token, vocab)
+        if slot >= 0:
+            return FROM_PAIRS, np.int64(slot)
+    return FROM_GRAPH, np.int64(key)
 
 
 @njit(cache=True)
-def grow_dynamic(ctok, cval, ckey, ptok, pval, pkeys, use_pairs, root_key, root_prev, cal, use_cal, alpha,
-                 max_depth, budget, tok, par, sc, fc, ns, dep, val, src, row, hs, ha, hb):
-    """Grow one tree (``tok[0]`` = root, already initialised by :func:`tree_init`) to at most
-    ``budget`` nodes; returns its size. Scratch per node: ``val`` (float64 path value),
-    ``src``/``row`` (which candidate row it drafts from; -1: none). Heap (hs, ha, hb) holds
-    at most 2 * budget + 1 entries."""
-    nkeys = ctok.shape[0]
-    kk = ctok.shape[1]
-    vocab = nkeys
-    val[0] = 1.0
+def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_depth, budget, tree, nodes, heap):
+    """Grow one tree (:class:`.tree_build.TreeRows`, its root already set by
+    :func:`tree_init`) to at most ``budget`` nodes from row ``root_key`` of the graph
+    (``root_prev``: the token before the root, for pair rows); returns its size. ``nodes``:
+    :class:`DynamicNodes` scratch; the heap (payload: tree parent, rank) holds at most
+    2 * budget + 1 entries."""
+    n_keys = graph.tokens.shape[0]
+    n_ranks = graph.tokens.shape[1]
+    vocab = n_keys
+    nodes.value[0] = 1.0
     size = 1
     n = 0
-    one = np.empty(1, np.int64)
-    two = np.empty(1, np.int64)
-    if root_key < 0 or root_key >= nkeys or budget <= 1:
+    if root_key < 0 or root_key >= n_keys or budget <= 1:
         return size
-    _select_row(ckey, pkeys, use_pairs, vocab, root_prev, tok[0], root_key, one, two)
-    src[0] = one[0]
-    row[0] = two[0]
-    t0, p0 = _cand(ctok, cval, ptok, pval, src[0], row[0], 0)
-    if t0 >= 0 and max_depth > 0:
-        n = heap_push(hs, ha, hb, n, _edge(p0, 0, cal, use_cal, alpha), 0, 0)
+    nodes.source[0], nodes.row[0] = _select_row(pairs, vocab, root_prev, tree.tokens[0], root_key)
+    token0, raw0 = _candidate(graph, pairs, nodes.source[0], nodes.row[0], 0)
+    if token0 >= 0 and max_depth > 0:
+        n = heap_push(heap, n, _edge_value(raw0, 0, calibration, alpha), 0, 0)
     while n > 0 and size < budget:
-        v, p, r, n = heap_pop(hs, ha, hb, n)
-        t, _ = _cand(ctok, cval, ptok, pval, src[p], row[p], r)
-        e = v / val[p]                                     # this edge's value
+        value, parent, rank, n = heap_pop(heap, n)
+        source, row = nodes.source[parent], nodes.row[parent]
+        token, _ = _candidate(graph, pairs, source, row, rank)
+        edge = value / nodes.value[parent]                 # this edge's value
         # the parent's next sibling candidate: value capped by this one (rows sorted best first)
-        if r + 1 < kk:
-            t2, p2 = _cand(ctok, cval, ptok, pval, src[p], row[p], r + 1)
-            if t2 >= 0:
-                e2 = _edge(p2, r + 1, cal, use_cal, alpha)
-                if e2 > e:
-                    e2 = e
-                if e2 > 0.0:
-                    n = heap_push(hs, ha, hb, n, val[p] * e2, p, r + 1)
-        if tree_find(tok, fc, ns, p, t) >= 0:              # a duplicate id in the row: skip it
+        if rank + 1 < n_ranks:
+            sibling, sibling_raw = _candidate(graph, pairs, source, row, rank + 1)
+            if sibling >= 0:
+                sibling_edge = _edge_value(sibling_raw, rank + 1, calibration, alpha)
+                if sibling_edge > edge:
+                    sibling_edge = edge
+                if sibling_edge > 0.0:
+                    n = heap_push(heap, n, nodes.value[parent] * sibling_edge, parent, rank + 1)
+        if tree_find(tree, parent, token) >= 0:            # a duplicate id in the row: skip it
             continue
-        size = tree_add(tok, par, sc, fc, ns, dep, size, p, t, v)
+        size = tree_add(tree, size, parent, token, value)
         i = size - 1
-        val[i] = v
-        src[i] = -1
-        if dep[i] >= max_depth:
+        nodes.value[i] = value
+        nodes.source[i] = NO_ROW
+        if tree.depth[i] >= max_depth:
             continue
-        if src[p] == 0:
-            key = ckey[row[p], r]
+        if source == FROM_GRAPH:
+            key = graph.keys[row, rank]
         else:
-            key = t                                         # pair rows: keys are tokens
-        if key < 0 or key >= nkeys:
+            key = token                                     # pair rows: keys are tokens
+        if key < 0 or key >= n_keys:
             continue
-        _select_row(ckey, pkeys, use_pairs, vocab, tok[p], t, key, one, two)
-        src[i] = one[0]
-        row[i] = two[0]
-        t1, p1 = _cand(ctok, cval, ptok, pval, src[i], row[i], 0)
-        if t1 >= 0:
-            e1 = _edge(p1, 0, cal, use_cal, alpha)
-            if e1 > 0.0:
-                n = heap_push(hs, ha, hb, n, v * e1, i, 0)
+        nodes.source[i], nodes.row[i] = _select_row(pairs, vocab, tree.tokens[parent], token, key)
+        child, child_raw = _candidate(graph, pairs, nodes.source[i], nodes.row[i], 0)
+        if child >= 0:
+            child_edge = _edge_value(child_raw, 0, calibration, alpha)
+            if child_edge > 0.0:
+                n = heap_push(heap, n, value * child_edge, i, 0)
     return size
 
 
 @njit(cache=True)
-def build_dynamic_batch(ctok, cval, ckey, ptok, pval, pkeys, use_pairs, roots, root_keys, root_prevs, budgets,
-                        cal, use_cal, alphas, max_depth, tok, par, sc, sizes, fc, ns, dep, val, src, row,
-                        hs, ha, hb):
-    """One tree per request: row i of (tok, par, sc) gets the tree of roots[i]."""
+def build_dynamic_batch(graph, pairs, calibration, roots, root_keys, root_prevs, budgets, alphas, max_depth,
+                        buffers, nodes, heap):
+    """One tree per request: row i of the :class:`.tree_build.TreeBuffers` gets the tree of
+    roots[i] (graph row root_keys[i], budget budgets[i], alpha alphas[i])."""
     for i in range(roots.shape[0]):
-        tree_init(tok[i], par[i], sc[i], fc, ns, dep, roots[i])
-        sizes[i] = grow_dynamic(ctok, cval, ckey, ptok, pval, pkeys, use_pairs, root_keys[i], root_prevs[i],
-                                cal, use_cal, alphas[i], max_depth, budgets[i], tok[i], par[i], sc[i], fc, ns,
-                                dep, val, src, row, hs, ha, hb)
+        tree = tree_rows(buffers, i)
+        tree_init(tree, roots[i])
+        buffers.sizes[i] = grow_dynamic(graph, pairs, calibration, alphas[i], root_keys[i], root_prevs[i],
+                                        max_depth, budgets[i], tree, nodes, heap)
 
 
 class DynamicScratch:
-    """Output rows and per-node scratch for a batch of dynamic trees (allocated per call)."""
+    """Output rows and per-node scratch for a batch of dynamic trees (allocated per call):
+    ``buffers`` and ``heap`` of a :class:`.tree_build.TreeScratch`, ``nodes``
+    (:class:`DynamicNodes`)."""
 
     def __init__(self, batch: int, width: int):
-        from .tree_build import TreeScratch
-        self.rows = TreeScratch(batch, width, 2 * width + 2)
-        self.val = np.empty(width, np.float64)
-        self.src = np.empty(width, np.int64)
-        self.row = np.empty(width, np.int64)
+        self.scratch = TreeScratch(batch, width, 2 * width + 2)
+        self.buffers = self.scratch.buffers
+        self.heap = self.scratch.heap
+        self.nodes = DynamicNodes(np.empty(width, np.float64), np.empty(width, np.int64), np.empty(width, np.int64))
+
+    def trees(self):
+        return self.scratch.trees()
 
 
-_NO_PAIRS = (np.full((1, 1), -1, np.int32), np.full((1, 1), -1.0, np.float32), np.full(16, -1, np.int64))
+#: no pair rows (placeholder arrays)
+NO_PAIRS = PairTable(keys=np.full(16, -1, np.int64), tokens=np.full((1, 1), -1, np.int32),
+                     probs=np.full((1, 1), -1.0, np.float32), use=False)
 _NO_CAL = np.ones((1, 11), np.float64)
 
 
 def build_dynamic(ctok, cval, ckey, roots, root_keys, budgets, *, max_depth: int = 64, pairs=None,
                   root_prevs=None, cal=None, alphas=None):
-    """Batched dynamic trees over a dense candidate graph; returns a list of DraftTree.
+    """Batched dynamic trees over a dense candidate graph (tokens ``ctok``, values ``cval``,
+    keys ``ckey``); returns a list of DraftTree.
 
     ``cval`` holds edge values (``cal`` None) or raw probabilities calibrated by ``cal``.
-    ``pairs`` = (ptok, pval, pkeys) of a pair cache (keys must then be tokens).
+    ``pairs`` = (tokens, probs, keys) of a pair cache (keys must then be tokens).
     """
     ctok = np.ascontiguousarray(ctok, np.int32)
     cval = np.ascontiguousarray(cval, np.float32)
@@ -167,12 +189,14 @@ def build_dynamic(ctok, cval, ckey, roots, root_keys, budgets, *, max_depth: int
     budgets = np.ascontiguousarray(budgets, np.int64)
     width = int(budgets.max()) if b else 1
     s = DynamicScratch(b, width)
-    ptok, pval, pkeys = _NO_PAIRS if pairs is None else pairs
+    if pairs is None:
+        pair_table = NO_PAIRS
+    else:
+        ptok, pval, pkeys = pairs
+        pair_table = PairTable(keys=pkeys, tokens=ptok, probs=pval, use=True)
     prev = np.full(b, -1, np.int64) if root_prevs is None else np.ascontiguousarray(root_prevs, np.int64)
     al = np.ones(b, np.float64) if alphas is None else np.ascontiguousarray(alphas, np.float64)
-    t = s.rows
-    build_dynamic_batch(ctok, cval, ckey, ptok, pval, pkeys, pairs is not None, roots, root_keys, prev, budgets,
-                        _NO_CAL if cal is None else np.ascontiguousarray(cal, np.float64), cal is not None, al,
-                        int(max_depth), t.tok, t.par, t.sc, t.sizes, t.fc, t.ns, t.dep, s.val, s.src, s.row,
-                        t.hs, t.ha, t.hb)
-    return t.trees()
+    calibration = Calibration(_NO_CAL if cal is None else np.ascontiguousarray(cal, np.float64), cal is not None)
+    build_dynamic_batch(CandidateGraph(ctok, cval, ckey), pair_table, calibration, roots, root_keys, prev, budgets,
+                        al, int(max_depth), s.buffers, s.nodes, s.heap)
+    return s.trees()

@@ -33,13 +33,14 @@ implements (the embedded engine: ``specplug.adapters.hf.early_exit``). Drafters 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .base import Drafter, RequestId
 from .budget import CostModel, default_cost_model
 from .errors import ConfigError
+from .options import Option, resolve_options
 from .tree import DraftTree
 
 __all__ = ["EarlyExitRunner", "ShadowTokens", "shadow_layers", "LayerStats", "ExitCost", "select_exit", "tpl_table", "step_costs",
@@ -321,13 +322,19 @@ class EarlyExitDrafter(Drafter):
 
     name = "early-exit"
     needs_runner = "early_exit"
+    DEFAULT_BUDGET: ClassVar[int] = 19
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("exit_layer", int, 24, "decoder layers used for drafting (1..L-1)", 1, 1024),
+        Option("draft_len", int, 4, "draft tokens per step", 1, 1023),
+    )
     #: history entries kept per drafter (for reports), oldest dropped
     HISTORY_CAP = 100_000
 
-    def __init__(self, vocab_size: int, exit_layer: int = 24, draft_len: int = 4, **options: Any):
-        super().__init__(vocab_size, exit_layer=exit_layer, draft_len=draft_len, **options)
-        self.exit_layer = int(exit_layer)
-        self.draft_len = int(draft_len)
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
+        super().__init__(vocab_size, **o)
+        self.exit_layer = o["exit_layer"]
+        self.draft_len = o["draft_len"]
         self.runner: EarlyExitRunner | None = None
         self.num_layers = 0
         self._req: dict[RequestId, _Req] = {}
@@ -460,23 +467,38 @@ class DELDrafter(EarlyExitDrafter):
     """DEL: exit layer and draft length chosen online from shadow-token statistics."""
 
     name = "del"
+    DEFAULT_BUDGET: ClassVar[int] = 19
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("max_draft", int, 18, "longest draft chain γ", 1, 1023),
+        Option("decay", float, 0.95, "per-position decay ω of the match/mismatch statistics", 0.0, 1.0),
+        Option("seed_tokens", int, 32, "last prompt positions whose shadow tokens seed cold statistics "
+               "(0 = no seeding)", 0, 4096),
+        Option("candidate_layers", str, "", "comma-separated exit layers to consider; empty = the deepest "
+               "probe_layers layers (stride probe_stride) that could beat AR at all under the cost model"),
+        Option("probe_layers", int, 4, "candidate exit layers probed with shadow tokens", 1, 1024),
+        Option("probe_stride", int, 2, "spacing of automatically chosen candidate layers", 1, 1024),
+        Option("probe_budget", float, 0.02, "fraction of the step time that shadow probing may use "
+               "(0 = probe only the prompt seed)", 0.0, 1.0),
+        Option("min_gain", float, 0.05, "speculate only when the predicted speedup over AR exceeds this",
+               0.0, 10.0),
+        Option("cost", str, "measured", "cost model: 'measured' (the engine's forward-cost table and the "
+               "model's compute shares) or 'layers' (the paper's (L-E) + (γ+1)E layer count)",
+               choices=("measured", "layers")),
+        Option("cost_model", str, "cpu", "measured cost table (drafters/cost_models/NAME.json; "
+               "`specplug calibrate` writes one)"),
+        Option("dynamic_exit", bool, True, "stop drafting below the midpoint of the mean confidences on "
+               "matches and mismatches"),
+    )
 
-    def __init__(self, vocab_size: int, max_draft: int = 18, decay: float = 0.95, seed_tokens: int = 32,
-                 candidate_layers: str = "", probe_layers: int = 4, probe_stride: int = 2,
-                 probe_budget: float = 0.02, min_gain: float = 0.05, cost: str = "measured",
-                 cost_model: str = "cpu", dynamic_exit: bool = True, **options: Any):
-        Drafter.__init__(self, vocab_size, max_draft=max_draft, decay=decay, seed_tokens=seed_tokens,
-                         candidate_layers=candidate_layers, probe_layers=probe_layers, probe_stride=probe_stride,
-                         probe_budget=probe_budget, min_gain=min_gain, cost=cost, cost_model=cost_model,
-                         dynamic_exit=dynamic_exit, **options)
-        if cost not in ("measured", "layers"):
-            raise ConfigError(f"option 'cost' of algorithm 'del' must be 'measured' or 'layers', got {cost!r}")
-        self.max_draft, self.decay, self.seed_tokens = int(max_draft), float(decay), int(seed_tokens)
-        self.probe_layers, self.probe_stride = int(probe_layers), int(probe_stride)
-        self.probe_budget, self.min_gain = float(probe_budget), float(min_gain)
-        self.cost_kind, self.dynamic_exit = cost, bool(dynamic_exit)
-        self.table = default_cost_model(cost_model)
-        self.explicit_layers = self._parse_layers(candidate_layers)
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
+        Drafter.__init__(self, vocab_size, **o)
+        self.max_draft, self.decay, self.seed_tokens = o["max_draft"], o["decay"], o["seed_tokens"]
+        self.probe_layers, self.probe_stride = o["probe_layers"], o["probe_stride"]
+        self.probe_budget, self.min_gain = o["probe_budget"], o["min_gain"]
+        self.cost_kind, self.dynamic_exit = o["cost"], o["dynamic_exit"]
+        self.table = default_cost_model(o["cost_model"])
+        self.explicit_layers = self._parse_layers(o["candidate_layers"])
         self.exit_layer, self.draft_len = 0, 0
         self.runner = None
         self.num_layers = 0

@@ -27,12 +27,14 @@ arrays; ``NgramPool`` is the thin Python owner of those arrays.
 """
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
 from .errors import ConfigError
 
-__all__ = ["NgramPool", "child_of", "match_state", "feed_tokens", "feed_batch", "active_tail", "ROOT_KEY",
+__all__ = ["NgramPool", "AutomatonView", "child_of", "match_state", "feed_tokens", "feed_batch", "active_tail", "ROOT_KEY",
            "TOKEN", "PARENT", "FAIL", "DEPTH", "FREQ", "KEY", "FIRST_CHILD", "NEXT_SIBLING",
            "O_ROOT", "O_ACTIVE", "O_COUNT", "O_CAP", "O_CLOCK", "O_LAST", "O_USED"]
 
@@ -48,6 +50,10 @@ N_OWNER_FIELDS = 7
 
 # pool state: [free ids on the stack]
 S_FREE = 0
+
+#: What drafting kernels read of a pool (:meth:`NgramPool.view`): the ``nodes`` table
+#: [capacity, N_FIELDS], the child ``table`` and the ``owners`` table.
+AutomatonView = namedtuple("AutomatonView", ["nodes", "table", "owners"])
 
 ROOT_KEY = np.iinfo(np.int32).max
 _KEY_RENORM = 1 << 30          # keys are int32 positions; shift them down past this
@@ -376,6 +382,11 @@ class NgramPool:
         self.state = np.array([cap], np.int64)
         self.owners = np.zeros((4, N_OWNER_FIELDS), np.int64)
         self._free_slots: list[int] = list(range(3, -1, -1))
+
+    def view(self) -> AutomatonView:
+        """The arrays kernels read, as one group (take it anew after feeding: growth
+        replaces the arrays)."""
+        return AutomatonView(self.nodes, self.table, self.owners)
 
     # ------------------------------------------------------------------ capacity
     @property

@@ -3,11 +3,14 @@ propose the tokens that followed it, as transformers' ``prompt_lookup_num_tokens
 (longest n-gram first; here the most recent match wins, which tracks the local topic)."""
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .base import ContextDrafter
 from .errors import ConfigError
+from .options import Option, resolve_options
 from .tree import DraftTree
 
 
@@ -27,12 +30,19 @@ def find_continuation(ctx: np.ndarray, max_ngram: int, min_ngram: int, max_draft
 
 class PromptLookupDrafter(ContextDrafter):
     name = "pld"
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("max_ngram", int, 3, "longest n-gram matched against the context tail", 1, 64),
+        Option("min_ngram", int, 1, "shortest n-gram tried before giving up", 1, 64),
+        Option("max_draft", int, 10, "most draft tokens proposed per step", 1, 1023),
+    )
+    DEFAULT_BUDGET: ClassVar[int] = 11
 
-    def __init__(self, vocab_size, max_ngram=3, min_ngram=1, max_draft=10):
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
         super().__init__(vocab_size)
-        if min_ngram > max_ngram:
-            raise ConfigError(f"pld: min_ngram ({min_ngram}) must not exceed max_ngram ({max_ngram})")
-        self.max_ngram, self.min_ngram, self.max_draft = max_ngram, min_ngram, max_draft
+        if o["min_ngram"] > o["max_ngram"]:
+            raise ConfigError(f"pld: min_ngram ({o['min_ngram']}) must not exceed max_ngram ({o['max_ngram']})")
+        self.max_ngram, self.min_ngram, self.max_draft = o["max_ngram"], o["min_ngram"], o["max_draft"]
 
     def propose(self, rids, budgets):
         out = []

@@ -33,28 +33,36 @@ matched length and frequency ratio for retrieved ones, see :mod:`.calibration`);
 """
 from __future__ import annotations
 
+from collections import namedtuple
+from typing import Any, ClassVar
+
 import numpy as np
 from numba import njit
 
-from .adjacency import AdjacencyTable, PairAdjacency
+from .adjacency import DEFAULT_RANK_PRIOR, AdjacencyTable, PairAdjacency
 from .automaton_drafter import AutomatonDrafter, as_token_array, check_budgets
 from .calibration import (NBINS, AcceptanceCalibration, EdgeCalibration, LengthCalibration, expected_lengths,
                           score_tree_edges)
 from .errors import ConfigError
+from .feedback import Feedback
 from .ngram_automaton import (DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, PARENT, TOKEN,
                               active_tail, match_state)
-from .tree_build import RETRIEVAL_CLASS_NAMES, RETRIEVAL_CLASSES, TreeScratch, grow_fused, tree_init
+from .options import Option, resolve_options
+from .tree_build import (RETRIEVAL_CLASS_NAMES, RETRIEVAL_CLASSES, Borders, EdgeValues, LogitsTable, PairTable,
+                         TreeScratch, grow_fused, tree_init, tree_rows)
 
-__all__ = ["RacerDrafter", "DEFAULT_RANK_PRIOR"]
-
-#: P(rank-r adjacency candidate is the target's next token | its parent was): the logits tree's
-#: node values; a rough fit of top-k acceptance of recycled logits, decaying with rank.
-DEFAULT_RANK_PRIOR = (0.5, 0.15, 0.08, 0.05, 0.04, 0.03, 0.025, 0.02)
+__all__ = ["RacerDrafter", "DEFAULT_RANK_PRIOR"]   # the prior lives with the adjacency table
 
 _HEAP = 4096
 _NO_CAL = np.ones((1, NBINS + 1), np.float64)
-FUSIONS = ("score", "retrieval-first")
-TREES = ("static", "dynamic")
+#: most retrieval borders per tree (request and global automaton together)
+_MAX_BORDERS = 160
+
+#: The retrieval options of the kernel: the global automaton's owner slot (-1: none), the
+#: shortest match, the smoothing added to border counts, the global borders' weight, the
+#: budget share retrieval may fill and ``first`` (the paper's retrieval-first fusion).
+RetrievalParams = namedtuple("RetrievalParams", ["global_slot", "min_match", "smoothing", "global_weight",
+                                                 "share", "first"])
 #: trials' worth of weight the default priors keep against the observed rank hit rates
 PRIOR_PSEUDO_COUNT = 200.0
 
@@ -78,20 +86,22 @@ def parse_rank_prior(text, k: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def _collect_borders(nodes, root, v, min_match, discount, norm_add, weight, borders, norms, weights, nb):
-    """Append the states on v's failure chain that matched >= min_match tokens and have seen
-    continuations. ``discount`` removes the current occurrence from the count (per-request
-    automaton: the context itself is a suffix with no continuation yet)."""
+def _collect_borders(nodes, root, state, min_match, discount, norm_add, weight, borders, n_borders):
+    """Append to ``borders`` (holding ``n_borders``) the states on ``state``'s failure chain
+    that matched >= min_match tokens and have seen continuations; returns the new count.
+    ``discount`` removes the current occurrence from the count (per-request automaton: the
+    context itself is a suffix with no continuation yet)."""
+    v = state
     while v != root:
         if nodes[v, DEPTH] >= min_match and nodes[v, FIRST_CHILD] >= 0:
-            z = nodes[v, FREQ] - discount
-            if z > 0 and nb < borders.shape[0]:
-                borders[nb] = v
-                norms[nb] = z + norm_add
-                weights[nb] = weight
-                nb += 1
+            count = nodes[v, FREQ] - discount
+            if count > 0 and n_borders < borders.states.shape[0]:
+                borders.states[n_borders] = v
+                borders.norms[n_borders] = count + norm_add
+                borders.weights[n_borders] = weight
+                n_borders += 1
         v = nodes[v, FAIL]
-    return nb
+    return n_borders
 
 
 @njit(cache=True)
@@ -110,66 +120,95 @@ def _tokens_before_roots(nodes, owners, slots, out):
 
 
 @njit(cache=True)
-def _propose(nodes, table, owners, slots, budgets, gslot, min_match, smoothing, global_weight,
-             retrieval_share, retrieval_first, adj, pkeys, prows, use_pairs, prior, logits_depth,
-             tok, par, sc, sizes, fc, ns, dep, lsc, lrun, expanded, rowsel, rh, lh, lv, ebin):
-    borders = np.empty(160, np.int64)
-    norms = np.empty(160, np.float64)
-    weights = np.empty(160, np.float64)
+def _propose(automaton, slots, budgets, retrieval, logits, edges, buffers, fused, cells, retrieval_heap,
+             logits_heap):
+    """Row i of the TreeBuffers (and of ``cells``, the nodes' calibration cells) gets the
+    fused tree of request slot slots[i] under budgets[i]."""
+    nodes, table, owners = automaton.nodes, automaton.table, automaton.owners
+    borders = Borders(np.empty(_MAX_BORDERS, np.int64), np.empty(_MAX_BORDERS, np.float64),
+                      np.empty(_MAX_BORDERS, np.float64))
     tail = np.empty(80, np.int32)
     for i in range(slots.shape[0]):
         slot = slots[i]
         budget = budgets[i]
-        size = tree_init(tok[i], par[i], sc[i], fc, ns, dep, owners[slot, O_LAST])
+        tree = tree_rows(buffers, i)
+        size = tree_init(tree, owners[slot, O_LAST])
         if budget > 1:
-            nb = _collect_borders(nodes, owners[slot, O_ROOT], owners[slot, O_ACTIVE], min_match, 1,
-                                  smoothing, 1.0, borders, norms, weights, 0)
-            if gslot >= 0:
+            n_borders = _collect_borders(nodes, owners[slot, O_ROOT], owners[slot, O_ACTIVE], retrieval.min_match,
+                                         1, retrieval.smoothing, 1.0, borders, 0)
+            if retrieval.global_slot >= 0:
                 d = active_tail(nodes, owners, slot, tail)
-                groot = owners[gslot, O_ROOT]
-                g = match_state(nodes, table, groot, tail, 0, d)
-                nb = _collect_borders(nodes, groot, g, min_match, 0, smoothing, global_weight,
-                                      borders, norms, weights, nb)
-            limit = 1 + int(retrieval_share * (budget - 1))
-            size = grow_fused(nodes, borders, norms, weights, nb, limit, retrieval_first,
-                              adj, pkeys, prows, use_pairs, _token_before_root(nodes, owners, slot), prior,
-                              logits_depth, tok[i], par[i], sc[i], fc, ns, dep, lsc, lrun, expanded, rowsel,
-                              size, budget, rh, lh, lv, ebin[i])
-        sizes[i] = size
+                global_root = owners[retrieval.global_slot, O_ROOT]
+                g = match_state(nodes, table, global_root, tail, 0, d)
+                n_borders = _collect_borders(nodes, global_root, g, retrieval.min_match, 0, retrieval.smoothing,
+                                             retrieval.global_weight, borders, n_borders)
+            limit = 1 + int(retrieval.share * (budget - 1))
+            size = grow_fused(nodes, borders, n_borders, limit, retrieval.first, logits, edges,
+                              _token_before_root(nodes, owners, slot), tree, fused, cells[i], size, budget,
+                              retrieval_heap, logits_heap)
+        buffers.sizes[i] = size
 
 
 class RacerDrafter(AutomatonDrafter):
     name = "racer"
     uses_target_topk = True
+    DEFAULT_BUDGET: ClassVar[int] = 64
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("ngram", int, 10, "n-gram length of the retrieval automaton (its depth)", 1, 64),
+        Option("topk", int, 8, "adjacency width: target top-k ids kept per token (one table shared by all "
+               "requests: vocab x topk int32)", 1, 32),
+        Option("min_match", int, 1, "shortest matched context suffix (root included) used for retrieval "
+               "(1: the root token's own continuations count too)", 1, 64),
+        Option("max_nodes_per_request", int, 16384, "automaton node cap per request (40 B per node); the "
+               "oldest n-grams are evicted beyond it; must be >= 64 * ngram", 64, 1 << 24),
+        Option("fusion", str, "score", "how retrieval and logits share the budget: 'score' (both frontiers "
+               "compete on estimated acceptance) or 'retrieval-first' (the paper's order)",
+               choices=("score", "retrieval-first")),
+        Option("retrieval_share", float, 1.0, "largest fraction of the budget retrieved nodes may fill "
+               "(0 = logits tree only)", 0.0, 1.0),
+        Option("smoothing", float, 1.0, "pseudo-count added to a match's occurrences when scoring its "
+               "continuations (penalises matches seen once)", 0.0, 1000.0),
+        Option("logits_depth", int, 10, "most logits-tree nodes in a row on a path (0 = retrieval only)", 0, 64),
+        Option("rank_prior", str, ",".join(map(str, DEFAULT_RANK_PRIOR)), "P(rank-r recycled candidate is "
+               "accepted | its parent was), comma-separated, non-increasing: the logits tree's node values"),
+        Option("adaptive_prior", bool, False, "rank priors of the logits tree from the observed hit rates of "
+               "recycled top-k candidates (default: fixed priors 0.5, 0.15, 0.08, ...)"),
+        Option("pair_rows", int, 65536, "rows of the shared top-k cache keyed by the last two tokens, drafted "
+               "from before the token-keyed row (0 = off; rounded up to a power of two; 40 B per row)", 0, 1 << 24),
+        Option("global_cache", bool, False, "also retrieve from a bounded automaton of finished requests' outputs"),
+        Option("global_cache_nodes", int, 262144, "node cap of the global automaton (40 B per node)", 64, 1 << 26),
+        Option("global_weight", float, 0.5, "score multiplier of global-cache continuations", 0.0, 1.0),
+        Option("tree", str, "dynamic", "tree shape: 'dynamic' (node values = calibrated acceptance estimates: "
+               "the target's top-k probabilities stored with the recycled rows, retrieval by matched length and "
+               "frequency; the shape follows the context; MAT at least static's at 14 of 15 measured points, see "
+               "docs/dynamic_trees.md) or 'static' (fixed rank priors and raw frequency ratios, as in the paper)",
+               choices=("static", "dynamic")),
+    )
 
-    def __init__(self, vocab_size, ngram=10, topk=8, min_match=1, max_nodes_per_request=16384,
-                 fusion="score", retrieval_share=1.0, smoothing=1.0, logits_depth=10, adaptive_prior=False,
-                 pair_rows=65536, rank_prior=None, global_cache=False, global_cache_nodes=262144,
-                 global_weight=0.5, tree="dynamic"):
-        if tree not in TREES:
-            raise ConfigError(f"racer: tree must be one of {list(TREES)}, got {tree!r}")
-        if min_match > ngram:
-            raise ConfigError(f"racer: min_match ({min_match}) must lie in [1, ngram = {ngram}]")
-        if fusion not in FUSIONS:
-            raise ConfigError(f"racer: fusion must be one of {list(FUSIONS)}, got {fusion!r}")
-        super().__init__(vocab_size, ngram=ngram, max_nodes_per_request=max_nodes_per_request,
-                         global_cache=global_cache, global_cache_nodes=global_cache_nodes)
-        self.topk = int(topk)
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
+        if o["min_match"] > o["ngram"]:
+            raise ConfigError(f"racer: min_match ({o['min_match']}) must lie in [1, ngram = {o['ngram']}]")
+        super().__init__(vocab_size, ngram=o["ngram"], max_nodes_per_request=o["max_nodes_per_request"],
+                         global_cache=o["global_cache"], global_cache_nodes=o["global_cache_nodes"])
+        self.topk = o["topk"]
+        tree = o["tree"]
         dyn = tree == "dynamic"
+        pair_rows = o["pair_rows"]
         self.adjacency = AdjacencyTable(self.vocab_size, self.topk, probs=dyn)
         self.pairs = PairAdjacency(self.vocab_size, self.topk, pair_rows, probs=dyn) if pair_rows > 0 else None
         self._no_pairs = PairAdjacency(self.vocab_size, self.topk, 1)   # placeholder arrays
-        self.base_prior = parse_rank_prior(rank_prior, self.topk)
-        self.adaptive_prior = bool(adaptive_prior)
-        self.min_match = int(min_match)
-        self.retrieval_first = fusion == "retrieval-first"
-        self.retrieval_share = float(retrieval_share)
-        self.smoothing = float(smoothing)
-        self.logits_depth = int(logits_depth)
-        self.global_weight = float(global_weight)
+        self.base_prior = parse_rank_prior(o["rank_prior"], self.topk)
+        self.adaptive_prior = o["adaptive_prior"]
+        self.min_match = o["min_match"]
+        self.retrieval_first = o["fusion"] == "retrieval-first"
+        self.retrieval_share = o["retrieval_share"]
+        self.smoothing = o["smoothing"]
+        self.logits_depth = o["logits_depth"]
+        self.global_weight = o["global_weight"]
         self.tree = tree
         #: dynamic trees value logits candidates by the target's probabilities: ask for them
-        self.uses_topk_probs = tree == "dynamic"
+        self.uses_topk_probs = dyn
         self.length_calibration = LengthCalibration()
         #: prior of retrieved edges (frequency ratio bin -> the bin's mid-point), one row per
         #: match class (see tree_build.match_class)
@@ -188,14 +227,26 @@ class RacerDrafter(AutomatonDrafter):
         row-overwrite estimates (see :mod:`.calibration`)."""
         return self.acceptance.table(self._acceptance_prior())
 
-    def _logits_values(self, s):
-        """The dynamic-tree tuple for :func:`.tree_build.grow_fused` (``use`` false: static)."""
-        pairs = self.pairs if self.pairs is not None else self._no_pairs
+    def _edge_values(self) -> EdgeValues:
+        """The edge values of :func:`.tree_build.grow_fused` (``dynamic`` false: static)."""
         if self.tree != "dynamic":
-            return (False, self.adjacency.probs, pairs.probs, _NO_CAL, _NO_CAL, 1.0, s.rowsel, _NO_CAL)
+            return EdgeValues(False, _NO_CAL, _NO_CAL, _NO_CAL, 1.0)
         t = self.edge_table()
         k, r = self.topk, RETRIEVAL_CLASSES
-        return (True, self.adjacency.probs, pairs.probs, t[r:r + k], t[r + k:], 1.0, s.rowsel, t[:r])
+        return EdgeValues(True, token_rows=t[r:r + k], pair_rows=t[r + k:], retrieval=t[:r], alpha=1.0)
+
+    def _logits_table(self) -> LogitsTable:
+        pairs = self.pairs if self.pairs is not None else self._no_pairs
+        return LogitsTable(tokens=self.adjacency.rows, probs=self.adjacency.probs,
+                           pairs=PairTable(pairs.keys, pairs.rows, pairs.probs, self.pairs is not None),
+                           rank_prior=self.prior, max_run=int(self.logits_depth))
+
+    def _retrieval_params(self) -> RetrievalParams:
+        return RetrievalParams(int(self.global_slot), int(self.min_match), float(self.smoothing),
+                               float(self.global_weight), float(self.retrieval_share), bool(self.retrieval_first))
+
+    def length_ratios(self, rids) -> np.ndarray:
+        return np.array([self.length_calibration.ratio(r) for r in rids])
 
     def calibration_report(self) -> dict:
         """Edge calibration (token rows, pair rows) and expected vs realised accepted length."""
@@ -227,47 +278,35 @@ class RacerDrafter(AutomatonDrafter):
         slots = self.slots(rids)
         b = check_budgets(budgets, len(rids))
         width = int(b.max()) if len(rids) else 1
-        s = TreeScratch(len(rids), width, _HEAP)
-        ebin = np.full((len(rids), width), -1, np.int32)
-        pairs = self.pairs if self.pairs is not None else self._no_pairs
-        _propose(self.pool.nodes, self.pool.table, self.pool.owners, slots, b, self.global_slot,
-                 self.min_match, self.smoothing, self.global_weight, self.retrieval_share,
-                 self.retrieval_first, self.adjacency.rows, pairs.keys, pairs.rows, self.pairs is not None,
-                 self.prior, self.logits_depth, s.tok, s.par, s.sc, s.sizes, s.fc, s.ns, s.dep, s.lsc, s.lrun,
-                 s.expanded, s.rowsel, s.heap, s.heap2, self._logits_values(s), ebin)
-        trees = s.trees()
-        if self.tree == "dynamic":          # which nodes were retrieved (and their bins): for observe
-            for i, t in enumerate(trees):
-                t.edge_bin = ebin[i, : len(t)]
-        return trees
+        s = TreeScratch(len(rids), width, _HEAP, fused=True)
+        cells = np.full((len(rids), width), -1, np.int32)
+        _propose(self.pool.view(), slots, b, self._retrieval_params(), self._logits_table(), self._edge_values(),
+                 s.buffers, s.fused, cells, s.heap, s.second_heap)
+        # dynamic trees carry each node's calibration cell (-1: none) for observe
+        return s.trees(cells if self.tree == "dynamic" else None)
 
-    def observe_batch(self, rids, trees, accepted, target_topk=None):
-        super().observe_batch(rids, trees, accepted, target_topk)
-        self.length_calibration.update(rids, expected_lengths(trees), [len(a) - 1 for a in accepted])
-        if self.tree == "dynamic" and len(trees) and all(hasattr(t, "edge_bin") for t in trees):
-            sizes = np.fromiter((len(t) for t in trees), np.int64, len(trees))
-            off = np.zeros(len(trees) + 1, np.int64)
-            np.cumsum(sizes, out=off[1:])
-            alen = np.fromiter((len(a) for a in accepted), np.int64, len(accepted))
-            aoff = np.zeros(len(accepted) + 1, np.int64)
-            np.cumsum(alen, out=aoff[1:])
-            acc = np.concatenate([np.asarray(a, np.int64) for a in accepted]) if aoff[-1] else np.zeros(0, np.int64)
+    def observe_batch(self, feedback: Feedback) -> None:
+        super().observe_batch(feedback)
+        self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees),
+                                       feedback.accepted_counts - 1)
+        cells = feedback.node_data
+        if self.tree == "dynamic" and cells is not None:
             rc = self.acceptance
-            score_tree_edges(np.concatenate([t.tokens for t in trees]), np.concatenate([t.parents for t in trees]),
-                             np.concatenate([t.edge_bin for t in trees]), off, acc, aoff, rc.hits, rc.trials)
+            score_tree_edges(feedback.tokens, feedback.parents, cells, feedback.node_offsets,
+                             feedback.accepted.astype(np.int64), feedback.accepted_offsets, rc.hits, rc.trials)
             rc.decay()
 
     def finish(self, rid):
         self.length_calibration.forget(rid)
         super().finish(rid)
 
-    def _observe_extra(self, slots, trees, target_topk):
+    def _observe_extra(self, slots, feedback):
         # runs before the accepted tokens are fed: the automaton still ends at each tree's root
-        self.adjacency.update_from_trees(trees, target_topk)
-        if self.pairs is not None and target_topk is not None:
+        self.adjacency.update_from_feedback(feedback)
+        if self.pairs is not None and feedback.topk is not None:
             before = np.empty(slots.shape[0], np.int64)
             _tokens_before_roots(self.pool.nodes, self.pool.owners, slots, before)
-            self.pairs.update_from_trees(trees, target_topk, before)
+            self.pairs.update_from_feedback(feedback, before)
 
     def global_nbytes(self) -> int:
         pairs = 0 if self.pairs is None else self.pairs.nbytes()

@@ -12,6 +12,9 @@ of accepted tokens (sum of node probabilities); the better tree is proposed.
 """
 from __future__ import annotations
 
+from collections import namedtuple
+from typing import Any, ClassVar
+
 import numpy as np
 from numba import njit
 
@@ -19,11 +22,16 @@ from .automaton_drafter import AutomatonDrafter, check_budgets
 from .errors import ConfigError
 from .ngram_automaton import (DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, active_tail,
                               match_state)
-from .tree_build import TreeScratch, grow_from_borders, tree_init
+from .options import Option, resolve_options
+from .tree_build import Borders, TreeRows, TreeScratch, grow_from_borders, tree_init, tree_rows
 
 __all__ = ["SuffixDrafter"]
 
 _HEAP = 4096
+
+#: The kernel's options: the global automaton's owner slot (-1: none), the shortest match,
+#: draft nodes per matched token, the conditional-probability floor of a continuation.
+SuffixParams = namedtuple("SuffixParams", ["global_slot", "min_match", "spec_factor", "min_prob"])
 
 
 @njit(cache=True)
@@ -39,74 +47,85 @@ def _deepest_border(nodes, root, v, min_match, discount):
 
 
 @njit(cache=True)
-def _build(nodes, border, discount, budget, alpha, min_prob, tok, par, sc, fc, ns, dep, hs, ha, hb,
-           borders, norms, weights, root_token):
-    size = tree_init(tok, par, sc, fc, ns, dep, root_token)
+def _build(nodes, border, discount, budget, params, tree, heap, borders, root_token):
+    """The tree below one border state (-1: the root alone): (size, expected accepted tokens)."""
+    size = tree_init(tree, root_token)
     if border < 0:
         return size, 0.0
-    m = nodes[border, DEPTH]
-    limit = min(budget, 1 + int(alpha * m))
-    borders[0] = border
-    norms[0] = nodes[border, FREQ] - discount
-    weights[0] = 1.0
-    return grow_from_borders(nodes, borders, norms, weights, 1, min_prob, 1 << 20,
-                             tok, par, sc, fc, ns, dep, size, limit, hs, ha, hb)
+    matched = nodes[border, DEPTH]
+    limit = min(budget, 1 + int(params.spec_factor * matched))
+    borders.states[0] = border
+    borders.norms[0] = nodes[border, FREQ] - discount
+    borders.weights[0] = 1.0
+    return grow_from_borders(nodes, borders, 1, params.min_prob, 1 << 20, tree, size, limit, heap)
 
 
 @njit(cache=True)
-def _propose(nodes, table, owners, slots, budgets, gslot, min_match, alpha, min_prob,
-             tok, par, sc, sizes, tok2, par2, sc2, fc, ns, dep, hs, ha, hb):
-    borders = np.empty(1, np.int64)
-    norms = np.empty(1, np.float64)
-    weights = np.empty(1, np.float64)
+def _propose(automaton, slots, budgets, params, buffers, spare, heap):
+    """Row i of the TreeBuffers: the better (expected accepted tokens) of request slots[i]'s
+    own tree and the global automaton's, the latter grown in the ``spare`` TreeRows."""
+    nodes, table, owners = automaton.nodes, automaton.table, automaton.owners
+    borders = Borders(np.empty(1, np.int64), np.empty(1, np.float64), np.empty(1, np.float64))
     tail = np.empty(80, np.int32)
     for i in range(slots.shape[0]):
         slot = slots[i]
         budget = budgets[i]
         root_token = owners[slot, O_LAST]
-        b = -1
+        tree = tree_rows(buffers, i)
+        border = -1
         if budget > 1:
-            b = _deepest_border(nodes, owners[slot, O_ROOT], owners[slot, O_ACTIVE], min_match, 1)
-        size, score = _build(nodes, b, 1, budget, alpha, min_prob, tok[i], par[i], sc[i], fc, ns, dep,
-                             hs, ha, hb, borders, norms, weights, root_token)
-        if gslot >= 0 and budget > 1:
+            border = _deepest_border(nodes, owners[slot, O_ROOT], owners[slot, O_ACTIVE], params.min_match, 1)
+        size, score = _build(nodes, border, 1, budget, params, tree, heap, borders, root_token)
+        if params.global_slot >= 0 and budget > 1:
             d = active_tail(nodes, owners, slot, tail)
-            groot = owners[gslot, O_ROOT]
-            g = match_state(nodes, table, groot, tail, 0, d)
-            gb = _deepest_border(nodes, groot, g, min_match, 0)
-            if gb >= 0:
-                size2, score2 = _build(nodes, gb, 0, budget, alpha, min_prob, tok2, par2, sc2, fc, ns, dep,
-                                       hs, ha, hb, borders, norms, weights, root_token)
+            global_root = owners[params.global_slot, O_ROOT]
+            g = match_state(nodes, table, global_root, tail, 0, d)
+            global_border = _deepest_border(nodes, global_root, g, params.min_match, 0)
+            if global_border >= 0:
+                size2, score2 = _build(nodes, global_border, 0, budget, params, spare, heap, borders, root_token)
                 if score2 > score:
-                    tok[i, :size2] = tok2[:size2]
-                    par[i, :size2] = par2[:size2]
-                    sc[i, :size2] = sc2[:size2]
+                    tree.tokens[:size2] = spare.tokens[:size2]
+                    tree.parents[:size2] = spare.parents[:size2]
+                    tree.scores[:size2] = spare.scores[:size2]
                     size = size2
-        sizes[i] = size
+        buffers.sizes[i] = size
 
 
 class SuffixDrafter(AutomatonDrafter):
     name = "suffix"
+    DEFAULT_BUDGET: ClassVar[int] = 64
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("max_depth", int, 24, "depth of the suffix tries (longest match + continuation)", 2, 64),
+        Option("max_spec_factor", float, 1.0, "draft at most max_spec_factor * match length nodes", 0.0, 64.0),
+        Option("min_token_prob", float, 0.1, "drop continuations whose conditional frequency is below this",
+               0.0, 1.0),
+        Option("min_match", int, 1, "shortest matched context suffix used", 1, 63),
+        Option("max_nodes_per_request", int, 32768, "suffix-trie node cap per request (40 B per node); "
+               "must be >= 64 * max_depth", 128, 1 << 24),
+        Option("global_cache", bool, True, "also match against a bounded trie of finished requests' outputs"),
+        Option("global_cache_nodes", int, 262144, "node cap of the global trie (40 B per node)", 128, 1 << 26),
+    )
 
-    def __init__(self, vocab_size, max_depth=24, max_spec_factor=1.0, min_token_prob=0.1, min_match=1,
-                 max_nodes_per_request=32768, global_cache=True, global_cache_nodes=262144):
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
+        max_depth, min_match = o["max_depth"], o["min_match"]
         if min_match >= max_depth:
             raise ConfigError(f"suffix: min_match ({min_match}) must lie in [1, max_depth - 1 = {max_depth - 1}]")
-        super().__init__(vocab_size, ngram=max_depth, max_nodes_per_request=max_nodes_per_request,
-                         global_cache=global_cache, global_cache_nodes=global_cache_nodes)
-        self.max_spec_factor = float(max_spec_factor)
-        self.min_token_prob = float(min_token_prob)
-        self.min_match = int(min_match)
+        super().__init__(vocab_size, ngram=max_depth, max_nodes_per_request=o["max_nodes_per_request"],
+                         global_cache=o["global_cache"], global_cache_nodes=o["global_cache_nodes"])
+        self.max_spec_factor = o["max_spec_factor"]
+        self.min_token_prob = o["min_token_prob"]
+        self.min_match = min_match
 
     def propose(self, rids, budgets):
         slots = self.slots(rids)
         b = check_budgets(budgets, len(rids))
         width = int(b.max()) if len(rids) else 1
         s = TreeScratch(len(rids), width, _HEAP)
-        tok2 = np.empty(width, np.int32)
-        par2 = np.empty(width, np.int32)
-        sc2 = np.empty(width, np.float32)
-        _propose(self.pool.nodes, self.pool.table, self.pool.owners, slots, b, self.global_slot,
-                 self.min_match, self.max_spec_factor, self.min_token_prob,
-                 s.tok, s.par, s.sc, s.sizes, tok2, par2, sc2, s.fc, s.ns, s.dep, s.hs, s.ha, s.hb)
+        rows = s.buffers
+        spare = TreeRows(np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32),
+                         rows.first_child, rows.next_sibling, rows.depth)
+        params = SuffixParams(int(self.global_slot), int(self.min_match), float(self.max_spec_factor),
+                              float(self.min_token_prob))
+        _propose(self.pool.view(), slots, b, params, rows, spare, s.heap)
         return s.trees()

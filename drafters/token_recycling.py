@@ -19,52 +19,59 @@ chains and uncertain ones stay shallow; depth cap ``dynamic_depth``.
 """
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 from numba import njit
 
-from .adjacency import AdjacencyTable
+from .adjacency import DEFAULT_RANK_PRIOR, AdjacencyTable
 from .automaton_drafter import as_token_array, check_budgets
 from .base import Drafter
 from .calibration import LengthCalibration, expected_lengths
-from .dynamic_tree import DynamicScratch, build_dynamic_batch
+from .dynamic_tree import NO_PAIRS, Calibration, CandidateGraph, DynamicScratch, build_dynamic_batch
 from .errors import ConfigError
-from .racer import DEFAULT_RANK_PRIOR
-from .tree_build import TreeScratch, best_first_template, fill_template, tree_init
+from .feedback import Feedback
+from .options import Option, resolve_options
+from .tree_build import Template, TreeScratch, best_first_template, fill_template, tree_init, tree_rows
 
 __all__ = ["TokenRecyclingDrafter"]
 
-_NO_PAIR_TOK = np.full((1, 1), -1, np.int32)
-_NO_PAIR_P = np.full((1, 1), -1.0, np.float32)
-_NO_PAIR_KEYS = np.full(16, -1, np.int64)
-
-
 @njit(cache=True)
-def _propose(adj, roots, budgets, t_parent, t_rank, t_score, tok, par, sc, sizes, fc, ns, dep, slot_map):
+def _propose(adjacency_rows, roots, budgets, template, buffers, slot_map):
+    """Row i of the TreeBuffers gets the template instantiated below roots[i]."""
     for i in range(roots.shape[0]):
-        size = tree_init(tok[i], par[i], sc[i], fc, ns, dep, roots[i])
+        tree = tree_rows(buffers, i)
+        size = tree_init(tree, roots[i])
         if budgets[i] > 1:
-            size = fill_template(adj, t_parent, t_rank, t_score, budgets[i], tok[i], par[i], sc[i],
-                                 fc, ns, dep, slot_map)
-        sizes[i] = size
+            size = fill_template(adjacency_rows, template, budgets[i], tree, slot_map)
+        buffers.sizes[i] = size
 
 
 class TokenRecyclingDrafter(Drafter):
     name = "token-recycling"
     uses_target_topk = True
+    DEFAULT_BUDGET: ClassVar[int] = 81
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("topk", int, 8, "adjacency width: target top-k ids kept per token", 1, 32),
+        Option("template_nodes", int, 80, "draft nodes of the static template (root excluded)", 1, 1023),
+        Option("template_depth", int, 6, "depth of the static template", 1, 64),
+        Option("tree", str, "static", "'static' (the template) or 'dynamic' (best-first growth on the target's "
+               "calibrated top-k probabilities; see docs/dynamic_trees.md)", choices=("static", "dynamic")),
+        Option("dynamic_depth", int, 16, "depth cap of dynamic trees", 1, 64),
+    )
 
-    def __init__(self, vocab_size, topk=8, template_nodes=80, template_depth=6, tree="static", dynamic_depth=16):
-        if tree not in ("static", "dynamic"):
-            raise ConfigError(f"{self.name}: tree must be one of ['static', 'dynamic'], got {tree!r}")
+    def __init__(self, vocab_size: int, **options: Any):
+        o = resolve_options(self.OPTIONS, options, self.name)
         super().__init__(vocab_size)
-        self.tree = tree
-        self.dynamic_depth = int(dynamic_depth)
+        self.tree = tree = o["tree"]
+        self.dynamic_depth = o["dynamic_depth"]
         self.uses_topk_probs = tree == "dynamic"
         self.length_calibration = LengthCalibration()
-        self.topk = int(topk)
+        self.topk = o["topk"]
         self.adjacency = AdjacencyTable(self.vocab_size, self.topk, probs=tree == "dynamic")
         prior = list(DEFAULT_RANK_PRIOR[: self.topk]) + [DEFAULT_RANK_PRIOR[-1]] * max(0, self.topk - 8)
-        self.t_parent, self.t_rank, self.t_score = best_first_template(prior, int(template_nodes),
-                                                                       int(template_depth))
+        self.t_parent, self.t_rank, self.t_score = best_first_template(prior, o["template_nodes"],
+                                                                       o["template_depth"])
         self._slot_map = np.empty(self.t_parent.shape[0], np.int64)
         self._root: dict = {}
 
@@ -86,39 +93,40 @@ class TokenRecyclingDrafter(Drafter):
             return self._propose_dynamic(roots, b)
         width = int(min(b.max(), self.t_parent.shape[0])) if len(rids) else 1
         s = TreeScratch(len(rids), width, 1)
-        _propose(self.adjacency.rows, roots, b, self.t_parent, self.t_rank, self.t_score,
-                 s.tok, s.par, s.sc, s.sizes, s.fc, s.ns, s.dep, self._slot_map)
+        template = Template(self.t_parent, self.t_rank, self.t_score)
+        _propose(self.adjacency.rows, roots, b, template, s.buffers, self._slot_map)
         return s.trees()
 
     def _propose_dynamic(self, roots, b):
         width = int(b.max()) if roots.shape[0] else 1
         d = DynamicScratch(roots.shape[0], width)
-        t = d.rows
         adj = self.adjacency
-        build_dynamic_batch(adj.rows, adj.probs, adj.rows, _NO_PAIR_TOK, _NO_PAIR_P, _NO_PAIR_KEYS, False, roots,
+        graph = CandidateGraph(tokens=adj.rows, values=adj.probs, keys=adj.rows)   # keys: the candidates' tokens
+        build_dynamic_batch(graph, NO_PAIRS, Calibration(adj.calibration.table(), True), roots,
                             roots.astype(np.int64), np.full(roots.shape[0], -1, np.int64), b,
-                            adj.calibration.table(), True, np.ones(roots.shape[0]), self.dynamic_depth,
-                            t.tok, t.par, t.sc, t.sizes, t.fc, t.ns, t.dep, d.val, d.src, d.row, t.hs, t.ha, t.hb)
-        return t.trees()
+                            np.ones(roots.shape[0]), self.dynamic_depth, d.buffers, d.nodes, d.heap)
+        return d.trees()
+
+    def length_ratios(self, rids) -> np.ndarray:
+        return np.array([self.length_calibration.ratio(r) for r in rids])
 
     def calibration_report(self) -> dict:
         return {"token_rows": self.adjacency.calibration.report(), "length": self.length_calibration.report()}
 
-    def observe(self, rid, tree, accepted, target_topk=None):
-        self.observe_batch([rid], [tree], [accepted], None if target_topk is None else [target_topk])
-
-    def observe_batch(self, rids, trees, accepted, target_topk=None):
-        for rid, acc in zip(rids, accepted):
+    def observe_batch(self, feedback: Feedback) -> None:
+        ends = feedback.accepted_offsets[1:]
+        for i, rid in enumerate(feedback.rids):
             if rid not in self._root:
                 raise ConfigError(f"{self.name}: unknown request id {rid!r}: call start() first")
-            if len(acc):
-                last = int(acc[-1])
+            if ends[i] > feedback.accepted_offsets[i]:
+                last = int(feedback.accepted[ends[i] - 1])
                 if not 0 <= last < self.vocab_size:
                     raise ConfigError(f"accepted token {last} outside [0, {self.vocab_size}): "
                                       f"vocabulary mismatch between drafter and target")
                 self._root[rid] = last
-        self.adjacency.update_from_trees(trees, target_topk)
-        self.length_calibration.update(rids, expected_lengths(trees), [len(a) - 1 for a in accepted])
+        self.adjacency.update_from_feedback(feedback)
+        self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees),
+                                       feedback.accepted_counts - 1)
 
     def finish(self, rid):
         self._root.pop(rid, None)

@@ -19,11 +19,17 @@ __all__ = ["DraftTree", "PackedTrees", "pack_trees"]
 
 
 class DraftTree:
-    """tokens[n] int32, parents[n] int32 (parents[0] = -1, parents[i] < i), scores[n] float32."""
+    """tokens[n] int32, parents[n] int32 (parents[0] = -1, parents[i] < i), scores[n] float32.
 
-    __slots__ = ("tokens", "parents", "scores", "__dict__")
+    ``node_data`` [n] int32, optional: the drafter's own per-node value (RACER: the
+    calibration cell each node was valued by), carried through every cut and chain an
+    engine makes of the tree (:meth:`prefix`, :meth:`subtree`) and handed back in
+    :class:`specplug.drafters.feedback.Feedback`; -1 where a node has none."""
 
-    def __init__(self, tokens, parents, scores=None, *, validate: bool = True):
+    __slots__ = ("tokens", "parents", "scores", "node_data", "__dict__")
+
+    def __init__(self, tokens, parents, scores=None, *, validate: bool = True, node_data=None):
+        self.node_data = None if node_data is None else np.ascontiguousarray(node_data, dtype=np.int32)
         self.tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         self.parents = np.ascontiguousarray(parents, dtype=np.int32)
         if scores is None:
@@ -33,6 +39,16 @@ class DraftTree:
             self.validate()
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def view(cls, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray,
+             node_data: np.ndarray | None = None) -> "DraftTree":
+        """A tree over arrays that already have its dtypes and invariants (compiled growers'
+        rows): no coercion, no copy, no validation; about 3x cheaper than ``__init__``,
+        which matters at 256 trees per step."""
+        t = cls.__new__(cls)
+        t.tokens, t.parents, t.scores, t.node_data = tokens, parents, scores, node_data
+        return t
+
     @classmethod
     def single(cls, root_token: int) -> "DraftTree":
         """A tree of one node: no speculation for this request this step."""
@@ -237,6 +253,22 @@ class DraftTree:
         nodes = np.flatnonzero(self.ancestor_mask[node])
         return nodes[np.argsort(self.depth[nodes], kind="stable")].astype(np.int32)
 
+    def prefix(self, n: int) -> "DraftTree":
+        """The first ``n`` nodes (n >= 1): a valid tree, since parents[i] < i."""
+        if n >= len(self):
+            return self
+        return DraftTree.view(self.tokens[:n], self.parents[:n], self.scores[:n],
+                              None if self.node_data is None else self.node_data[:n])
+
+    def subtree(self, nodes: np.ndarray) -> "DraftTree":
+        """The nodes ``nodes`` (ascending, ancestor-closed, root first) as a tree of their own."""
+        nodes = np.asarray(nodes, np.int64)
+        remap = np.full(len(self), -1, np.int32)
+        remap[nodes] = np.arange(nodes.shape[0], dtype=np.int32)
+        parents = np.where(self.parents[nodes] >= 0, remap[np.maximum(self.parents[nodes], 0)], -1)
+        return DraftTree(self.tokens[nodes], parents, self.scores[nodes], validate=False,
+                         node_data=None if self.node_data is None else self.node_data[nodes])
+
     def truncate(self, budget: int) -> "DraftTree":
         """Keep the ``budget`` best nodes (root always) as a valid tree.
 
@@ -257,11 +289,7 @@ class DraftTree:
             eff[at] = np.minimum(eff[at], eff[self.parents[at]])
         # ties: shallower / lower index first keeps closure
         order = np.lexsort((np.arange(n), -eff))
-        keep = np.sort(order[:budget])
-        remap = np.full(n, -1, np.int32)
-        remap[keep] = np.arange(len(keep), dtype=np.int32)
-        new_parents = np.where(self.parents[keep] >= 0, remap[np.maximum(self.parents[keep], 0)], -1)
-        return DraftTree(self.tokens[keep], new_parents, self.scores[keep], validate=False)
+        return self.subtree(np.sort(order[:budget]))
 
     def __repr__(self) -> str:
         return f"DraftTree(n={len(self)}, tokens={self.tokens.tolist()}, parents={self.parents.tolist()})"

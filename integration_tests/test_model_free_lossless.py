@@ -14,6 +14,7 @@ import torch
 
 from specplug.adapters.hf.config import GenerationConfig
 from specplug.drafters import registry
+from specplug.drafters.feedback import Feedback, TopK
 from specplug.drafters.tree import pack_trees
 from specplug.drafters.verify import _verify_sampling_core, committed_tokens, verify_sampling
 
@@ -123,7 +124,7 @@ def _sample_continuations(name: str, n_seq: int, length: int, vocab: int, seed: 
         rids = list(range(start, min(start + batch, n_seq)))
         seqs = {r: [] for r in rids}
         for r in rids:
-            drafter.start(r, context, topk_of[context[:-1]] if drafter.uses_target_topk else None)
+            drafter.start(r, context, TopK.of(topk_of[context[:-1]]) if drafter.uses_target_topk else None)
         live = list(rids)
         while live:
             trees = drafter.propose(live, [16] * len(live))
@@ -133,8 +134,8 @@ def _sample_continuations(name: str, n_seq: int, length: int, vocab: int, seed: 
             accepted = [committed_tokens(packed.tokens, res, j) for j in range(len(live))]
             drafted_nodes += int(packed.sizes.sum()) - len(live)
             steps += len(live)
-            drafter.observe_batch(live, trees, accepted,
-                                  [topk_of[t.tokens] for t in trees] if drafter.uses_target_topk else None)
+            drafter.observe_batch(Feedback.from_lists(
+                live, trees, accepted, [TopK.of(topk_of[t.tokens]) for t in trees] if drafter.uses_target_topk else None))
             still = []
             for r, acc in zip(live, accepted):
                 seqs[r] += acc

@@ -9,79 +9,39 @@ touching this file. It is idempotent, and version-gated: on an SGLang outside
 them fails with an error naming the supported range (SGLang would otherwise say
 only "Unknown speculative algorithm name").
 
-Algorithm options come from the environment variable :data:`OPTIONS_ENV` (a JSON
-object or a path to a JSON file), validated when SGLang checks its server args.
-Load-aware budgets are switched on by :data:`LOAD_AWARE_ENV`: the name of a cost model
-shipped in ``specplug/drafters/cost_models`` or the path of one measured with
-``specplug calibrate`` (see docs/sglang.md).
+Algorithm options come from ``SPECPLUG_SGLANG_OPTIONS`` (a JSON object or a path to a JSON
+file), validated when SGLang checks its server args. Load-aware budgets are switched on by
+``SPECPLUG_SGLANG_LOAD_AWARE``: the name of a cost model shipped in
+``specplug/drafters/cost_models`` or the path of one measured with ``specplug calibrate``
+(see docs/sglang.md). Both are parsed by :mod:`specplug.adapters.sglang.config`; the
+supported range is :mod:`specplug.patches.sglang.version`'s.
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable
 
+from specplug.adapters.sglang.config import budget_policy_from_env, options_from_env
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
+from specplug.patches.sglang import version as _version
+from specplug.patches.sglang.version import SUPPORTED_RANGE, SglangVersionError
+from specplug.plugins.env import SGLANG_LOAD_AWARE as LOAD_AWARE_ENV, SGLANG_OPTIONS as OPTIONS_ENV
 
 logger = logging.getLogger(__name__)
 
-#: the SGLang releases this adapter is written and tested against
-SUPPORTED_MIN = (0, 5, 23)
-SUPPORTED_MAX_EXCLUSIVE = (0, 5, 24)
-SUPPORTED_RANGE = "sglang>=0.5.23,<0.5.24"
-#: environment variable holding the algorithm options (JSON object or JSON file path)
-OPTIONS_ENV = "SPECPLUG_SGLANG_OPTIONS"
-#: environment variable switching on load-aware budgets: a cost model name or JSON path
-LOAD_AWARE_ENV = "SPECPLUG_SGLANG_LOAD_AWARE"
-
-__all__ = ["SUPPORTED_RANGE", "OPTIONS_ENV", "LOAD_AWARE_ENV", "budget_policy_from_env", "SglangVersionError", "check_version",
-           "sglang_version", "register", "engine_names", "spec_for", "options_from_env",
+__all__ = ["SUPPORTED_RANGE", "OPTIONS_ENV", "LOAD_AWARE_ENV", "budget_policy_from_env", "SglangVersionError",
+           "check_version", "sglang_version", "register", "engine_names", "spec_for", "options_from_env",
            "validator_for"]
 
 
-class SglangVersionError(ConfigError):
-    """The installed SGLang is outside the supported range."""
-
-
 def sglang_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("sglang")
-    except PackageNotFoundError:
-        return None
-
-
-def _release(ver: str) -> tuple[int, ...]:
-    """(major, minor, patch) of a version string, ignoring pre/post/local tags."""
-    try:
-        from packaging.version import Version
-
-        return tuple(Version(ver).release[:3])
-    except Exception:  # packaging missing or odd string: parse the leading digits
-        parts = []
-        for piece in ver.split(".")[:3]:
-            digits = "".join(ch for ch in piece if ch.isdigit())
-            if not digits:
-                break
-            parts.append(int(digits))
-        return tuple(parts)
+    return _version.sglang_version()
 
 
 def check_version(ver: str | None = None) -> str:
     """Return the SGLang version, or raise SglangVersionError naming the supported range."""
-    ver = sglang_version() if ver is None else ver
-    if ver is None:
-        raise SglangVersionError(f"SGLang is not installed; specplug's SGLang adapter needs "
-                                 f"{SUPPORTED_RANGE} (pip install 'specplug[sglang]')")
-    rel = _release(ver)
-    if not (SUPPORTED_MIN <= rel < SUPPORTED_MAX_EXCLUSIVE):
-        raise SglangVersionError(
-            f"specplug's SGLang adapter supports {SUPPORTED_RANGE}, found sglang {ver}; "
-            f"install a supported SGLang (pip install 'sglang==0.5.23') or a specplug release "
-            f"built for sglang {ver}")
-    return ver
+    return _version.check_version(sglang_version() if ver is None else ver)
 
 
 def engine_names() -> dict[str, str]:
@@ -93,66 +53,8 @@ def spec_for(engine_name: str) -> registry.AlgorithmSpec:
     return registry.get(engine_name)
 
 
-def options_from_env(algo: str, environ: dict | None = None) -> dict[str, Any]:
-    """Validated options of ``algo`` from :data:`OPTIONS_ENV` (defaults filled in)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(OPTIONS_ENV)
-    try:
-        given = registry.load_options(raw)
-        return registry.validate_options(algo, given)
-    except ConfigError as e:
-        raise ConfigError(f"{OPTIONS_ENV}: {e}") from None
-
-
-def budget_policy_from_env(environ: dict | None = None):
-    """The load-aware :class:`BudgetPolicy` named by :data:`LOAD_AWARE_ENV`, or None (unset)."""
-    env = os.environ if environ is None else environ
-    src = str(env.get(LOAD_AWARE_ENV, "") or "").strip()
-    if not src:
-        return None
-    from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
-
-    try:
-        cost = CostModel.load(src) if os.path.isfile(src) else default_cost_model(src)
-    except (ConfigError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"{LOAD_AWARE_ENV}={src!r}: {e}") from None
-    # SGLang verifies every request of a step at one width: the padded goodput model
-    return BudgetPolicy(cost, padded=True)
-
-
 def _field(server_args, name, default=None):
     return getattr(server_args, name, default)
-
-
-def _model_architectures(server_args) -> list[str]:
-    """``architectures`` of the checkpoint's config.json (a local directory), else []."""
-    import json
-
-    path = _field(server_args, "model_path", None)
-    cfg = os.path.join(str(path), "config.json") if path else ""
-    if not cfg or not os.path.isfile(cfg):
-        return []       # a hub id: the worker checks the loaded model class instead
-    try:
-        with open(cfg) as f:
-            return list(json.load(f).get("architectures") or [])
-    except (OSError, ValueError):
-        return []
-
-
-def _validate_early_exit(spec: registry.AlgorithmSpec, server_args) -> None:
-    """Limits of the SGLang early-exit runner, refused at server-args time with the fix."""
-    if spec.extra.get("needs_runner") != "early_exit":
-        raise ConfigError(f"--speculative-algorithm {spec.engine_name} needs a "
-                          f"{spec.extra.get('needs_runner')!r} runner, which the SGLang adapter does not provide")
-    name = spec.engine_name
-    if int(_field(server_args, "tp_size", 1) or 1) != 1:
-        raise ConfigError(f"--speculative-algorithm {name} (early-exit drafting) supports --tp-size 1 only")
-    if not _field(server_args, "disable_cuda_graph", False):
-        raise ConfigError(f"--speculative-algorithm {name} runs partial-layer forwards eagerly (a replayed "
-                          f"graph runs every layer): pass --disable-cuda-graph")
-    from specplug.adapters.sglang.early_exit import check_architectures
-
-    check_architectures(_model_architectures(server_args), name)
 
 
 def validator_for(spec: registry.AlgorithmSpec, version_error: str | None = None
@@ -163,8 +65,13 @@ def validator_for(spec: registry.AlgorithmSpec, version_error: str | None = None
     def validate(server_args) -> None:
         if version_error is not None:
             raise SglangVersionError(version_error)
-        if spec.extra.get("needs_runner"):   # DEL, EARLY_EXIT: adapters/sglang/early_exit.py
-            _validate_early_exit(spec, server_args)
+        if spec.needs_runner:   # DEL, EARLY_EXIT: the limits of the runner in adapters/sglang/early_exit.py
+            if spec.needs_runner != "early_exit":
+                raise ConfigError(f"--speculative-algorithm {spec.engine_name} needs a {spec.needs_runner!r} "
+                                  f"runner, which the SGLang adapter does not provide")
+            from specplug.adapters.sglang.early_exit import validate_server_args   # torch: only when needed
+
+            validate_server_args(server_args, spec.engine_name)
         if not _field(server_args, "disable_overlap_schedule", False):
             raise ConfigError(
                 f"--speculative-algorithm {spec.engine_name} runs without overlap scheduling: "

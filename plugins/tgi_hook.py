@@ -9,19 +9,16 @@ import :mod:`specplug.patches.tgi`, read the algorithm and its options
 and patch those modules, once. A bad algorithm, option or TGI version makes that import
 fail with a message naming the fix, so the shard stops instead of running unpatched.
 """
-import os
-
+from specplug.plugins import env
 from specplug.plugins.post_import import register_post_import_hook
 
-__all__ = ["ENV_ALGORITHM", "ENV_OPTIONS", "HOOKED_MODULES", "PTH_NAME", "PTH_LINE", "install",
-           "installed"]
+__all__ = ["HOOKED_MODULES", "PTH_NAME", "PTH_LINE", "install", "installed"]
 
-ENV_ALGORITHM = "SPECPLUG_TGI_ALGORITHM"
-ENV_OPTIONS = "SPECPLUG_TGI_OPTIONS"
 HOOKED_MODULES = ("text_generation_server.utils.tokens",
                   "text_generation_server.models.flash_causal_lm")
 PTH_NAME = "specplug_tgi.pth"
-# What the .pth file holds: site.py executes lines that start with "import".
+# What the .pth file holds: site.py executes lines that start with "import". It names
+# env.TGI_ALGORITHM literally (importing specplug to read the name would cost every interpreter).
 PTH_LINE = ("import os; os.environ.get('SPECPLUG_TGI_ALGORITHM') and "
             "__import__('specplug.plugins.tgi_hook', fromlist=['install']).install()")
 
@@ -39,7 +36,7 @@ def install():
     global _installed
     if _installed:
         return True
-    if not os.environ.get(ENV_ALGORITHM, "").strip():
+    if not env.read(env.TGI_ALGORITHM):
         return False
     _installed = True
     for name in HOOKED_MODULES:

@@ -34,6 +34,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+from specplug import peers  # noqa: F401 (registers the benchmark peers, e.g. sglang-ngram)
 from specplug.drafters import registry
 from specplug.drafters.base import check_budget
 from specplug.drafters.errors import ConfigError
@@ -239,8 +240,8 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
                     wall = time.perf_counter() - t0
                     records[(label, a)].append({
                         "id": pid, "output_ids": list(res.output_ids), "steps": int(res.steps),
-                        "time_s": wall, "draft_time_s": float(getattr(res, "draft_time_s", 0.0) or 0.0),
-                        "verify_time_s": float(getattr(res, "verify_time_s", 0.0) or 0.0),
+                        "time_s": wall, "draft_time_s": float(res.draft_time_s),
+                        "verify_time_s": float(res.verify_time_s),
                     })
                     if bar is not None:
                         bar.update(1)
@@ -301,12 +302,12 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
             "timing": "wall time of engine.generate per prompt, summed",
         },
     }
-    reports = {a: d.bench_report() for a, d in drafters.items() if hasattr(d, "bench_report")}
+    reports = {a: r for a, r in ((a, d.bench_report()) for a, d in drafters.items()) if r is not None}
     if reports:       # drafters that report their own decisions (del: exit layer and γ over time)
         report["drafter_reports"] = reports
     if calibration:   # an extra top-level key, only on request
-        report["calibration"] = {a: d.calibration_report() for a, d in drafters.items()
-                                 if hasattr(d, "calibration_report")}
+        report["calibration"] = {a: r for a, r in ((a, d.calibration_report()) for a, d in drafters.items())
+                                 if r is not None}
     return report
 
 

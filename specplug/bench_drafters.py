@@ -21,6 +21,9 @@ import time
 
 import numpy as np
 
+from specplug import peers  # noqa: F401 (registers the benchmark peers, e.g. sglang-ngram)
+from specplug.drafters.feedback import Feedback, TopK, offsets_of
+
 DEFAULT_ALGORITHMS = "racer,token-recycling,suffix,pld"
 
 
@@ -80,12 +83,15 @@ class SyntheticWorkload:
         return (tokens[..., None].astype(np.int64) * 40503 + self._alt_mul) % self.vocab
 
 
-def verify_batch(trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload, probs: bool = False):
-    """Greedy verification against the streams: (accepted token lists, target top-k per tree).
+def verify_batch(rids, trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload, probs: bool = False,
+                 topk: bool = True):
+    """Greedy verification against the streams, as an engine reports it: (the step's
+    :class:`Feedback`, accepted draft tokens per request [B]).
 
-    ``probs``: the top-k come as (ids, probs) tuples with synthetic probabilities: on the
-    stream's path the next token gets 0.8 (the stream is predictable there), off it the
-    candidates get a flat 0.3, 0.2, 0.1, ... (decaying with rank)."""
+    ``topk``: the feedback carries the target's top-k at every node (the stream's next
+    token first on the matched path, fixed alternatives elsewhere); ``probs``: with
+    synthetic probabilities: on the stream's path the next token gets 0.8 (the stream is
+    predictable there), off it the candidates get 0.3, 0.2, 0.1, ... (decaying with rank)."""
     b = len(trees)
     sizes = np.fromiter((len(t) for t in trees), np.int64, b)
     w = int(sizes.max())
@@ -105,17 +111,23 @@ def verify_batch(trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWor
     for _ in range(int(dep.max())):                 # propagate "parent on path" by depth
         on = on & on[rows, par]
     acc = np.where(on, dep, 0).max(axis=1)
-    nxt = streams[rows, np.minimum(idx + 1, streams.shape[1] - 1)]
-    topk = work.alternatives(tok)
-    topk[:, :, 0] = np.where(on, nxt, topk[:, :, 0])
-    accepted = [streams[i, pos[i] + 1: pos[i] + acc[i] + 2] for i in range(b)]
-    if probs:
-        k = topk.shape[2]
-        off = (0.3 * 0.66 ** np.arange(k)).astype(np.float32)
-        pr = np.broadcast_to(off, topk.shape).copy()
-        pr[:, :, 0] = np.where(on, 0.8, off[0])
-        return accepted, [(topk[i, :sizes[i]], pr[i, :sizes[i]]) for i in range(b)], acc
-    return accepted, [topk[i, :sizes[i]] for i in range(b)], acc
+    cols = pos[:, None] + 1 + np.arange(int(acc.max()) + 1)[None, :]
+    taken = np.arange(cols.shape[1])[None, :] <= acc[:, None]
+    accepted = streams[np.broadcast_to(rows, cols.shape)[taken], cols[taken]].astype(np.int32)
+    flat_topk = None
+    if topk:
+        nxt = streams[rows, np.minimum(idx + 1, streams.shape[1] - 1)]
+        ids = work.alternatives(tok)
+        ids[:, :, 0] = np.where(on, nxt, ids[:, :, 0])
+        pr = None
+        if probs:
+            k = ids.shape[2]
+            off = (0.3 * 0.66 ** np.arange(k)).astype(np.float32)
+            pr = np.broadcast_to(off, ids.shape).copy()
+            pr[:, :, 0] = np.where(on, 0.8, off[0])
+            pr = pr[valid]
+        flat_topk = TopK.of(ids[valid], pr)
+    return Feedback(list(rids), list(trees), accepted, offsets_of(acc + 1), flat_topk), acc
 
 
 def _rss_bytes() -> int:
@@ -154,8 +166,9 @@ class _Driver:
         ctx = s[:p]
         topk = None
         if self.d.uses_target_topk:
-            topk = self.work.alternatives(ctx[:-1])
-            topk[:, 0] = ctx[1:]
+            ids = self.work.alternatives(ctx[:-1])
+            ids[:, 0] = ctx[1:]
+            topk = TopK.of(ids)
         self.d.start(rid, ctx, topk)
 
     def step(self, budget: int):
@@ -164,10 +177,10 @@ class _Driver:
         t0 = time.perf_counter()
         trees = self.d.propose(rids, [budget] * len(rids))
         t1 = time.perf_counter()
-        accepted, topk, acc = verify_batch(trees, self.streams, self.pos, self.work,
-                                           probs=getattr(self.d, "uses_topk_probs", False))
+        feedback, acc = verify_batch(rids, trees, self.streams, self.pos, self.work,
+                                     probs=self.d.feedback_probs, topk=self.d.uses_target_topk)
         t2 = time.perf_counter()
-        self.d.observe_batch(rids, trees, accepted, topk if self.d.uses_target_topk else None)
+        self.d.observe_batch(feedback)
         t3 = time.perf_counter()
         self.pos += acc + 1
         self.accepted_tokens += int(acc.sum()) + len(rids)
@@ -201,8 +214,8 @@ def bench_algorithm(name: str, options: dict, args) -> dict:
             obs.append(to / args.batch * 1e6)
     mat = drv.accepted_tokens / max(drv.steps, 1)
     mean_nodes = float(np.mean([len(t) for t in trees]))
-    per_req = [drafter.request_nbytes(r) for r in drv.rids] if hasattr(drafter, "request_nbytes") else []
-    glob = drafter.global_nbytes() if hasattr(drafter, "global_nbytes") else None
+    per_req = [n for n in (drafter.request_nbytes(r) for r in drv.rids) if n is not None]
+    glob = drafter.global_nbytes()
     drv.close()
     leaked = drafter.active_requests()
     out = {

@@ -38,7 +38,7 @@ def measure(engine, totals, max_batch: int, context: int, repeats: int):
     import numpy as np
     import torch
 
-    from specplug.adapters.hf.kv import TreeKVCache, tree_attention_mask
+    from specplug.adapters.hf.kv import TreeKVCache, cache_kwarg, tree_attention_mask
 
     model = engine.model
     p = next(model.parameters())
@@ -61,8 +61,8 @@ def measure(engine, totals, max_batch: int, context: int, repeats: int):
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                               use_cache=True).logits
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                               **{cache_kwarg(model): cache}).logits
                 logits.argmax(dim=-1).cpu()
                 torch.topk(logits, 8, dim=-1).indices.cpu()
                 if dev.type == "cuda":

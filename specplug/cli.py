@@ -18,6 +18,9 @@ COMMANDS = {
                       "(--kind diffusion: a masked diffusion drafter)"),
     "simulate-budgets": ("specplug.simulate_budgets", "simulated throughput over batch sizes: load-aware vs fixed "
                          "budgets vs AR, from a cost model and recorded trees"),
+    "mat-curves": ("specplug.mat_curves", "MAT vs tree budget, static vs dynamic trees (JSON, Markdown table, "
+                   "PNG); --combine merges runs over disjoint budgets"),
+    "plot": ("specplug.plots", "redraw the PNG beside a mat-curves or simulate-budgets JSON (needs matplotlib)"),
 }
 
 

@@ -1,6 +1,6 @@
-"""MAT vs tree budget, static vs dynamic trees, on the embedded engine (results/ data).
+"""``specplug mat-curves``: MAT vs tree budget, static vs dynamic trees, on the embedded engine.
 
-    python -m specplug.mat_curves --algorithm racer --budgets 8,16,32,64,128 --limit 3 \
+    specplug mat-curves --algorithm racer --budgets 8,16,32,64,128 --limit 3 \
         --max-new-tokens 64 --json results/mat_vs_budget_racer.json
 
 One engine, one ``run_bench`` per budget (AR baseline included, greedy, lossless check on);
@@ -10,14 +10,14 @@ per core) into one result.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
+from specplug.drafters.errors import ConfigError
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m specplug.mat_curves")
+
+def add_arguments(p) -> None:
     p.add_argument("--algorithm", default="racer")
     p.add_argument("--budgets", default="8,16,32,64,128")
     p.add_argument("--prompts", default="humaneval,mtbench,gsm8k")
@@ -30,17 +30,15 @@ def main(argv=None) -> int:
                         "sizes; e.g. two processes, one per core) into --json, with its table and plot; "
                         "PART.json:ALGO takes only that algorithm's rows (e.g. a rerun of one tree mode)")
     p.add_argument("--json", required=True)
-    args = p.parse_args(argv)
+
+
+def run(args) -> int:
     if args.combine:
         return _combine(args.combine, args.json)
     from specplug.bench import parse_tree_modes
-    from specplug.drafters.errors import ConfigError
-    try:
-        modes = parse_tree_modes(args.trees)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from None
+    modes = parse_tree_modes(args.trees)
     if not modes:
-        raise SystemExit(f"--trees: static, dynamic or static,dynamic; got {args.trees!r}")
+        raise ConfigError(f"--trees: static, dynamic or static,dynamic; got {args.trees!r}")
 
     import torch
     torch.set_num_threads(1)
@@ -63,19 +61,22 @@ def main(argv=None) -> int:
     out = {"model": rep["model"], "device": rep["device"], "torch_threads": 1,
            "config": {"algorithm": args.algorithm, "budgets": args.budgets, "prompts": args.prompts,
                       "limit": args.limit, "max_new_tokens": args.max_new_tokens, "warmup": args.warmup,
-                      "command": "python -m specplug.mat_curves " + " ".join(argv or sys.argv[1:])},
+                      "command": "specplug mat-curves " + " ".join(sys.argv[2:])},
            "results": rows}
     _write(out, args.json)
     return 0
 
 
-def _combine(paths, dest: str) -> int:
+def _combine(paths: list[str], dest: str) -> int:
+    """Merge runs over disjoint budgets into one result at ``dest``."""
     paths = list(paths)
     parts, only = [], []
     for i, spec in enumerate(paths):
         path, sep, algo = spec.rpartition(":")
         if not sep or "/" in algo or not os.path.isfile(path):
             path, algo = spec, None
+        if not os.path.isfile(path):
+            raise ConfigError(f"--combine: no such file {path!r}")
         paths[i] = path
         with open(path) as f:
             parts.append(json.load(f))
@@ -85,18 +86,18 @@ def _combine(paths, dest: str) -> int:
     for path, d in zip(paths, parts):
         if (d["model"], d["device"]) != (first["model"], first["device"]) or \
                 any(d["config"][k] != first["config"][k] for k in keys):
-            raise SystemExit(f"--combine: {path} was run with another model or settings than {paths[0]} "
+            raise ConfigError(f"--combine: {path} was run with another model or settings than {paths[0]} "
                              f"(compare {', '.join(keys)}); only runs over disjoint budgets can be merged")
     seen = set()
     rows = []
     for path, d, algo in zip(paths, parts, only):
         picked = [r for r in d["results"] if algo is None or r["algorithm"] == algo]
         if not picked:
-            raise SystemExit(f"--combine: no rows of {algo!r} in {path}")
+            raise ConfigError(f"--combine: no rows of {algo!r} in {path}")
         for r in picked:
             key = (r["algorithm"], r["prompt_set"], r["budget"])
             if key in seen:
-                raise SystemExit(f"--combine: {path} repeats budget {r['budget']} for {r['algorithm']} on "
+                raise ConfigError(f"--combine: {path} repeats budget {r['budget']} for {r['algorithm']} on "
                                  f"{r['prompt_set']}; merge runs over disjoint budgets only")
             seen.add(key)
             rows.append(r)
@@ -133,6 +134,3 @@ def _write(out: dict, path: str) -> None:
     from specplug.plots import mat_vs_budget_png
     mat_vs_budget_png(rows, root + ".png")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,17 @@
-"""PNG plots of the dynamic-tree results (matplotlib optional: without it, none are drawn).
+"""``specplug plot``: PNG plots of the dynamic-tree results (without matplotlib, none are drawn).
 
-    python -m specplug.plots results/mat_vs_budget_racer.json results/simulated_throughput_racer_dynamic_cpu.json
+    specplug plot results/mat_vs_budget_racer.json results/simulated_throughput_racer_dynamic_cpu.json
 
-redraws the PNG beside each JSON written by ``python -m specplug.mat_curves`` (MAT vs
-budget) or ``specplug simulate-budgets`` (throughput vs batch size).
+redraws the PNG beside each JSON written by ``specplug mat-curves`` (MAT vs budget) or
+``specplug simulate-budgets`` (throughput vs batch size).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+
+from specplug.drafters.errors import ConfigError
 
 
 def _pyplot():
@@ -70,6 +72,9 @@ def throughput_png(rows, path: str) -> bool:
 
 
 def replot(json_path: str) -> str:
+    """Redraw the PNG beside ``json_path``; its path, or "" without matplotlib."""
+    if not os.path.isfile(json_path):
+        raise ConfigError(f"no such file {json_path!r}")
     with open(json_path, encoding="utf-8") as f:
         data = json.load(f)
     rows = data.get("results") or []
@@ -79,21 +84,18 @@ def replot(json_path: str) -> str:
     elif rows and "batch" in rows[0]:
         ok = throughput_png(rows, png)
     else:
-        raise SystemExit(f"specplug.plots: {json_path} is neither a mat_curves nor a simulate-budgets result")
+        raise ConfigError(f"{json_path} is neither a mat-curves nor a simulate-budgets result")
     return png if ok else ""
 
 
-def main(argv=None) -> int:
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        print(__doc__.strip(), file=sys.stderr)
-        return 2
-    for p in paths:
+def add_arguments(p) -> None:
+    p.add_argument("json", nargs="+", metavar="RESULT.json",
+                   help="JSON written by `specplug mat-curves` or `specplug simulate-budgets`")
+
+
+def run(args) -> int:
+    for p in args.json:
         out = replot(p)
         if out:
             print(f"wrote {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

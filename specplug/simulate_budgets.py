@@ -62,8 +62,9 @@ class _Recorder:
         self._budget = dict(zip(rids, budgets))
         return self._inner.propose(rids, budgets)
 
-    def observe_batch(self, rids, trees, accepted, target_topk=None):
-        for rid, t, acc in zip(rids, trees, accepted):
+    def observe_batch(self, feedback):
+        for i, (rid, t) in enumerate(zip(feedback.rids, feedback.trees)):
+            acc = feedback.accepted_of(i)
             if self._budget.get(rid) != self.record_budget:
                 continue                                # cut by the remaining tokens: not a full tree
             path, node = [], 0
@@ -74,10 +75,7 @@ class _Recorder:
                 node = int(kids[0])
                 path.append(node)
             self.steps.append((np.asarray(t.scores[1:], np.float64), np.asarray(path, np.int64)))
-        return self._inner.observe_batch(rids, trees, accepted, target_topk)
-
-    def observe(self, rid, tree, accepted, target_topk=None):
-        self.observe_batch([rid], [tree], [accepted], None if target_topk is None else [target_topk])
+        return self._inner.observe_batch(feedback)
 
 
 def accepted_within(path: np.ndarray, n: int) -> int:

@@ -7,15 +7,16 @@ import numpy as np
 
 from specplug.bench_drafters import SyntheticWorkload, verify_batch
 from specplug.drafters import registry
+from specplug.drafters.feedback import TopK
 
 VOCAB = 600
 
 
-def context_topk(work: SyntheticWorkload, ctx: np.ndarray) -> np.ndarray:
+def context_topk(work: SyntheticWorkload, ctx: np.ndarray) -> TopK:
     """What prefill would give: the next token first, then fixed alternatives."""
-    topk = work.alternatives(np.asarray(ctx[:-1]))
-    topk[:, 0] = ctx[1:]
-    return topk
+    ids = work.alternatives(np.asarray(ctx[:-1]))
+    ids[:, 0] = ctx[1:]
+    return TopK.of(ids)
 
 
 def simulate(name: str, options=None, *, n_requests=12, batch=4, budgets=(64,), seed=0, steps_per_request=12,
@@ -66,8 +67,9 @@ def simulate(name: str, options=None, *, n_requests=12, batch=4, budgets=(64,), 
                 if bb == 1:
                     assert len(t) == 1
                 assert np.all(t.scores[1:] <= t.scores[t.parents[1:]] + 1e-6), "children outscore parents"
-            accepted, topk, acc = verify_batch(trees, streams, pos, work, probs=getattr(d, "uses_topk_probs", False))
-            d.observe_batch(rids, trees, accepted, topk if d.uses_target_topk else None)
+            feedback, acc = verify_batch(rids, trees, streams, pos, work, probs=d.feedback_probs,
+                                         topk=d.uses_target_topk)
+            d.observe_batch(feedback)
             pos += acc + 1
             steps += len(rids)
             tokens += int(acc.sum()) + len(rids)

@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from specplug.drafters.adjacency import AdjacencyTable, PairAdjacency, _pair_slot
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.feedback import Feedback, TopK
 from specplug.drafters.tree import DraftTree
 
 
@@ -34,9 +35,9 @@ def test_update_and_seed_match_brute_force(data, vocab, k, width):
         topk = data.draw(st.lists(st.lists(st.integers(-2, vocab + 1), min_size=width, max_size=width),
                                   min_size=n, max_size=n))
         if data.draw(st.booleans()) and all(0 <= t < vocab for t in tokens):
-            adj.seed(tokens + [0], topk)          # prefill: topk[i] follows tokens[i], last token has none
+            adj.seed(tokens + [0], TopK.of(topk))  # prefill: topk[i] follows tokens[i], last token has none
         else:
-            adj.update(tokens, topk)
+            adj.update(tokens, TopK.of(topk))
         brute_update(ref, tokens, topk, vocab, k)
         np.testing.assert_array_equal(adj.rows, as_array(ref, vocab, k))
 
@@ -50,10 +51,11 @@ def test_update_from_trees_batches_like_single_updates():
         n = int(rng.integers(1, 9))
         trees.append(DraftTree(rng.integers(0, vocab, n), np.arange(-1, n - 1)))
         topks.append(None if b == 2 else rng.integers(0, vocab, (n, 3 if b == 4 else 6)))
-    batched.update_from_trees(trees, topks)
+    feedback = Feedback.from_lists(range(6), trees, [[0]] * 6, [None if x is None else TopK.of(x) for x in topks])
+    batched.update_from_feedback(feedback)
     for t, x in zip(trees, topks):
         if x is not None:
-            single.update(t.tokens, x)
+            single.update(t.tokens, TopK.of(x))
     np.testing.assert_array_equal(batched.rows, single.rows)
     assert (batched.rows != -1).any()
 
@@ -61,11 +63,18 @@ def test_update_from_trees_batches_like_single_updates():
 def test_shapes_and_options_rejected():
     adj = AdjacencyTable(10, 4)
     with pytest.raises(ConfigError, match=r"len\(context_ids\) - 1"):
-        adj.seed([1, 2, 3], np.zeros((3, 4), np.int32))
+        adj.seed([1, 2, 3], TopK.of(np.zeros((3, 4), np.int32)))
     with pytest.raises(ConfigError):
-        adj.update([1, 2], np.zeros((3, 4), np.int32))
+        adj.update([1, 2], TopK.of(np.zeros((3, 4), np.int32)))
     with pytest.raises(ConfigError, match="tree nodes"):
-        adj.update_from_trees([DraftTree([1, 2], [-1, 0])], [np.zeros((3, 4), np.int32)])
+        Feedback.from_lists([0], [DraftTree([1, 2], [-1, 0])], [[2]], [TopK.of(np.zeros((3, 4), np.int32))])
+    with pytest.raises(ConfigError, match="tree node"):       # flat top-k: one row per node of every tree
+        Feedback([0], [DraftTree([1, 2], [-1, 0])], np.array([2], np.int32), np.array([0, 1]),
+                 TopK.of(np.zeros((3, 4), np.int32)))
+    with pytest.raises(ConfigError, match=r"\[positions, k\]"):
+        TopK.of(np.zeros(4, np.int32))
+    with pytest.raises(ConfigError, match="ids' shape"):
+        TopK.of(np.zeros((2, 4), np.int32), np.zeros((2, 3), np.float32))
     with pytest.raises(ConfigError, match=r"\[1, 64\]"):
         AdjacencyTable(10, 0)
     assert AdjacencyTable(49152, 8).nbytes() == 49152 * 8 * 4
@@ -94,7 +103,7 @@ def test_pair_rows_match_brute_force(data, vocab, k):
         topk = np.array(data.draw(st.lists(st.lists(st.integers(-1, vocab + 1), min_size=k, max_size=k),
                                            min_size=n, max_size=n)), np.int32)
         root_prev = data.draw(st.integers(-1, vocab - 1))
-        pairs.update_from_trees([DraftTree(tokens, parents)], [topk], [root_prev])
+        pairs.update_from_feedback(Feedback.one(0, DraftTree(tokens, parents), [0], TopK.of(topk)), [root_prev])
         for i, t in enumerate(tokens):                      # the same in dictionary form
             prev = root_prev if i == 0 else tokens[parents[i]]
             if prev >= 0:
@@ -111,7 +120,7 @@ def test_pair_seed_is_the_prefill_chain():
     pairs = PairAdjacency(50, 3, 1024)
     ctx = [5, 6, 7, 6]
     topk = np.array([[6, 1, 2], [7, 3, 4], [6, 8, 9], [0, 0, 0]])[:3]
-    pairs.seed(ctx, topk)
+    pairs.seed(ctx, TopK.of(topk))
     assert pairs.row(5, 6).tolist() == [7, 3, 4]             # after "5 6" came 7
     assert pairs.row(6, 7).tolist() == [6, 8, 9]
     assert pairs.row(-1, 5) is None and pairs.row(7, 6) is None   # last token: no top-k yet

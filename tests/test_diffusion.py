@@ -505,7 +505,7 @@ def test_tgi_chain_speculation_drives_the_diffusion_drafter(trained_ckpt):
             cur.append(t)
         acc.append(_cycle_next(cur))
         ctx = cur + [acc[-1]]
-        out = rt.draft(["a"], [None], acc, [len(acc)], 4, vocab_size=V, verified=[chain])
+        out = rt.draft(["a"], [ctx[:-len(acc)]], acc, [len(acc)], 4, vocab_size=V, verified=[chain])
     assert rt.mean_accepted() > 3.0         # up to 5 per step (4 drafts + bonus)
     rt.finish(["a"])
     assert rt.active_requests() == 0

@@ -143,7 +143,9 @@ def test_pair_rows_override_token_rows():
     # the pair (5, 6) was followed by 3 (p 0.9): drafted instead of token 6's row
     from specplug.drafters.tree import DraftTree
     tree = DraftTree(np.array([6]), np.array([-1]))
-    pairs.update_from_trees([tree], [(np.array([[3, 4]]), np.array([[0.9, 0.05]], np.float32))], [5])
+    from specplug.drafters.feedback import Feedback, TopK
+    feedback = Feedback.one(0, tree, [3], TopK.of(np.array([[3, 4]]), np.array([[0.9, 0.05]], np.float32)))
+    pairs.update_from_feedback(feedback, [5])
     [t] = build_dynamic(rows, probs, rows, [5], [5], [3], pairs=(pairs.rows, pairs.probs, pairs.keys),
                         root_prevs=[-1])
     assert t.tokens.tolist() == [5, 6, 3]
@@ -153,6 +155,7 @@ def test_pair_rows_override_token_rows():
 # ---------------------------------------------------------------------------- drafters in dynamic mode
 from specplug.drafters import registry  # noqa: E402
 from specplug.drafters.errors import ConfigError  # noqa: E402
+from specplug.drafters.feedback import TopK  # noqa: E402
 from model_free_helpers import simulate  # noqa: E402
 
 
@@ -181,15 +184,17 @@ def test_dynamic_tree_follows_the_target_probabilities():
     conf = np.array([[0.97, 0.01, 0.01, 0.01]], np.float32)
     flat = np.array([[0.3, 0.25, 0.2, 0.15]], np.float32)
     for t in range(1, 40):                      # confident chain 1 -> 2 -> ... ; token 40 uncertain
-        d.adjacency.update([t], (np.array([[t + 1, 45, 46, 47]]), conf))
-    d.adjacency.update([40], (np.array([[41, 42, 43, 44]]), flat))
+        d.adjacency.update([t], TopK.of(np.array([[t + 1, 45, 46, 47]]), conf))
+    d.adjacency.update([40], TopK.of(np.array([[41, 42, 43, 44]]), flat))
     d.start("a", [1])
     d.start("b", [40])
     ta, tb = d.propose(["a", "b"], [12, 12])
     assert ta.depth.max() > 3 * tb.depth.max() or tb.depth.max() == 1
     assert (tb.parents == 0).sum() >= 3           # the flat row is drafted wide
     with pytest.raises(ConfigError, match="shape"):
-        d.observe("a", ta, [2], (np.zeros((len(ta), 4), np.int32), np.zeros((1, 4), np.float32)))
+        d.observe("a", ta, [2], TopK.of(np.zeros((len(ta), 4), np.int32), np.zeros((1, 4), np.float32)))
+    with pytest.raises(ConfigError, match="tree nodes"):
+        d.observe("a", ta, [2], TopK.of(np.zeros((len(ta) + 1, 4), np.int32), np.zeros((len(ta) + 1, 4))))
 
 
 @pytest.mark.parametrize("name,opts,match", [("racer", {"tree": "bushy"}, "tree"),
@@ -202,14 +207,14 @@ def test_bad_tree_options_rejected(name, opts, match):
 
 def test_static_mode_ignores_probabilities_and_keeps_memory():
     d = registry.create("racer", 1000, {"tree": "static"})
-    assert not d.uses_topk_probs
+    assert not d.feedback_probs
     d2 = registry.create("racer", 1000, {})                  # dynamic is RACER's default
-    assert d2.tree == "dynamic" and d2.uses_topk_probs and d2.global_nbytes() > d.global_nbytes()
+    assert d2.tree == "dynamic" and d2.feedback_probs and d2.global_nbytes() > d.global_nbytes()
     assert registry.create("token-recycling", 1000, {}).tree == "static"    # its template stays the default
-    # static drafters accept (ids, probs) feedback too (engines may send it)
-    d.start(0, [1, 2, 3], (np.array([[2, 5], [3, 6]]), np.array([[0.5, 0.2], [0.6, 0.1]], np.float32)))
+    # static drafters accept top-k with probabilities too (engines may send them)
+    d.start(0, [1, 2, 3], TopK.of(np.array([[2, 5], [3, 6]]), np.array([[0.5, 0.2], [0.6, 0.1]], np.float32)))
     [t] = d.propose([0], [8])
-    d.observe(0, t, [4], (np.full((len(t), 8), 7), np.full((len(t), 8), 0.1, np.float32)))
+    d.observe(0, t, [4], TopK.of(np.full((len(t), 8), 7), np.full((len(t), 8), 0.1, np.float32)))
     d.finish(0)
 
 

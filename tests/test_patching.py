@@ -13,7 +13,7 @@ import pytest
 
 from specplug.patches.base import (Patch, PatchError, PatchSet, applied_patch, object_fingerprint,
                                    parse_version, source_fingerprint)
-from specplug.plugins import post_import, tgi_hook
+from specplug.plugins import env, post_import, tgi_hook
 
 
 # ------------------------------------------------------------------ a fake engine module
@@ -291,15 +291,21 @@ def test_pth_file_is_the_documented_line():
     assert lines[0].startswith("import ")       # site.py executes only lines starting with import
 
 
+def test_pth_line_names_the_declared_variable():
+    # the line stays a literal one-liner (no specplug import to read the name): keep it in step
+    assert f"os.environ.get({env.TGI_ALGORITHM!r})" in tgi_hook.PTH_LINE
+    assert env.TGI_ALGORITHM in env.VARIABLES
+
+
 def _run_pth(env_value):
-    env = {k: v for k, v in os.environ.items() if k != tgi_hook.ENV_ALGORITHM}
+    environ = {k: v for k, v in os.environ.items() if k != env.TGI_ALGORITHM}
     if env_value is not None:
-        env[tgi_hook.ENV_ALGORITHM] = env_value
+        environ[env.TGI_ALGORITHM] = env_value
     code = (f"exec({tgi_hook.PTH_LINE!r})\n"
             "import sys\n"
             "print(sorted(m for m in sys.modules if m.startswith('specplug')), "
             "type(sys.meta_path[0]).__name__, 'numpy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -317,9 +323,9 @@ def test_pth_line_installs_cheap_hooks_with_the_variable():
 
 def test_install_registers_the_tgi_modules(monkeypatch):
     monkeypatch.setattr(tgi_hook, "_installed", False)
-    monkeypatch.delenv(tgi_hook.ENV_ALGORITHM, raising=False)
+    monkeypatch.delenv(env.TGI_ALGORITHM, raising=False)
     assert tgi_hook.install() is False
-    monkeypatch.setenv(tgi_hook.ENV_ALGORITHM, "pld")
+    monkeypatch.setenv(env.TGI_ALGORITHM, "pld")
     try:
         assert tgi_hook.install() is True and tgi_hook.install() is True
         assert post_import.pending_hooks() == {name: 1 for name in tgi_hook.HOOKED_MODULES}
@@ -327,4 +333,3 @@ def test_install_registers_the_tgi_modules(monkeypatch):
         post_import.remove_post_import_hooks()
     from specplug.patches import tgi
     assert set(tgi_hook.HOOKED_MODULES) == {tgi.TOKENS_MODULE, tgi.FLASH_MODULE}
-    assert (tgi_hook.ENV_ALGORITHM, tgi_hook.ENV_OPTIONS) == (tgi.ENV_ALGORITHM, tgi.ENV_OPTIONS)

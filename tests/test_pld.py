@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.feedback import Feedback
 from specplug.drafters.pld import PromptLookupDrafter, find_continuation
 
 
@@ -68,7 +69,7 @@ def test_lifecycle():
     assert d.context("a").tolist() == [1, 2, 3, 4, 1, 2, 3, 9]
     (ta2,) = d.propose(["a"], [8])
     assert ta2.tokens[0] == 9 and len(ta2) == 1                   # 9 never seen before
-    d.observe_batch(["a", "b"], [ta2, tb], [[2], [7]])
+    d.observe_batch(Feedback.from_lists(["a", "b"], [ta2, tb], [[2], [7]]))
     assert d.context("b").tolist() == [7, 7]
     (tb2,) = d.propose(["b"], [4])
     assert tb2.tokens.tolist() == [7, 7]

@@ -5,6 +5,7 @@ import pytest
 from model_free_helpers import VOCAB, simulate
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.feedback import TopK
 from specplug.drafters.racer import RacerDrafter
 
 
@@ -46,14 +47,14 @@ def test_accepted_tokens_extend_retrieval():
 def test_logits_tree_from_prefill_and_verification_topk():
     d = RacerDrafter(100, retrieval_share=0.0)
     ctx = [1, 2, 3]
-    topk = np.array([[2, 40, 41, 42, 43, 44, 45, 46], [3, 50, 51, 52, 53, 54, 55, 56]])
+    topk = TopK.of(np.array([[2, 40, 41, 42, 43, 44, 45, 46], [3, 50, 51, 52, 53, 54, 55, 56]]))
     d.start("r", ctx, topk)
     tree = d.propose(["r"], [64])[0]
     assert len(tree) == 1                                     # no row for the root token 3 yet
-    d.observe("r", tree, [7], np.array([[7, 60, 61, 62, 63, 64, 65, 66]]))  # row of 3
+    d.observe("r", tree, [7], TopK.of([[7, 60, 61, 62, 63, 64, 65, 66]]))  # row of 3
     tree = d.propose(["r"], [64])[0]                          # root 7: still unknown
     assert len(tree) == 1
-    d.observe("r", tree, [3], np.array([[3, 70, 71, 72, 73, 74, 75, 76]]))  # row of 7; root -> 3
+    d.observe("r", tree, [3], TopK.of([[3, 70, 71, 72, 73, 74, 75, 76]]))  # row of 7; root -> 3
     tree = d.propose(["r"], [9])[0].validate(100, 9)
     assert tree.tokens[0] == 3 and len(tree) == 9
     assert set(children(tree, 0)) < {7, 60, 61, 62, 63, 64, 65, 66}  # best ranks of 3's row
@@ -73,7 +74,7 @@ def test_pair_rows_are_preferred_over_token_rows():
         d.start("r", [1, 2, 3])
         for nxt, row in ((5, [5, 40]), (3, [3, 41]), (2, [2, 60]), (3, [3, 42])):
             tree = d.propose(["r"], [1])[0]
-            d.observe("r", tree, [nxt], np.array([row + [-1] * 6]))
+            d.observe("r", tree, [nxt], TopK.of([row + [-1] * 6]))
         tree = d.propose(["r"], [2])[0]
         d.finish("r")
         assert tree.tokens[0] == 3 and len(tree) == 2
@@ -90,7 +91,7 @@ def test_fusion_is_a_trie_union_with_distinct_siblings():
     for i in range(5):
         topk[i] = [ctx[i + 1]] + [30 + i * 8 + j for j in range(7)]
     topk[1, 0] = 22                                           # row of 21: 22 first (same as retrieval)
-    d.start("r", ctx, topk)
+    d.start("r", ctx, TopK.of(topk))
     tree = d.propose(["r"], [64])[0].validate(100, 64)
     kids = children(tree, 0)
     assert 22 in kids and len(kids) == len(set(kids))
@@ -191,7 +192,7 @@ def test_dynamic_trees_value_retrieved_edges_by_match_length():
     assert seven > 0 and sixty > 0
     # 7 below the 6-token border (automaton depth 7, ratio 1 / (1 + 1)), 60 below the
     # 1-token border (depth 2, ratio 1 / (2 + 1))
-    assert tree.edge_bin[seven] == 3 * 16 + 5 and tree.edge_bin[sixty] == 0 * 16 + 3
+    assert tree.node_data[seven] == 3 * 16 + 5 and tree.node_data[sixty] == 0 * 16 + 3
     assert tree.scores[seven] == pytest.approx(table[3, 5], rel=1e-6)
     assert tree.scores[sixty] == pytest.approx(table[0, 3], rel=1e-6)
     fifty = chain_below(tree, [7, 50])                       # continuation: depth 8, ratio 1
@@ -216,15 +217,15 @@ def _static_trees_digest(opts, steps=25, batch=6, vocab=1500, budget=40):
     pos = np.full(batch, 120)
     rids = list(range(batch))
     for i in rids:
-        d.start(i, streams[i, :121], w.alternatives(streams[i, :120]))
+        d.start(i, streams[i, :121], TopK.of(w.alternatives(streams[i, :120])))
     h = hashlib.sha256()
     for _ in range(steps):
         trees = d.propose(rids, [budget] * batch)
         for t in trees:
             for a in (np.asarray(t.tokens, np.int64), np.asarray(t.parents, np.int64), np.asarray(t.scores, np.float64)):
                 h.update(a.tobytes())
-        acc, topk, n = verify_batch(trees, streams, pos, w)
-        d.observe_batch(rids, trees, acc, topk)
+        feedback, n = verify_batch(rids, trees, streams, pos, w)
+        d.observe_batch(feedback)
         pos += n + 1
     return h.hexdigest()[:16]
 

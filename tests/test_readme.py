@@ -26,6 +26,17 @@ def test_ci_runs_the_readme_commands():
     assert install in ci_lines
     assert ci_lines[-1] == test  # the test command is the last thing CI does
     assert "set -euo pipefail" in ci_lines  # pytest's exit 5 (no tests) fails CI
+    # lint, format and types run before the tests, from the settings in pyproject.toml
+    for check in ("ruff check .", "ruff format --check .", "mypy"):
+        assert ci_lines.index(check) < ci_lines.index(test)
+    assert "editable_mode=strict" in install       # type checkers resolve specplug.* (root layout)
+
+
+def test_lint_and_type_settings_are_declared():
+    text = (ROOT / "pyproject.toml").read_text()
+    for section in ("[tool.ruff]", "[tool.ruff.lint]", "[tool.ruff.format]", "[tool.mypy]"):
+        assert section in text
+    assert (ROOT / ".pre-commit-config.yaml").is_file() and (ROOT / "specplug" / "py.typed").is_file()
 
 
 def test_metadata_declares_ranges_not_pins():

@@ -10,19 +10,24 @@ import pytest
 from specplug.drafters import registry
 from specplug.drafters.base import MAX_BUDGET, MIN_BUDGET, check_budget
 from specplug.drafters.errors import ConfigError, SpecplugError
+from specplug.drafters.pld import PromptLookupDrafter
 from specplug.drafters.registry import AlgorithmSpec, Option
+
+
+class ToyDrafter(PromptLookupDrafter):
+    """PLD under another name with narrower options: what an entry reads from its class."""
+    name = "toy-algo"
+    OPTIONS = (Option("max_ngram", int, 3, "n", 1, 8),
+               Option("min_ngram", int, 1, "n", 1, 8),
+               Option("max_draft", int, 4, "d", 1, 16))
+    DEFAULT_BUDGET = 5
 
 
 @pytest.fixture
 def table(monkeypatch):
     """A private copy of the table, so registrations here do not leak."""
     monkeypatch.setattr(registry, "_TABLE", dict(registry._TABLE))
-    spec = AlgorithmSpec(
-        name="toy-algo", drafter="specplug.drafters.pld:PromptLookupDrafter",
-        description="test entry",
-        options=(Option("max_ngram", int, 3, "n", 1, 8),
-                 Option("min_ngram", int, 1, "n", 1, 8),
-                 Option("max_draft", int, 4, "d", 1, 16)))
+    spec = AlgorithmSpec(name="toy-algo", drafter=f"{__name__}:ToyDrafter", description="test entry")
     registry.register(spec)
     return spec
 
@@ -104,9 +109,8 @@ def test_load_options_from_string_file_and_errors(tmp_path):
 
 
 def test_create_returns_the_registered_class(table):
-    from specplug.drafters.pld import PromptLookupDrafter
     d = registry.create("toy-algo", 100, {"max_ngram": 5})
-    assert type(d) is PromptLookupDrafter
+    assert type(d) is ToyDrafter
     assert (d.vocab_size, d.max_ngram, d.min_ngram, d.max_draft) == (100, 5, 1, 4)
     assert type(registry.create("pld", 50)) is PromptLookupDrafter
     with pytest.raises(ConfigError, match="unknown option"):
@@ -121,6 +125,35 @@ def test_every_registered_class_loads():
         assert cls.name == spec.name
         registry.validate_options(spec.name, {})   # defaults pass their own checks
         assert MIN_BUDGET <= spec.default_budget <= MAX_BUDGET
+
+
+def test_entries_read_their_class(table):
+    assert table.options is ToyDrafter.OPTIONS and table.default_budget == 5
+    assert not table.uses_target_topk and table.needs_runner is None and dict(table.extra) == {}
+    for name in ("del", "early-exit"):
+        spec = registry.get(name)
+        assert spec.needs_runner == "early_exit" and spec.extra.get("needs_runner") == "early_exit"
+    for spec in registry.specs():
+        cls = spec.load_class()
+        assert spec.uses_target_topk == cls.uses_target_topk and spec.needs_runner == cls.needs_runner
+        assert spec.options is cls.OPTIONS and spec.default_budget == cls.DEFAULT_BUDGET
+
+
+@pytest.mark.parametrize("attrs, match", [
+    ({"name": "pld"}, "set name = 'toy-bad'"),
+    ({"OPTIONS": [Option("x", int, 1, "h")]}, "tuple of Option"),
+    ({"OPTIONS": (Option("x", int, 1, "h"), Option("x", int, 2, "h"))}, "twice"),
+    ({"OPTIONS": (Option("x", int, 0, "h", 1, 4),)}, "must lie in"),
+    ({"DEFAULT_BUDGET": 0}, "DEFAULT_BUDGET"),
+])
+def test_nonconforming_class_is_refused_on_first_use(table, monkeypatch, attrs, match):
+    bad = type("BadDrafter", (ToyDrafter,), {"name": "toy-bad", **attrs})
+    monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
+    monkeypatch.setitem(globals(), "BadDrafter", bad)
+    spec = registry.register(AlgorithmSpec(name="toy-bad", drafter=f"{__name__}:BadDrafter", description="x"))
+    assert spec.engine_name == "TOY_BAD"          # reading the table needs no class
+    with pytest.raises(TypeError, match=match):
+        registry.validate_options("toy-bad", {})
 
 
 def test_register_idempotent_and_conflicts(table):

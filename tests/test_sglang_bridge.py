@@ -1,25 +1,36 @@
-"""SGLang adapter step logic without SGLang: DraftBridge (request lifecycle, packing,
-feedback), the device feedback copy, and TP determinism of every registered drafter.
+"""The SGLang worker's glue around the drafting session, without SGLang: views of SGLang
+``Req`` rows, the session's propose (lifecycle, tree checks, budget cut), packing at the step's
+width, the device feedback copy and ``session.observe``; TP determinism of every drafter.
 
-A deterministic fake target (next token = a function of the last 2 tokens) stands in for the
-model; trees are verified greedily by walking the packed ancestor mask, the way SGLang's
-NGRAM path does, so these tests also check that the packed layout is lossless.
+Each step here is the worker's (``SpecplugWorker._prepare_draft_tokens`` and ``_observe``):
+``session.propose(views, launch width)``, ``verify_inputs(step, width)`` at the widest tree
+(budget policy, no CUDA graphs) or the launch width, then ``observe_verified(session, rids,
+*device_feedback(logits, accept_tokens, accept_lens, ...))``. A deterministic fake target
+(next token = a function of the last 2 tokens, its logits built from that) verifies greedily by
+walking the packed ancestor mask, the way SGLang's NGRAM path does, so these tests also check
+that the packed layout is lossless.
 """
 from __future__ import annotations
 
 import logging
+import types
 
 import numpy as np
 import pytest
 import torch
 
-from specplug.adapters.sglang.bridge import DraftBridge, ReqView
+from specplug.adapters.sglang.bridge import observe_verified, request_view, verify_inputs
 from specplug.adapters.sglang.feedback import device_feedback
 from specplug.drafters import registry
 from specplug.drafters.base import ContextDrafter
+from specplug.drafters.session import DraftSession
 from specplug.drafters.tree import DraftTree
 
 VOCAB = 64
+#: the fake target's logits: its top choices get these values, every other id 0
+RANK_LOGITS = np.array([10.0, 7.0, 6.5, 6.0, 5.5, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.2, 1.1, 1.05], np.float32)
+#: accept_tokens past a row's count: SGLang leaves whatever predict[-1] holds there
+GARBAGE = VOCAB - 1
 
 
 def target_next(ctx) -> int:
@@ -28,18 +39,21 @@ def target_next(ctx) -> int:
     return (3 * a + b) % 5 + 3
 
 
-def target_topk(ctx, k):
+def target_logits(ctx) -> np.ndarray:
     first = target_next(ctx)
-    return np.array([first] + [(first + 1 + i) % VOCAB for i in range(k - 1)], np.int32)
+    row = np.zeros(VOCAB, np.float32)
+    row[[(first + i) % VOCAB for i in range(len(RANK_LOGITS))]] = RANK_LOGITS
+    return row
 
 
 def verify_packed(tokens, mask, width, contexts):
     """Greedy walk of each packed tree through its ancestor mask (SGLang's contract).
-    Returns committed tokens per request (accepted drafts + bonus) and top-k per node."""
+    Returns the committed tokens per request (accepted drafts + bonus) and the target's
+    logits at every packed node [B * W, V]."""
     bs = len(contexts)
     tokens = tokens.reshape(bs, width)
     mask = mask.reshape(bs, width, width)
-    committed, topks = [], []
+    committed, logits = [], []
     for b in range(bs):
         idx = np.arange(width)
         anc = mask[b] & (idx[None, :] < idx[:, None])
@@ -48,7 +62,7 @@ def verify_packed(tokens, mask, width, contexts):
         for i in range(1, width):
             if parent[i] >= 0 and parent[i] in node_ctx:
                 node_ctx[i] = node_ctx[parent[i]] + [int(tokens[b, i])]
-        topks.append(np.stack([target_topk(node_ctx.get(i, contexts[b]), 4) for i in range(width)]))
+        logits.extend(target_logits(node_ctx.get(i, contexts[b])) for i in range(width))
         cur, out = 0, []
         while True:
             want = target_next(node_ctx[cur])
@@ -58,13 +72,38 @@ def verify_packed(tokens, mask, width, contexts):
                 break
             cur = kids[0]
         committed.append(out)
-    return committed, np.stack(topks)
+    return committed, torch.from_numpy(np.stack(logits))
+
+
+def sglang_req(rid, seq, prompt_len=None):
+    """The fields of SGLang's ``Req`` the glue reads."""
+    n = len(seq) if prompt_len is None else prompt_len
+    return types.SimpleNamespace(rid=rid, origin_input_ids_unpadded=list(seq[:n]), output_ids=list(seq[n:]))
+
+
+def worker_step(session, reqs, launch_width, tight=False, on_step=None):
+    """One decode step as SpecplugWorker runs it; returns (step, width, committed per request)."""
+    step = session.propose([request_view(r) for r in reqs], launch_width)
+    width = step.width if tight else launch_width
+    tokens, mask = verify_inputs(step, width)
+    assert tokens.dtype == np.int64 and tokens.shape == (len(reqs) * width,)
+    assert mask.dtype == np.bool_ and mask.shape == (len(reqs) * width * width,)
+    if on_step is not None:
+        on_step(step, width, tokens, mask)
+    contexts = [list(r.origin_input_ids_unpadded) + list(r.output_ids) for r in reqs]
+    committed, logits = verify_packed(tokens, mask, width, contexts)
+    accept = torch.full((len(reqs), width), GARBAGE, dtype=torch.int32)
+    for i, c in enumerate(committed):
+        accept[i, : len(c)] = torch.tensor(c, dtype=torch.int32)
+    lens = torch.tensor([len(c) for c in committed], dtype=torch.int32)
+    observe_verified(session, step.rids, *device_feedback(logits, accept.reshape(-1), lens, len(reqs), width,
+                                                          session.topk, session.topk_probs))
+    return step, width, committed
 
 
 # model-free and own-model drafters SGLang runs: not benchmark peers; the early-exit drafters need the
 # target's layers (an SGLang model runner), so they are tested with the real engine (test_sglang_engine.py)
-SGLANG_ALGORITHMS = [n for n in registry.names()
-                     if not registry.get(n).peer and not registry.get(n).extra.get("needs_runner")]
+SGLANG_ALGORITHMS = [n for n in registry.names() if not registry.get(n).peer and not registry.get(n).needs_runner]
 
 _MODEL_OPTIONS: dict = {}
 
@@ -83,31 +122,24 @@ def model_options(algorithm):
     return dict(_MODEL_OPTIONS["diffusion"])
 
 
-def run_stream(algorithm, prompts, steps, width=8, bridge=None, policy=None, options=None):
-    """Drive one bridge over ``steps`` decode steps; returns (outputs, trees per step)."""
-    if options is None:
-        options = model_options(algorithm)
-    drafter = registry.create(algorithm, VOCAB, options)
-    bridge = bridge or DraftBridge(drafter, width, VOCAB, policy=policy)
+def run_stream(algorithm, prompts, steps, width=8, session=None, policy=None, options=None, tight=None,
+               on_step=None):
+    """Drive one session over ``steps`` decode steps; returns (outputs, trees per step, session)."""
+    if session is None:
+        drafter = registry.create(algorithm, VOCAB, model_options(algorithm) if options is None else options)
+        session = DraftSession(drafter, VOCAB, policy=policy, engine="SGLang")
+    tight = session.policy is not None if tight is None else tight      # the worker's rule (CUDA graphs on)
     seqs = {rid: list(p) + [target_next(p)] for rid, p in prompts.items()}  # prefill's token
+    plen = {rid: len(p) for rid, p in prompts.items()}
     history = []
     for _ in range(steps):
         rids = sorted(seqs)
-        views = [ReqView(rid, len(seqs[rid]), seqs[rid][-1], (lambda r=rid: list(seqs[r]))) for rid in rids]
-        step = bridge.prepare(views)
+        step, _, committed = worker_step(session, [sglang_req(r, seqs[r], plen[r]) for r in rids], width, tight,
+                                         on_step)
         history.append([(t.tokens.tolist(), t.parents.tolist()) for t in step.trees])
-        W = step.width          # the launch width, or less under a load-aware budget policy
-        committed, topk = verify_packed(step.tokens, step.mask, W, [seqs[r] for r in rids])
-        acc = np.zeros((len(rids), W), np.int64)
-        lens = np.array([len(c) for c in committed])
-        for i, c in enumerate(committed):
-            acc[i, : len(c)] = c
-        # the fake target is sure of its first choice: probabilities 0.9, 0.05, 0.03, 0.02
-        probs = np.broadcast_to(np.array([0.9, 0.05, 0.03, 0.02], np.float32), topk.shape)
-        bridge.feedback(acc, lens, topk if bridge.topk else None, probs if bridge.topk_probs else None)
         for rid, c in zip(rids, committed):
             seqs[rid].extend(c)
-    return seqs, history, bridge
+    return seqs, history, session
 
 
 def reference(prompt, n):
@@ -117,19 +149,23 @@ def reference(prompt, n):
     return seq
 
 
+def assert_lossless(seqs):
+    for rid, seq in seqs.items():
+        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+
+
 # prompts long enough to hold a whole cycle of the fake target: continuations repeat them
 PROMPTS = {"a": reference([3, 4], 30), "b": reference([9, 9, 10, 11, 12], 25)}
 
 
 @pytest.mark.parametrize("algorithm", SGLANG_ALGORITHMS)
-def test_bridge_is_lossless_for_every_algorithm(algorithm):
-    seqs, _, bridge = run_stream(algorithm, PROMPTS, steps=12)
-    for rid, seq in seqs.items():
-        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
-    assert bridge.stats["bad_trees"] == 0
-    assert bridge.active == 2
-    bridge.retain([])
-    assert bridge.active == 0 and bridge.drafter.active_requests() == 0
+def test_worker_glue_is_lossless_for_every_algorithm(algorithm):
+    seqs, _, session = run_stream(algorithm, PROMPTS, steps=12)
+    assert_lossless(seqs)
+    assert session.stats.bad_trees == 0 and session.stats.drafter_errors == 0
+    assert session.active == 2
+    session.retain([])
+    assert session.active == 0 and session.drafter.active_requests() == 0
 
 
 @pytest.mark.parametrize("algorithm", SGLANG_ALGORITHMS)
@@ -140,9 +176,21 @@ def test_drafts_are_identical_across_instances(algorithm):
     assert h1 == h2
 
 
-def test_speculation_accepts_on_repetitive_text():
-    seqs, _, bridge = run_stream("pld", PROMPTS, steps=12)
-    assert bridge.mean_accepted > 1.5  # the fake target repeats: PLD must accept drafts
+def test_speculation_accepts_on_repetitive_text_and_stats_add_up():
+    seqs, _, session = run_stream("pld", PROMPTS, steps=12)
+    s = session.stats
+    assert s.mean_accepted > 1.5  # the fake target repeats: PLD must accept drafts
+    assert s.steps == 12 and s.verified_requests == 24 and s.restarts == 0
+    generated = sum(len(seq) - len(PROMPTS[rid]) - 1 for rid, seq in seqs.items())   # less prefill's token
+    assert s.accepted_tokens == generated and s.mean_accepted == generated / 24
+    assert s.proposed_nodes > 0 and s.draft_s > 0 and s.observe_s > 0
+
+
+def test_request_view_of_an_sglang_req():
+    v = request_view(sglang_req("r", [5, 6, 7, 8], prompt_len=3))
+    assert (v.rid, v.length, v.last_token, list(v.context())) == ("r", 4, 8, [5, 6, 7, 8])
+    v = request_view(sglang_req("p", [5, 6, 7]))              # right after prefill: no output yet
+    assert (v.length, v.last_token) == (3, 7)
 
 
 class Recorder(ContextDrafter):
@@ -153,6 +201,7 @@ class Recorder(ContextDrafter):
     def __init__(self, vocab_size, tree_fn=None):
         super().__init__(vocab_size)
         self.calls = []
+        self.observed = {}
         self.tree_fn = tree_fn
 
     def start(self, rid, context_ids, context_topk=None):
@@ -169,7 +218,8 @@ class Recorder(ContextDrafter):
 
     def observe(self, rid, tree, accepted, target_topk=None):
         self.calls.append(("observe", rid, list(map(int, accepted)),
-                           None if target_topk is None else target_topk.shape))
+                           None if target_topk is None else target_topk.ids.shape))
+        self.observed[rid] = (tree, None if target_topk is None else target_topk.ids.copy())
         super().observe(rid, tree, accepted)
 
     def finish(self, rid):
@@ -177,43 +227,48 @@ class Recorder(ContextDrafter):
         super().finish(rid)
 
 
-def view(rid, seq):
-    return ReqView(rid, len(seq), seq[-1], lambda: list(seq))
+def session_of(drafter, policy=None):
+    return DraftSession(drafter, VOCAB, policy=policy, engine="SGLang")
 
 
-def test_prepare_starts_once_proposes_batched_and_packs():
+def test_propose_starts_once_batched_packs_and_observes_the_slices():
     d = Recorder(VOCAB)
-    br = DraftBridge(d, 4, VOCAB)
-    step = br.prepare([view("x", [1, 2, 3]), view("y", [5, 6])])
+    s = session_of(d)
+    step = s.propose([request_view(sglang_req("x", [1, 2, 3], 2)), request_view(sglang_req("y", [5, 6]))], 4)
     assert d.calls == [("start", "x", [1, 2, 3]), ("start", "y", [5, 6]), ("propose", ["x", "y"], [4, 4])]
-    assert step.tokens.tolist() == [3, 7, 8, 3, 6, 7, 8, 6]  # padding repeats the root
-    m = step.mask.reshape(2, 4, 4)
-    assert m[0].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]
-    # feedback: x accepted 7 then bonus 9; y only the bonus 4
-    topk = np.arange(2 * 4 * 4, dtype=np.int32).reshape(2, 4, 4)
-    br.feedback(np.array([[7, 9, 0, 0], [4, 0, 0, 0]]), np.array([2, 1]), topk)
+    tokens, mask = verify_inputs(step, 4)
+    assert tokens.tolist() == [3, 7, 8, 3, 6, 7, 8, 6]  # padding repeats the root
+    assert mask.reshape(2, 4, 4)[0].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]
+    # verification: x accepted 7 then bonus 9; y only the bonus 4; the rest of each row is garbage
+    accept = torch.tensor([7, 9, GARBAGE, GARBAGE, 4, GARBAGE, GARBAGE, GARBAGE], dtype=torch.int32)
+    logits = torch.randn(8, VOCAB)
+    observe_verified(s, step.rids, *device_feedback(logits, accept, torch.tensor([2, 1]), 2, 4, s.topk))
     assert d.calls[-2:] == [("observe", "x", [7, 9], (3, 4)), ("observe", "y", [4], (3, 4))]
+    ref = torch.topk(logits, 4, dim=-1).indices.reshape(2, 4, 4)
+    assert d.observed["x"][1].tolist() == ref[0, :3].tolist()    # each tree's own rows, not the padding
+    assert d.observed["y"][1].tolist() == ref[1, :3].tolist()
     # next step: lengths match what the drafter saw, so no restart
     d.calls.clear()
-    br.prepare([view("x", [1, 2, 3, 7, 9]), view("y", [5, 6, 4])])
+    s.propose([request_view(sglang_req("x", [1, 2, 3, 7, 9], 2)), request_view(sglang_req("y", [5, 6, 4], 2))], 4)
     assert d.calls == [("propose", ["x", "y"], [4, 4])]
 
 
 def test_length_mismatch_restarts_the_request():
     d = Recorder(VOCAB)
-    br = DraftBridge(d, 4, VOCAB)
-    br.prepare([view("x", [1, 2, 3])])
-    br.feedback(np.array([[7, 9, 0, 0]]), np.array([2]))
+    s = session_of(d)
+    worker_step(s, [sglang_req("x", [1, 2, 3])], 4)
     d.calls.clear()
-    br.prepare([view("x", [1, 2, 3, 7, 9, 11])])  # SGLang committed a token we never saw
+    s.propose([request_view(sglang_req("x", [1, 2, 3, 7, 9, 11], 3))], 4)  # SGLang committed a token we never saw
     assert d.calls[:2] == [("finish", "x"), ("start", "x", [1, 2, 3, 7, 9, 11])]
-    assert br.stats["restarts"] == 1
+    assert s.stats.restarts == 1
 
 
 @pytest.mark.parametrize("bad", ["root", "width", "vocab"])
 def test_broken_tree_is_replaced_by_root_and_request_restarted(bad, caplog):
     def tree_fn(ctx):
         root = int(ctx[-1])
+        if root == 4:            # request "ok" drafts a valid tree
+            return DraftTree.chain(root, [7])
         if bad == "root":
             return DraftTree.chain(root + 1, [7])
         if bad == "width":
@@ -221,39 +276,53 @@ def test_broken_tree_is_replaced_by_root_and_request_restarted(bad, caplog):
         return DraftTree.chain(root, [VOCAB + 5])
 
     d = Recorder(VOCAB, tree_fn)
-    br = DraftBridge(d, 4, VOCAB)
+    s = session_of(d)
     with caplog.at_level(logging.WARNING):
-        step = br.prepare([view("x", [1, 2, 3]), view("ok", [4])])
-    assert "broken tree" in caplog.text
-    assert step.tokens[:4].tolist() == [3, 3, 3, 3]  # root alone, padded
-    assert step.mask.reshape(2, 4, 4)[0].sum() == 4  # only the diagonal: nothing to accept
-    br.feedback(np.array([[5, 0, 0, 0], [6, 0, 0, 0]]), np.array([1, 1]))
-    assert not any(c[0] == "observe" for c in d.calls)  # neither tree was valid
+        step = s.propose([request_view(sglang_req("x", [1, 2, 3])), request_view(sglang_req("ok", [4]))], 4)
+    assert "broken tree" in caplog.text and s.stats.bad_trees == 1
+    tokens, mask = verify_inputs(step, 4)
+    assert tokens[:4].tolist() == [3, 3, 3, 3]  # root alone, padded
+    assert mask.reshape(2, 4, 4)[0].sum() == 4  # only the diagonal: nothing to accept
+    accept = torch.tensor([5, 0, 0, 0, 7, 6, 0, 0], dtype=torch.int32)
+    observe_verified(s, step.rids, *device_feedback(torch.randn(8, VOCAB), accept, torch.tensor([1, 2]), 2, 4, 4))
+    assert [c[1] for c in d.calls if c[0] == "observe"] == ["ok"]   # the broken tree is not observed
     d.calls.clear()
-    br.prepare([view("x", [1, 2, 3, 5]), view("ok", [4, 6])])
-    assert ("start", "x", [1, 2, 3, 5]) in d.calls
+    s.propose([request_view(sglang_req("x", [1, 2, 3, 5])), request_view(sglang_req("ok", [4, 7, 6]))], 4)
+    assert ("start", "x", [1, 2, 3, 5]) in d.calls and not any(c[:2] == ("start", "ok") for c in d.calls)
+
+
+def test_drafter_errors_cost_speculation_never_the_batch(caplog):
+    class Failing(Recorder):
+        def propose(self, rids, budgets):
+            raise RuntimeError("drafter bug")
+
+    s = session_of(Failing(VOCAB))
+    with caplog.at_level(logging.ERROR):
+        step, width, committed = worker_step(s, [sglang_req("x", [1, 2, 3]), sglang_req("y", [4, 5])], 4)
+    assert [len(t) for t in step.trees] == [1, 1] and committed == [[target_next([1, 2, 3])], [target_next([4, 5])]]
+    assert s.stats.drafter_errors == 1 and "drafter bug" in caplog.text
 
 
 def test_finish_retain_reset_release_drafter_state():
     d = Recorder(VOCAB)
-    br = DraftBridge(d, 4, VOCAB)
-    br.prepare([view("x", [1]), view("y", [2]), view("z", [3])])
-    br.feedback(np.zeros((3, 4), np.int64) + 5, np.ones(3, np.int64))
-    br.finish("x")
-    br.finish("x")  # idempotent
+    s = session_of(d)
+    worker_step(s, [sglang_req("x", [1]), sglang_req("y", [2]), sglang_req("z", [3])], 4)
+    s.finish("x")        # note_request_finished / the corpus shim's erase_match_state
+    s.finish("x")        # idempotent
     assert d.calls.count(("finish", "x")) == 1
-    assert br.retain(["y"]) == ["z"]
-    br.reset()
-    assert br.active == 0 and d.active_requests() == 0
+    assert s.retain(["y"]) == ["z"]
+    s.reset()            # clear_cache_pool
+    assert s.active == 0 and d.active_requests() == 0
 
 
-def test_feedback_requires_prepare_and_matching_batch():
-    br = DraftBridge(Recorder(VOCAB), 4, VOCAB)
-    with pytest.raises(RuntimeError, match="without a preceding prepare"):
-        br.feedback(np.zeros((1, 4)), np.ones(1))
-    br.prepare([view("x", [1])])
-    with pytest.raises(RuntimeError, match="feedback for 2 requests"):
-        br.feedback(np.zeros((2, 4)), np.ones(2))
+def test_observe_checks_the_batch_and_skips_requests_without_a_tree():
+    d = Recorder(VOCAB)
+    s = session_of(d)
+    s.observe(["never-proposed"], np.array([5]), np.array([1]))      # nothing pending: skipped
+    assert not d.calls and s.stats.verified_requests == 1
+    step = s.propose([request_view(sglang_req("x", [1]))], 4)
+    with pytest.raises(ValueError, match="1 requests, 2 counts"):
+        observe_verified(s, step.rids, np.zeros((2, 4), np.int64), np.ones(2, np.int64))
 
 
 def test_device_feedback_one_copy_matches_reference():
@@ -277,25 +346,27 @@ def test_device_feedback_one_copy_matches_reference():
 
 @pytest.mark.parametrize("algorithm", ["racer", "token-recycling"])
 def test_dynamic_trees_get_the_target_probabilities(algorithm):
-    """Dynamic trees grow on the target's top-k probabilities: the bridge passes them on."""
+    """Dynamic trees grow on the target's top-k probabilities: the glue passes them on."""
     seen = []
     drafter = registry.create(algorithm, VOCAB, {"tree": "dynamic"})
     original = drafter.observe_batch
 
-    def spy(rids, trees, accepted, target_topk=None):
-        seen.extend(target_topk)
-        return original(rids, trees, accepted, target_topk)
+    def spy(feedback):
+        seen.append(feedback)
+        return original(feedback)
 
     drafter.observe_batch = spy
-    seqs, _, bridge = run_stream(algorithm, PROMPTS, steps=6, bridge=DraftBridge(drafter, 8, VOCAB))
-    assert bridge.topk_probs and seen and all(isinstance(t, tuple) and len(t) == 2 for t in seen)
-    ids, probs = seen[0]
-    assert ids.shape == probs.shape and probs.dtype == np.float32
-    for rid, seq in seqs.items():
-        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+    seqs, _, session = run_stream(algorithm, PROMPTS, steps=6, session=session_of(drafter))
+    assert session.topk_probs and seen and all(f.topk is not None and f.topk.probs is not None for f in seen)
+    fb = seen[0]
+    assert fb.topk.ids.shape == fb.topk.probs.shape == (int(fb.node_offsets[-1]), session.topk)
+    assert fb.topk.probs.dtype == np.float32
+    np.testing.assert_allclose(fb.topk.probs[:, 0], np.exp(10) / (np.exp(RANK_LOGITS).sum() + VOCAB - 16),
+                               rtol=1e-5)
+    assert_lossless(seqs)
 
 
-# ------------------------------------------------------------------ load-aware widths
+# ------------------------------------------------------------------ load-aware and tight widths
 def _policy(tokens, seconds):
     from specplug.drafters.budget import BudgetPolicy, CostModel
 
@@ -307,57 +378,58 @@ LOAD_AWARE = [("racer", {"tree": "dynamic"}), ("token-recycling", {"tree": "dyna
 
 
 @pytest.mark.parametrize("algorithm,options", LOAD_AWARE)
-def test_load_aware_bridge_is_lossless_at_every_chosen_width(algorithm, options):
+def test_load_aware_glue_is_lossless_at_every_chosen_width(algorithm, options):
     # verify cost grows with the batch's tokens: the policy picks widths between 1 and 8
     policy = _policy([1, 2, 4, 8, 16, 64], [1.0, 1.3, 1.9, 3.0, 5.5, 25.0])
     widths = []
 
-    class Recording(DraftBridge):
-        def prepare(self, reqs):
-            step = super().prepare(reqs)
-            widths.append(step.width)
-            assert step.tokens.shape == (len(reqs) * step.width,)
-            assert step.mask.shape == (len(reqs) * step.width ** 2,)
-            return step
+    def on_step(step, width, tokens, mask):
+        assert width == step.width == max(len(t) for t in step.trees)
+        widths.append(width)
 
-    bridge = Recording(registry.create(algorithm, VOCAB, options), 8, VOCAB, policy=policy)
-    seqs, _, bridge = run_stream(algorithm, PROMPTS, steps=14, bridge=bridge)
-    for rid, seq in seqs.items():
-        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
-    assert bridge.stats["bad_trees"] == 0
+    seqs, _, session = run_stream(algorithm, PROMPTS, steps=14, policy=policy, options=options, on_step=on_step)
+    assert_lossless(seqs)
+    assert session.stats.bad_trees == 0
     assert all(1 <= w <= 8 for w in widths) and max(widths) > 1, widths
 
 
 def test_load_aware_width_is_one_when_verification_is_dear_and_full_when_free():
     dear = _policy([1, 2, 64], [1.0, 100.0, 10000.0])   # a second token per request costs 100x
-    seqs, history, bridge = run_stream("pld", PROMPTS, steps=8, policy=dear)
+    seqs, history, session = run_stream("pld", PROMPTS, steps=8, policy=dear)
     assert all(len(toks) == 1 for step in history for toks, _ in step)   # root only: no speculation
-    assert bridge.mean_accepted == 1.0
-    for rid, seq in seqs.items():
-        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+    assert session.stats.mean_accepted == 1.0
+    assert_lossless(seqs)
     free = _policy([1, 4096], [1.0, 1.0])
-    _, h_free, b_free = run_stream("pld", PROMPTS, steps=8, policy=free)
-    _, h_none, b_none = run_stream("pld", PROMPTS, steps=8)
+    _, h_free, s_free = run_stream("pld", PROMPTS, steps=8, policy=free)
+    _, h_none, s_none = run_stream("pld", PROMPTS, steps=8)
     assert h_free == h_none          # free verification: every drafted node is kept
-    assert b_free.mean_accepted == b_none.mean_accepted > 1.5
+    assert s_free.stats.mean_accepted == s_none.stats.mean_accepted > 1.5
 
 
 def test_worker_width_views_and_relayout():
-    from specplug.adapters.sglang.widths import relayout as _relayout, RowsOf as _RowsOf
+    from specplug.adapters.sglang.widths import VIEW_LISTS, RowsOf, relayout, views_at
 
     buf = torch.arange(4 * 8).view(4, 8)             # preallocated at launch width 8, 4 rows
-    rows = _RowsOf(buf, 3, 3)[2]                     # width 3, batch of 2
+    rows = RowsOf(buf, 3, 3)[2]                      # width 3, batch of 2
     assert rows.shape == (2, 3) and rows.tolist() == [[0, 1, 2], [3, 4, 5]]
     rows.fill_(-1)                                   # a view: writes land in the buffer
     assert buf.view(-1)[:6].tolist() == [-1] * 6 and buf.view(-1)[6] == 6
-    assert _RowsOf(buf, 9)[2].shape == (18,)         # flat views (the 3x3 tree mask per request)
+    assert RowsOf(buf, 9)[2].shape == (18,)          # flat views (the 3x3 tree mask per request)
+
+    worker = types.SimpleNamespace(retrieve_indexes=torch.zeros(4, 8), retrieve_next_token=torch.zeros(4, 8),
+                                   retrieve_next_sibling=torch.zeros(4, 8), positions=torch.zeros(32),
+                                   draft_tokens=torch.zeros(32), tree_mask=torch.zeros(256, dtype=torch.bool))
+    views = views_at(worker, 3)
+    assert set(views) == set(VIEW_LISTS)
+    assert views["retrieve_indexes_batch"][2].shape == (2, 3) and views["tree_mask_batch"][2].shape == (18,)
+    assert views["draft_tokens_batch"][4].shape == views["positions_batch"][4].shape == (12,)
 
     class Spec:
         accept_tokens = torch.tensor([5, 6, 0, 7, 0, 0])   # 2 requests at width 3
         draft_token_num = num_tokens_per_req = num_tokens_for_logprob_per_req = 3
 
     spec = Spec()
-    _relayout(spec, 2, 3, 8)
+    relayout(spec, 2, 3, 8)
     assert spec.accept_tokens.reshape(2, 8)[:, :3].tolist() == [[5, 6, 0], [7, 0, 0]]
     assert spec.draft_token_num == spec.num_tokens_per_req == spec.num_tokens_for_logprob_per_req == 8
 
@@ -366,26 +438,20 @@ def test_tight_widths_pack_each_step_to_its_widest_tree():
     """Engines without CUDA graphs: no padding to the launch width, same trees, same output."""
     widths = []
 
-    class Recording(DraftBridge):
-        def prepare(self, reqs):
-            step = super().prepare(reqs)
-            widths.append(step.width)
-            assert step.width == max(len(t) for t in step.trees)
-            return step
+    def on_step(step, width, tokens, mask):
+        assert width == max(len(t) for t in step.trees)
+        widths.append(width)
 
-    bridge = Recording(registry.create("pld", VOCAB), 16, VOCAB)
-    bridge.tight = True
-    seqs, h_tight, bridge = run_stream("pld", PROMPTS, steps=10, width=16, bridge=bridge)
+    seqs, h_tight, tight = run_stream("pld", PROMPTS, steps=10, width=16, tight=True, on_step=on_step)
     _, h_fixed, fixed = run_stream("pld", PROMPTS, steps=10, width=16)
-    assert h_tight == h_fixed and bridge.mean_accepted == fixed.mean_accepted
+    assert h_tight == h_fixed and tight.stats.mean_accepted == fixed.stats.mean_accepted
     assert min(widths) < 16, widths
-    for rid, seq in seqs.items():
-        assert seq == reference(PROMPTS[rid], len(seq) - len(PROMPTS[rid]))
+    assert_lossless(seqs)
 
 
-def test_load_aware_packs_the_cut_trees_even_at_the_launch_width():
+def test_load_aware_packs_the_cut_trees_as_observed_even_at_the_launch_width():
     """One tree keeps all its nodes (width stays W) while another is cut: the packed step
-    must hold the cut trees, exactly as the drafter will observe them."""
+    must hold the cut trees, exactly the trees the drafter then observes."""
     def tree_fn(ctx):
         root = int(ctx[-1])
         if root == 3:          # request "full": 3 confident nodes
@@ -394,11 +460,20 @@ def test_load_aware_packs_the_cut_trees_even_at_the_launch_width():
         return DraftTree(np.array([root, 7, 8, 9], np.int32), np.array([-1, 0, 1, 2], np.int32),
                          np.array([1.0, 0.9, 1e-6, 1e-6], np.float32))   # request "cut": 1 node pays
 
-    policy = _policy([1, 4096], [1.0, 1.0])          # verification is free: only min_gain cuts
-    br = DraftBridge(Recorder(VOCAB, tree_fn), 4, VOCAB, policy=policy)
-    step = br.prepare([view("full", [1, 2, 3]), view("cut", [5, 6])])
-    assert step.width == 4 and [len(t) for t in step.trees] == [4, 2]
-    tokens = step.tokens.reshape(2, 4)
-    assert tokens[1].tolist() == [6, 7, 6, 6]        # the cut tree, padded with its root
-    mask = step.mask.reshape(2, 4, 4)
-    assert mask[1].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    d = Recorder(VOCAB, tree_fn)
+    s = session_of(d, policy=_policy([1, 4096], [1.0, 1.0]))     # verification is free: only min_gain cuts
+    packed = {}
+
+    def on_step(step, width, tokens, mask):
+        packed.update(width=width, sizes=[len(t) for t in step.trees], tokens=tokens.reshape(2, width),
+                      mask=mask.reshape(2, width, width))
+
+    worker_step(s, [sglang_req("full", [1, 2, 3]), sglang_req("cut", [5, 6])], 4, tight=True, on_step=on_step)
+    assert packed["width"] == 4 and packed["sizes"] == [4, 2]
+    assert packed["tokens"][1].tolist() == [6, 7, 6, 6]        # the cut tree, padded with its root
+    assert packed["mask"][1].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    for row, rid in enumerate(["full", "cut"]):             # observed: the trees as packed, their own top-k rows
+        tree, topk = d.observed[rid]
+        n = packed["sizes"][row]
+        assert tree.tokens.tolist() == packed["tokens"][row, :n].tolist() and topk.shape == (n, 4)
+        assert np.array_equal(tree.ancestor_mask, packed["mask"][row, :n, :n])

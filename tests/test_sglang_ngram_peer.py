@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from model_free_helpers import simulate
+from specplug import peers  # noqa: F401 (the benchmark side registers sglang-ngram, not the core)
 from specplug.adapters.sglang.ngram_peer import trees_from_mask
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError

@@ -12,25 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from specplug.adapters.tgi import ChainSpeculation, consistent, pad_chain, split_accepted, tgi_chain
+from specplug.adapters.tgi import ChainSpeculation, tgi_chain
 from specplug.drafters.base import Drafter
 from specplug.drafters.errors import ConfigError
 from specplug.drafters.tree import DraftTree
 from specplug.patches import tgi
 from specplug.patches.base import PatchError, PatchSet
 from specplug.patches.tgi import version as tgi_version
+from specplug.plugins import env
 
 
 # ------------------------------------------------------------------ chain extraction
-def test_pad_chain_cuts_pads_and_guards_vocab():
-    assert pad_chain([5, 6, 7, 8], root=1, speculate=3).tolist() == [5, 6, 7]
-    assert pad_chain([5, 6], root=1, speculate=4).tolist() == [5, 6, 6, 6]
-    assert pad_chain([], root=9, speculate=3).tolist() == [9, 9, 9]
-    assert pad_chain([5, 99, 6], root=1, speculate=3, vocab_size=50).tolist() == [5, 5, 5]
-    assert pad_chain([-1], root=4, speculate=2, vocab_size=50).tolist() == [4, 4]
-    assert pad_chain([5], root=1, speculate=2).dtype == np.int64
-
-
 def test_tgi_chain_takes_the_best_chain_of_a_tree():
     # root 1 -> {2 (0.9) -> {3 (0.5), 4 (0.8)}, 5 (0.95) -> 6 (0.1)}
     tree = DraftTree(np.array([1, 2, 3, 4, 5, 6]), np.array([-1, 0, 1, 1, 0, 4]),
@@ -38,18 +30,8 @@ def test_tgi_chain_takes_the_best_chain_of_a_tree():
     assert tgi_chain(tree, 4).tolist() == [5, 6, 6, 6]
     assert tgi_chain(tree, 1).tolist() == [5]
     assert tgi_chain(DraftTree.single(7), 2).tolist() == [7, 7]
-
-
-def test_split_accepted_and_consistency():
-    assert split_accepted([1, 2, 3, 4, 5, 6], [3, 1, 2]) == [[1, 2, 3], [4], [5, 6]]
-    with pytest.raises(ValueError, match="sum to 3"):
-        split_accepted([1, 2, 3, 4], [1, 2])
-    assert consistent([7], [])
-    assert consistent([5, 6, 9], [5, 6, 7])
-    assert consistent([5, 6, 7, 8], [5, 6, 7])
-    assert not consistent([5, 9, 9], [5, 6, 7])          # accepted a token the draft did not have
-    assert not consistent([5, 6, 7, 8, 9], [5, 6, 7])     # more than chain + bonus
-    assert not consistent([], [1])
+    assert tgi_chain(tree, 3, vocab_size=6).tolist() == [5, 5, 5]      # 6 is outside: the chain ends
+    assert tgi_chain(tree, 2).dtype == np.int64
 
 
 # ------------------------------------------------------------------ request bookkeeping
@@ -74,7 +56,7 @@ class Recorder(Drafter):
 
     def observe(self, rid, tree, accepted, target_topk=None):
         self.calls.append(("observe", rid, tree.tokens.tolist(), list(accepted),
-                           None if target_topk is None else np.asarray(target_topk).tolist()))
+                           None if target_topk is None else target_topk.ids.tolist()))
         self.ctx[rid] += list(accepted)
 
     def finish(self, rid):
@@ -99,11 +81,12 @@ def test_prefill_starts_decode_observes_and_pads():
     # decode: row a accepted 11 then bonus 7; row b rejected everything, bonus 6
     d.calls.clear()
     topk = np.arange(2 * 4 * 2).reshape(2, 4, 2)
-    rt.draft(["a", "b"], [None, None], [11, 7, 6], [2, 1], 3, vocab_size=100,
+    rt.draft(["a", "b"], [[1, 2, 3, 9], [4, 5, 8]], [11, 7, 6], [2, 1], 3, vocab_size=100,
              verified=[[11, 12, 12], [11, 12, 12]], topk=topk)
     assert d.calls[0] == ("observe", "a", [9, 11, 12, 12], [11, 7], topk[0].tolist())
     assert d.calls[1] == ("observe", "b", [8, 11, 12, 12], [6], topk[1].tolist())
-    assert rt.mean_accepted() == 1.5 and rt.active_requests() == 2
+    assert d.calls[2] == ("propose", ["a", "b"], [4, 4])            # no restart: lengths agree
+    assert rt.mean_accepted() == 1.5 and rt.active_requests() == 2 and rt.resyncs == 0
 
 
 def test_budget_is_chain_length_plus_root_unless_asked():
@@ -113,13 +96,25 @@ def test_budget_is_chain_length_plus_root_unless_asked():
     assert ChainSpeculation("pld", tree_budget=2).budget(5) == 6
 
 
-def test_step_without_verified_drafts_observes_a_single_node():
+def test_step_without_verified_drafts_restarts_from_engine_context():
     rt, d = _rt()
     rt.draft([1], [[5, 6]], [7], [1], 2, vocab_size=100, prefill=True)
     d.calls.clear()
-    rt.draft([1], [[5, 6, 7]], [8], [1], 2, vocab_size=100, verified=None)
-    assert d.calls[0] == ("observe", 1, [7], [8], None)
-    assert rt.verify_rows == 0
+    rt.draft([1], [[5, 6, 7]], [8], [1], 2, vocab_size=100, verified=None)   # TGI verified nothing
+    assert d.calls[:2] == [("finish", 1), ("start", 1, [5, 6, 7, 8])]
+    assert rt.stats.verified_requests == 0 and rt.resyncs == 1
+
+
+def test_chain_tgi_verified_instead_of_ours_restarts_the_request():
+    rt, d = _rt()
+    rt.draft([1, 2], [[5, 6], [5, 6]], [7, 7], [1, 1], 2, vocab_size=100, prefill=True)   # drafts [11, 12]
+    d.calls.clear()
+    # a fallback step: TGI verified its own n-gram [11, 30] for request 2 and accepted both
+    rt.draft([1, 2], [[5, 6, 7]] * 2, [11, 8, 11, 30, 9], [2, 3], 2, vocab_size=100,
+             verified=[[11, 12], [11, 30]])
+    assert d.calls[0] == ("observe", 1, [7, 11, 12], [11, 8], None)
+    assert ("finish", 2) in d.calls and ("start", 2, [5, 6, 7, 11, 30, 9]) in d.calls
+    assert rt.resyncs == 1 and rt.stats.verified_requests == 1
 
 
 def test_unknown_request_at_decode_restarts_from_engine_context():
@@ -165,6 +160,8 @@ def test_row_count_mismatch_and_empty_rows_raise():
         rt.draft([1, 2], [[1], [2]], [3], [1], 2, vocab_size=100, prefill=True)
     with pytest.raises(ValueError, match="committed no token"):
         rt.draft([1], [[1]], [], [0], 2, vocab_size=100, prefill=True)
+    with pytest.raises(ValueError, match="sum to 1, but 2 ids"):
+        rt.draft([1], [[1]], [3, 4], [1], 2, vocab_size=100, prefill=True)
 
 
 def test_runtime_validates_algorithm_and_options():
@@ -181,8 +178,48 @@ def test_pld_drafts_repeated_text_through_the_runtime():
     ctx = [1, 2, 3, 4, 5, 1, 2]
     out = rt.draft(["r"], [ctx], [3], [1], 3, vocab_size=10, prefill=True)
     assert out.tolist() == [[4, 5, 1]]
-    out = rt.draft(["r"], [None], [4, 5, 1, 2], [4], 3, vocab_size=10, verified=[[4, 5, 1]])
+    out = rt.draft(["r"], [ctx + [3]], [4, 5, 1, 2], [4], 3, vocab_size=10, verified=[[4, 5, 1]])
     assert out.tolist() == [[3, 4, 5]] and rt.mean_accepted() == 4
+
+
+def _verify(chain, truth, n):
+    """TGI's greedy chain verification against ``truth`` after ``n`` committed tokens."""
+    acc = []
+    for t in chain:
+        if t != truth[n + len(acc)]:
+            break
+        acc.append(int(t))
+    return acc + [truth[n + len(acc)]]
+
+
+def test_racer_acceptance_calibration_learns_under_tgi():
+    """RACER's dynamic trees tag each node with its calibration cell (``node_data``); TGI
+    verifies the best chain only, and that chain must reach observe with its cells, else
+    ``acceptance`` (hits / trials per cell) never learns under TGI."""
+    vocab, speculate = 64, 4
+    rt = ChainSpeculation("racer")
+    assert rt.ensure_drafter(vocab).tree == "dynamic"                    # the default
+    phrase = [5, 17, 33, 2, 41, 9, 28, 12]
+    truth = phrase * 12
+    n = 10
+    rng = np.random.default_rng(0)
+    out = rt.draft(["r"], [truth[:n - 1]], [truth[n - 1]], [1], speculate, vocab_size=vocab, prefill=True)
+    trials = [rt.drafter.acceptance.trials.sum()]
+    for _ in range(8):
+        chain = out[0].tolist()
+        acc = _verify(chain, truth, n)
+        # the target's top-k at each verified position: its own choice first
+        ids = rng.integers(0, vocab, (1, speculate + 1, 8))
+        for j in range(speculate + 1):
+            ids[0, j, 0] = truth[n + j] if chain[:j] == truth[n:n + j] else ids[0, j, 0]
+        probs = np.sort(rng.dirichlet(np.ones(8), (1, speculate + 1)), -1)[..., ::-1]
+        out = rt.draft(["r"], [truth[:n]], acc, [len(acc)], speculate, vocab_size=vocab,
+                       verified=[chain], topk=ids, topk_probs=probs)
+        n += len(acc)
+        trials.append(rt.drafter.acceptance.trials.sum())
+    assert rt.resyncs == 0 and rt.stats.verified_requests == 8
+    assert rt.mean_accepted() > 2.0                           # retrieval finds the repeated phrase
+    assert trials[0] == 0 and (np.diff(trials) > 0).all()    # chain nodes counted at every step
 
 
 # ------------------------------------------------------------------ version detection
@@ -381,14 +418,14 @@ def test_drafter_exception_falls_back_and_resets(fake_tgi):
 
 
 def test_enable_from_env_validates(monkeypatch):
-    monkeypatch.setenv(tgi.ENV_ALGORITHM, "pld")
-    monkeypatch.setenv(tgi.ENV_OPTIONS, '{"max_ngram": 5}')
+    monkeypatch.setenv(env.TGI_ALGORITHM, "pld")
+    monkeypatch.setenv(env.TGI_OPTIONS, '{"max_ngram": 5}')
     try:
         assert tgi.enable_from_env().runtime.options["max_ngram"] == 5
-        monkeypatch.setenv(tgi.ENV_OPTIONS, '{"max_ngram": "x"}')
+        monkeypatch.setenv(env.TGI_OPTIONS, '{"max_ngram": "x"}')
         with pytest.raises(ConfigError, match="SPECPLUG_TGI_OPTIONS.*max_ngram"):
             tgi.enable_from_env()
-        monkeypatch.setenv(tgi.ENV_ALGORITHM, "nonsense")
+        monkeypatch.setenv(env.TGI_ALGORITHM, "nonsense")
         with pytest.raises(ConfigError, match="unknown algorithm 'nonsense'; available"):
             tgi.enable_from_env()
     finally:

@@ -5,6 +5,7 @@ import pytest
 from model_free_helpers import VOCAB, simulate
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.feedback import TopK
 from specplug.drafters.token_recycling import TokenRecyclingDrafter
 from specplug.drafters.tree import DraftTree
 from specplug.drafters.tree_build import best_first_template
@@ -31,7 +32,7 @@ def test_default_template_shape():
 
 def full_table(d, vocab, rng):
     rows = np.stack([rng.permutation(vocab)[: d.topk] for _ in range(vocab)])
-    d.adjacency.update(np.arange(vocab), rows)
+    d.adjacency.update(np.arange(vocab), TopK.of(rows))
     return rows
 
 
@@ -52,14 +53,14 @@ def test_template_truncated_by_rank_order(budget):
 
 def test_learns_from_verification_and_prefill():
     d = TokenRecyclingDrafter(100)
-    d.start("r", [1, 2, 3], np.array([[2, 9, 8, 7, 6, 5, 4, 10], [3, 11, 12, 13, 14, 15, 16, 17]]))
+    d.start("r", [1, 2, 3], TopK.of([[2, 9, 8, 7, 6, 5, 4, 10], [3, 11, 12, 13, 14, 15, 16, 17]]))
     assert len(d.propose(["r"], [81])[0]) == 1                      # nothing known after 3
     d.start("s", [5, 1])                                            # another request: shared table
     tree = d.propose(["s"], [81])[0]
     assert tree.tokens[0] == 1 and tree.tokens[tree.best_child[0]] == 2
-    d.observe("s", tree, [2, 3], np.tile(np.array([[3, 50, 51, 52, 53, 54, 55, 56]]), (len(tree), 1)))
+    d.observe("s", tree, [2, 3], TopK.of(np.tile(np.array([[3, 50, 51, 52, 53, 54, 55, 56]]), (len(tree), 1))))
     tree_r = d.propose(["r"], [81])[0]
-    d.observe("r", tree_r, [40], np.tile(np.array([[40, 41, 42, 43, 44, 45, 46, 47]]), (len(tree_r), 1)))
+    d.observe("r", tree_r, [40], TopK.of(np.tile(np.array([[40, 41, 42, 43, 44, 45, 46, 47]]), (len(tree_r), 1))))
     tree = d.propose(["s"], [81])[0]                                # root 3 (s), row of 3 last written by r
     assert tree.tokens[0] == 3 and tree.tokens[tree.best_child[0]] == 40
     for r in ("r", "s"):
@@ -69,7 +70,7 @@ def test_learns_from_verification_and_prefill():
 
 def test_skips_unknown_rows_and_duplicate_candidates():
     d = TokenRecyclingDrafter(20)
-    d.adjacency.update([4], [[5, 5, 6, -1, -1, -1, -1, -1]])        # duplicate and empty entries
+    d.adjacency.update([4], TopK.of([[5, 5, 6, -1, -1, -1, -1, -1]]))        # duplicate and empty entries
     d.start("r", [4])
     tree = d.propose(["r"], [81])[0].validate(20, 81)
     assert sorted(tree.tokens[1:].tolist()) == [5, 6]

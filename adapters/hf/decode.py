@@ -14,12 +14,13 @@ import time
 import numpy as np
 import torch
 
-from specplug.drafters.errors import ConfigError, DraftTreeError
-from specplug.drafters.tree import pack_trees
+from specplug.drafters.errors import ConfigError
+from specplug.drafters.feedback import TopK
+from specplug.drafters.session import DraftSession, RequestView
 from specplug.drafters.verify import committed_tokens, verify_greedy
 
 from .config import GenerationConfig, GenerationResult
-from .kv import TreeKVCache, tree_attention_mask
+from .kv import TreeKVCache, cache_kwarg, tree_attention_mask
 from .sampling import warp_probs
 
 __all__ = ["DecodeBatch"]
@@ -44,16 +45,19 @@ def _topk_probs(logits: torch.Tensor, top_values: torch.Tensor) -> torch.Tensor:
 
 class DecodeBatch:
     """State of one ``generate`` call; drive with :meth:`prefill`, :meth:`step` until
-    :attr:`done`, and always :meth:`close` (frees every drafter state still held)."""
+    :attr:`done`, and always :meth:`close` (frees every drafter state still held).
 
-    #: load-aware budget policy (set by HFEngine.generate), or None: fixed budgets
-    budget_policy = None
+    The drafting loop itself (request lifecycle, tree checks, the budget policy, feedback)
+    is :class:`specplug.drafters.session.DraftSession`; this class owns what is the embedded
+    engine's: the KV cache rows, the batched forward passes and verification, stop rules."""
+
     #: KV slots allocated up front beyond the longest prompt; the cache doubles when full
     INITIAL_ROOM = 256
     #: prompt tokens per prefill forward pass (bounds the attention and logits memory)
     PREFILL_CHUNK = 512
 
-    def __init__(self, engine, prompts, drafter, budget: int, config: GenerationConfig, t_start: float):
+    def __init__(self, engine, prompts, drafter, budget: int, config: GenerationConfig, t_start: float,
+                 budget_policy=None):
         self.engine, self.model, self.drafter = engine, engine.model, drafter
         self.budget, self.config, self.t_start = budget, config, t_start
         self.sampling = config.sampling
@@ -71,11 +75,9 @@ class DecodeBatch:
         self.draft_time = np.zeros(n)
         self.verify_time = np.zeros(n)
         self.results: list[GenerationResult | None] = [None] * n
-        self.started: set[int] = set()          # request indices holding drafter state
         self.active = np.arange(n)               # request index of each cache row
         self.lens = np.zeros(n, np.int64)        # committed KV length of each cache row
-        self.topk = int(getattr(drafter, "topk", 8) or 8) if drafter.uses_target_topk else 0
-        self.topk_probs = bool(self.topk and getattr(drafter, "uses_topk_probs", False))
+        self.topk, self.topk_probs = drafter.feedback_topk, drafter.feedback_probs
         self.device = next(self.model.parameters()).device
         self.dtype = next(self.model.parameters()).dtype
         self.generator = None
@@ -89,15 +91,18 @@ class DecodeBatch:
         longest = max(len(p) for p in self.prompts)
         need = longest + int(min(self.limits.max(), self.INITIAL_ROOM)) + budget
         self.cache = TreeKVCache.for_model(self.model, n, need)
-        self.runner = None          # the model interface of drafters with ``needs_runner``
-        need_runner = getattr(drafter, "needs_runner", None)
-        if need_runner:
-            if need_runner != "early_exit":
-                raise ConfigError(f"drafter {getattr(drafter, 'name', '')!r} needs a {need_runner!r} runner, "
-                                  f"which the embedded engine does not provide")
-            from .early_exit import HFEarlyExitRunner
-            self.runner = HFEarlyExitRunner(self)
-            drafter.bind(self.runner)
+        self.cache_kw = cache_kwarg(self.model)
+        self.session = DraftSession(drafter, engine.vocab_size, policy=budget_policy, engine="the embedded engine",
+                                    runners={"early_exit": self._early_exit_runner})
+        self.runner = self.session.runner   # the model interface of drafters with ``needs_runner``
+
+    def _early_exit_runner(self):
+        from .early_exit import HFEarlyExitRunner
+        return HFEarlyExitRunner(self)
+
+    def _view(self, i: int) -> RequestView:
+        prompt, out = self.prompts[i], self.outputs[i]
+        return RequestView(self.rids[i], len(prompt) + len(out), out[-1], lambda: prompt + out)
 
     @property
     def done(self) -> bool:
@@ -142,8 +147,8 @@ class DecodeBatch:
             hidden = self.runner is not None and self.runner.prefill_wants(start, stop, lengths)
             out = self.model(input_ids=ids_t[:, start:stop], attention_mask=mask[:, None],
                              position_ids=q[None, :].expand(len(self.prompts), -1),
-                             past_key_values=self.cache, use_cache=True, logits_to_keep=keep,
-                             output_hidden_states=hidden)
+                             use_cache=True, logits_to_keep=keep, output_hidden_states=hidden,
+                             **{self.cache_kw: self.cache})
             logits = out.logits
             if hidden:   # early-exit drafters' prompt seed (shadow tokens)
                 self.runner.capture_prefill(out.hidden_states, start, stop, lengths)
@@ -174,14 +179,10 @@ class DecodeBatch:
             if self._commit(i, [int(first[i])]):
                 finished.append(i)
                 continue
-            self.started.add(i)
             t1 = time.perf_counter()
-            ctx = None
-            if ctx_np is not None:
-                ctx = ctx_np[i, : len(self.prompts[i])]
-                if ctxp_np is not None:
-                    ctx = (ctx, ctxp_np[i, : len(self.prompts[i])])
-            self.drafter.start(self.rids[i], self.prompts[i] + self.outputs[i], ctx)
+            n = len(self.prompts[i])
+            ctx = None if ctx_np is None else TopK.of(ctx_np[i, :n], None if ctxp_np is None else ctxp_np[i, :n])
+            self.session.start(self.rids[i], self.prompts[i] + self.outputs[i], ctx)
             self.draft_time[i] += time.perf_counter() - t1
         self._drop(np.array(finished, np.int64))
 
@@ -198,12 +199,8 @@ class DecodeBatch:
         rids = [self.rids[i] for i in req]
         remaining = self.limits[req] - np.array([len(self.outputs[i]) for i in req], np.int64)
         budgets = np.minimum(self.budget, remaining)  # a tree never overruns max_new_tokens
-        t0 = time.perf_counter()
-        trees = self.drafter.propose(rids, budgets.tolist())
-        if self.budget_policy is not None:
-            trees = self.budget_policy.apply(self.drafter, rids, trees, budgets)
-        t_draft = time.perf_counter() - t0
-        packed = self._check_and_pack(trees, req, budgets)
+        drafted = self.session.propose([self._view(i) for i in req], budgets)
+        packed = drafted.pack()
 
         t1 = time.perf_counter()
         b, w = packed.tokens.shape
@@ -214,8 +211,8 @@ class DecodeBatch:
         positions = torch.from_numpy(self.lens[:, None] + packed.depth).to(dev)
         hidden = self.runner is not None and self.runner.wants_hidden()
         out = self.model(input_ids=torch.from_numpy(packed.tokens.astype(np.int64)).to(dev),
-                         attention_mask=mask, position_ids=positions, past_key_values=self.cache,
-                         use_cache=True, output_hidden_states=hidden)
+                         attention_mask=mask, position_ids=positions, use_cache=True,
+                         output_hidden_states=hidden, **{self.cache_kw: self.cache})
         logits = out.logits
         if self.sampling.greedy:
             res = verify_greedy(packed.tokens, packed.parents, packed.depth, packed.valid,
@@ -245,36 +242,16 @@ class DecodeBatch:
                 finished.append(j)
             else:
                 obs_rows.append(j)
-                obs_acc.append(acc)
-        t2 = time.perf_counter()
+                obs_acc.extend(acc)
+        t_observe = 0.0
         if obs_rows:
-            self.drafter.observe_batch(
-                [rids[j] for j in obs_rows], [trees[j] for j in obs_rows], obs_acc,
-                None if topk is None else
-                [topk[j, : len(trees[j])] if probs_np is None else
-                 (topk[j, : len(trees[j])], probs_np[j, : len(trees[j])]) for j in obs_rows])
-        t_draft += time.perf_counter() - t2
-        self.draft_time[req] += t_draft
+            rows = np.asarray(obs_rows, np.int64)
+            t_observe = self.session.observe(
+                [rids[j] for j in obs_rows], np.asarray(obs_acc, np.int64), accept_len[rows] + 1,
+                None if topk is None else topk[rows], None if probs_np is None else probs_np[rows])
+        self.draft_time[req] += drafted.draft_s + t_observe
         self.verify_time[req] += t_verify
         self._drop(np.array(finished, np.int64))
-
-    def _check_and_pack(self, trees, req, budgets):
-        """Pad the trees; reject ones that break the contract with the drafter's name."""
-        who = f"drafter {getattr(self.drafter, 'name', '') or type(self.drafter).__name__!r}"
-        if len(trees) != len(req):
-            raise DraftTreeError(f"{who} returned {len(trees)} trees for {len(req)} requests")
-        packed = pack_trees(trees)
-        roots = np.array([self.outputs[i][-1] for i in req], np.int64)
-        over = np.flatnonzero(packed.sizes > budgets)
-        if over.shape[0]:
-            j = int(over[0])
-            raise DraftTreeError(f"{who} proposed a tree of {int(packed.sizes[j])} nodes over its budget "
-                                 f"{int(budgets[j])} (request {j} of the batch)")
-        if np.any(packed.tokens[:, 0] != roots):
-            raise DraftTreeError(f"{who} proposed a tree whose root is not the last committed token")
-        if np.any((packed.tokens < 0) | (packed.tokens >= self.engine.vocab_size)):
-            raise DraftTreeError(f"{who} proposed token ids outside the vocabulary [0, {self.engine.vocab_size})")
-        return packed
 
     # ------------------------------------------------------------------ bookkeeping
     def _commit(self, i: int, tokens: list[int]) -> bool:
@@ -316,22 +293,12 @@ class DecodeBatch:
         res = self.results[i]
         res.draft_time_s = float(self.draft_time[i])
         res.verify_time_s = float(self.verify_time[i])
-        if i in self.started:
-            self.started.discard(i)
-            self.drafter.finish(self.rids[i])
+        self.session.finish(self.rids[i])
 
-    def close(self, raise_errors: bool = True) -> None:
-        """Free every drafter state still held (also after an exception, then without raising
-        a second error that would hide the first)."""
-        errors = []
-        for i in sorted(self.started):
-            try:
-                self.drafter.finish(self.rids[i])
-            except Exception as e:  # keep freeing the others
-                errors.append(e)
-        self.started.clear()
+    def close(self) -> None:
+        """Free every drafter state still held (also after an exception: the session logs a
+        drafter's error instead of raising a second one that would hide the first)."""
+        self.session.reset()
         self.cache = None
         if self.runner is not None:
             self.runner.close()
-        if errors and raise_errors:
-            raise errors[0]

@@ -28,6 +28,8 @@ import torch
 from specplug.drafters.early_exit import ShadowTokens, shadow_layers
 from specplug.drafters.errors import ConfigError
 
+from .kv import cache_kwarg
+
 __all__ = ["HFEarlyExitRunner", "check_early_exit_model"]
 
 
@@ -58,6 +60,7 @@ class HFEarlyExitRunner:
         self.batch = batch
         self.model = batch.model
         self.inner, self.layers, self.norm, self.head = check_early_exit_model(self.model)
+        self._cache_kw = cache_kwarg(self.inner)
         self.num_layers = len(self.layers)
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self._cut: dict[int, torch.nn.ModuleList] = {}
@@ -128,7 +131,7 @@ class HFEarlyExitRunner:
         try:
             self.inner.layers = self._truncated(e_max)
             out = self.inner(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask, position_ids=positions,
-                             past_key_values=cache, use_cache=True, output_hidden_states=mixed)
+                             use_cache=True, output_hidden_states=mixed, **{self._cache_kw: cache})
         finally:
             self.inner.layers = full
             cache.end = end0

@@ -128,23 +128,19 @@ class HFEngine:
             raise ConfigError("generate() needs at least one prompt")
         for p in prompts:
             self._check_prompt(list(p))
-        if getattr(drafter, "vocab_size", self.vocab_size) > self.vocab_size:
+        if drafter.vocab_size > self.vocab_size:
             raise ConfigError(f"the drafter was built for a vocabulary of {drafter.vocab_size} tokens, "
                               f"the model has {self.vocab_size}: create it with the engine's vocab_size")
-        check_target = getattr(drafter, "check_target", None)   # model drafters: same tokenizer as ours
-        if check_target is not None and self.tokenizer is not None:
-            check_target(self.tokenizer)
+        if self.tokenizer is not None:          # model drafters: the same tokenizer as ours
+            drafter.check_target(self.tokenizer)
         with torch.inference_mode():
-            batch = DecodeBatch(self, prompts, drafter, budget, config, t_start)
-            batch.budget_policy = budget_policy
-            ok = False
+            batch = DecodeBatch(self, prompts, drafter, budget, config, t_start, budget_policy)
             try:
                 batch.prefill()
                 while not batch.done:
                     batch.step()
-                ok = True
             finally:
-                batch.close(raise_errors=ok)
+                batch.close()
         return list(batch.results)
 
     def __repr__(self) -> str:

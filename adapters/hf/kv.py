@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-__all__ = ["TreeKVCache", "tree_attention_mask"]
+__all__ = ["TreeKVCache", "tree_attention_mask", "cache_kwarg"]
+
+
+def cache_kwarg(module: torch.nn.Module) -> str:
+    """The keyword ``module.forward`` takes its KV cache by: ``cache`` (transformers >= 5.2x,
+    which deprecates ``past_key_values`` for removal in 5.40) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 class _SlotLayer(CacheLayerMixin):

@@ -5,8 +5,8 @@ Supported model classes: SGLang's ``LlamaForCausalLM`` (Llama, SmolLM2, ...) and
 (``--disable-cuda-graph``: a replayed graph runs all layers and no Python hook).
 
 Nothing of SGLang's code is replaced. The runner uses two instance attributes that the
-decoder's own ``forward`` (``LlamaModel.forward`` / ``Qwen2Model.forward``, source
-fingerprints pinned below; a changed forward is refused) already honours:
+decoder's own ``forward`` (``LlamaModel.forward`` / ``Qwen2Model.forward``, pinned by source
+fingerprint in :mod:`specplug.patches.sglang`; a changed forward is refused) already honours:
 
 * ``end_layer``: the decoder loop runs ``range(start_layer, end_layer)`` and then the final
   norm; ``LlamaForCausalLM.forward`` then applies the logits processor with ``lm_head``.
@@ -37,20 +37,24 @@ new request, with the final layer's prediction from the decoder's final normed o
 """
 from __future__ import annotations
 
+import json
+import logging
+import os
+
 import numpy as np
 import torch
 
 from specplug.drafters.early_exit import ShadowTokens, shadow_layers
 from specplug.drafters.errors import ConfigError
-from specplug.patches.base import object_fingerprint
+from specplug.patches.sglang import DECODER_PINS, check_decoder
 
-__all__ = ["SglangEarlyExitRunner", "SUPPORTED_MODELS", "check_architectures", "check_sglang_model"]
+__all__ = ["SglangEarlyExitRunner", "SUPPORTED_MODELS", "check_architectures", "check_sglang_model",
+           "validate_server_args"]
 
-#: SGLang model classes the runner drives -> (module, decoder class, pinned decoder.forward fingerprints)
-SUPPORTED_MODELS = {
-    "LlamaForCausalLM": ("sglang.srt.models.llama", "LlamaModel", frozenset({"df0df08fa83d01d8"})),
-    "Qwen2ForCausalLM": ("sglang.srt.models.qwen2", "Qwen2Model", frozenset({"262debbe4288dbea"})),
-}
+logger = logging.getLogger(__name__)
+
+#: SGLang model classes the runner drives -> (module, decoder class); their decoders' forward is pinned
+SUPPORTED_MODELS = {name: (pin.module, pin.target.split(".")[0]) for name, pin in DECODER_PINS.items()}
 _SUPPORTED_TEXT = ", ".join(SUPPORTED_MODELS)
 
 
@@ -64,6 +68,29 @@ def check_architectures(architectures, algorithm: str) -> None:
                           f"(docs/del.md)")
 
 
+def _model_architectures(server_args) -> list[str]:
+    """``architectures`` of the checkpoint's config.json (a local directory), else []."""
+    path = getattr(server_args, "model_path", None)
+    cfg = os.path.join(str(path), "config.json") if path else ""
+    if not cfg or not os.path.isfile(cfg):
+        return []       # a hub id: the worker checks the loaded model class instead
+    try:
+        with open(cfg) as f:
+            return list(json.load(f).get("architectures") or [])
+    except (OSError, ValueError):
+        return []
+
+
+def validate_server_args(server_args, algorithm: str) -> None:
+    """The runner's limits, refused at server-args time with the fix."""
+    if int(getattr(server_args, "tp_size", 1) or 1) != 1:
+        raise ConfigError(f"--speculative-algorithm {algorithm} (early-exit drafting) supports --tp-size 1 only")
+    if not getattr(server_args, "disable_cuda_graph", False):
+        raise ConfigError(f"--speculative-algorithm {algorithm} runs partial-layer forwards eagerly (a replayed "
+                          f"graph runs every layer): pass --disable-cuda-graph")
+    check_architectures(_model_architectures(server_args), algorithm)
+
+
 def check_sglang_model(model):
     """The decoder module of a supported SGLang causal LM, or a ConfigError naming the supported ones."""
     name = type(model).__name__
@@ -75,10 +102,7 @@ def check_sglang_model(model):
     inner = getattr(model, "model", None)
     if type(inner).__name__ != entry[1]:
         raise ConfigError(f"early-exit drafting: {name}.model is {type(inner).__name__}, expected {entry[1]}")
-    fp = object_fingerprint(type(inner).forward)
-    if fp is not None and fp not in entry[2]:
-        raise ConfigError(f"early-exit drafting: {entry[1]}.forward differs from the SGLang 0.5.23 code the "
-                          f"runner was written against (fingerprint {fp}); specplug supports sglang>=0.5.23,<0.5.24")
+    check_decoder(name)       # PatchError when the decoder loop is not the code the runner steers
     if int(getattr(inner, "start_layer", 0)) != 0 or int(inner.end_layer) != len(inner.layers):
         raise ConfigError("early-exit drafting on SGLang needs the whole model on one rank (--pp-size 1)")
     return inner
@@ -99,7 +123,9 @@ class _Capture:
 
 class SglangEarlyExitRunner:
     """One per :class:`~specplug.adapters.sglang.worker.SpecplugWorker`; ``batch`` is the
-    ScheduleBatch being drafted for (set by the worker around ``DraftBridge.prepare``)."""
+    ScheduleBatch being drafted for (set by the worker around ``DraftSession.propose``).
+    The worker calls :meth:`arm_prefill` / :meth:`arm_verify` before a target forward,
+    :meth:`disarm_step` after it, then :meth:`keep_step`."""
 
     #: prompt seeds kept for requests not started yet, oldest dropped beyond this
     PROMPT_CAP = 256
@@ -121,9 +147,46 @@ class SglangEarlyExitRunner:
         self._kept: dict = {}          # rid -> (layers, hidden [K, P, H], final [P])
         self._prompt_want = None       # (layers, n)
         self._prompt_kept: dict = {}   # rid -> (layers, hidden [K, p, H], final ids [p])
+        self._step_rec: tuple | None = None   # (prefill?, _Capture) armed around this step's target forward
         self._hook = self.inner.register_forward_hook(self._on_decoder_output)
         #: draft forwards run, shadow positions kept at verifications, prompt seeds kept
         self.stats = {"draft_forwards": 0, "shadow_positions": 0, "prompt_seeds": 0}
+
+    # ------------------------------------------------------------------ the worker's step hooks
+    def arm_prefill(self, drafter) -> None:
+        """Before a prefill forward: the drafter is bound again (DEL asks for the prompt seed
+        while its statistics are cold) and the layers it wants are captured."""
+        self.set_prompt_want(None)
+        drafter.bind(self)
+        capture = self.prefill_capture()
+        self._step_rec = (True, self.arm(capture, final=True)) if capture else None
+
+    def arm_verify(self) -> None:
+        """Before a verify forward (after drafting): capture the layers shadow tokens were asked of."""
+        capture = self.verify_capture()
+        self._step_rec = (False, self.arm(capture)) if capture else None
+
+    def disarm_step(self) -> None:
+        if self._step_rec is not None:
+            self.disarm(self._step_rec[1])
+
+    def keep_step(self, batch, result, step, width: int) -> None:
+        """After the forward: keep the prompt seeds or shadow tokens captured (a failure costs
+        DEL's probe, logged, never the batch)."""
+        armed, self._step_rec = self._step_rec, None
+        if armed is None:
+            return
+        prefill, rec = armed
+        try:
+            if prefill:
+                self.keep_prompt([req.rid for req in batch.reqs], batch.extend_lens, rec)
+            else:
+                rec.check()
+                nxt = result.next_draft_input
+                self.keep_verified(step.rids, step.trees, rec.aux, rec.capture, nxt.accept_tokens, nxt.accept_lens,
+                                   width)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("specplug: early-exit shadow tokens not kept this step (%s: %s)", type(e).__name__, e)
 
     # ------------------------------------------------------------------ mechanics
     def _on_decoder_output(self, module, args, output):
@@ -338,6 +401,7 @@ class SglangEarlyExitRunner:
 
     def close(self) -> None:
         self._hook.remove()
+        self._step_rec = None
         self._want.clear()
         self._kept.clear()
         self._prompt_kept.clear()

@@ -1,91 +1,46 @@
-"""Engine-free bookkeeping for TGI's chain speculation (no TGI, no torch imports).
+"""TGI's chain speculation onto :class:`specplug.drafters.session.DraftSession` (no TGI, no torch).
 
-TGI verifies one chain of exactly ``speculate`` draft tokens per row: the target's
-chosen token at each position is compared with the draft token there, and tokens
-are accepted up to the first mismatch (then one bonus token: the target's own
-choice). :class:`ChainSpeculation` sits at TGI's drafting point, called once per
-engine step with what TGI knows there (host lists, no tensors):
-
-- ``rids``: the request id of each batch row (``batch.requests[i].id``);
-- ``contexts[i]``: the row's committed tokens before this step (``batch.all_input_ids[i]``),
-  read only for a row that (re)starts;
-- ``next_ids`` / ``accepted_counts``: this step's committed tokens, row after row
-  (accepted draft tokens, then the bonus), and how many per row;
-- ``verified``: the chains TGI verified this step (``batch.speculative_ids``), or None;
-- ``topk``: optional target top-k ids per verified position ``[B, S, k]``.
-
-It feeds the drafter (``start`` for new rows, ``observe`` for the others), asks it for
-trees, and returns each tree's best chain cut to ``speculate`` tokens and padded to
-exactly ``speculate``. Budget: ``speculate + 1`` nodes per row. TGI verifies only the
-chain, so extra tree nodes would cost host time only; ``tree_budget`` asks for more
-(measured on SmolLM2/HumanEval, RACER's best chain did not improve with 64 nodes).
-
-Padding: TGI accepts a draft token only where it equals the token the target chose
-there (greedy or sampled), after an unbroken run of such matches. Acceptance is
-therefore lossless for *any* deterministic draft, including filler: a padded position
-is an ordinary guess that is rejected unless the target happens to choose that very
-token, in which case it is the target's own token. The filler repeats the chain's
-last token (the root when the chain is empty): a valid id, so the engine can embed it.
-Draft tokens outside ``[0, vocab_size)`` end the chain (they would crash the model).
-
-Per-request state lives between the first step that sees a request and
-:meth:`ChainSpeculation.finish` (TGI: ``filter`` dropping it, the batch finishing);
-requests not seen for ``max_idle_steps`` steps, or beyond ``max_requests``, are evicted
-(least recently seen first), so memory stays bounded when TGI drops a batch without
-telling (warm-up, ``ClearCache``).
+TGI verifies one chain of exactly ``speculate`` draft tokens per row: drafts are accepted up
+to the first one that differs from the target's choice, then one bonus token (the target's).
+:meth:`ChainSpeculation.draft` runs at TGI's drafting point once per step with host values:
+request ids (``batch.requests[i].id``), committed tokens before the step
+(``batch.all_input_ids[i]``), this step's committed tokens row after row with their counts,
+the chains TGI verified (``batch.speculative_ids``, or None) and the target's top-k per
+verified position. It **observes** the rows whose verified chain is the one the session has
+pending, with an outcome that fits it (a matching prefix, then a bonus); any other row (TGI
+verified its own n-gram after a fallback, or nothing) is not observed, so its committed
+length no longer matches and the session restarts it from TGI's tokens. Prefill rows start
+afresh (warm-up reuses ids). Then it **proposes** with :meth:`DraftSession.propose_chains`:
+each tree's best chain padded to ``speculate`` (lossless under TGI's exact-match check),
+pending as verified and with the drafter's per-node data (RACER's acceptance calibration
+learns under TGI too). Budget: ``speculate + 1`` nodes (TGI verifies only the chain), or
+``tree_budget``. The session bounds state (``max_idle_steps``, ``max_requests``: TGI drops
+batches without telling at warm-up and ``ClearCache``).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.session import DraftSession, RequestView, SessionStats
 from specplug.drafters.tree import DraftTree
 
-__all__ = ["ChainSpeculation", "tgi_chain", "pad_chain", "split_accepted", "consistent"]
-
-
-def pad_chain(tokens: Sequence[int], root: int, speculate: int,
-              vocab_size: int | None = None) -> np.ndarray:
-    """``tokens`` cut to ``speculate`` (and before the first id outside the vocabulary),
-    padded to exactly ``speculate`` by repeating the last kept token (``root`` if none)."""
-    out = np.empty(speculate, np.int64)
-    toks = np.asarray(tokens, dtype=np.int64)[:speculate]
-    if vocab_size is not None and toks.size:
-        bad = np.flatnonzero((toks < 0) | (toks >= vocab_size))
-        if bad.size:
-            toks = toks[: bad[0]]
-    n = toks.shape[0]
-    out[:n] = toks
-    out[n:] = toks[-1] if n else root
-    return out
+__all__ = ["ChainSpeculation", "tgi_chain"]
 
 
 def tgi_chain(tree: DraftTree, speculate: int, vocab_size: int | None = None) -> np.ndarray:
-    """The tree's best chain as TGI's ``[speculate]`` row of draft ids (see :func:`pad_chain`)."""
-    return pad_chain(tree.chain_tokens(speculate), int(tree.tokens[0]), speculate, vocab_size)
-
-
-def split_accepted(next_ids: Sequence[int], accepted_counts: Sequence[int]) -> list[list[int]]:
-    """TGI's flat accepted ids (row after row) -> one list per row."""
-    out, pos = [], 0
-    for n in accepted_counts:
-        n = int(n)
-        out.append([int(t) for t in next_ids[pos: pos + n]])
-        pos += n
-    if pos != len(next_ids):
-        raise ValueError(f"accepted counts sum to {pos}, but {len(next_ids)} ids were committed")
+    """The ``[speculate]`` row TGI would verify for ``tree``: its best chain, cut before the
+    first id outside the vocabulary, padded by repeating the last kept token (the root if none)."""
+    toks = tree.tokens[tree.best_chain(speculate)].astype(np.int64)
+    if vocab_size is not None:
+        bad = np.flatnonzero((toks < 0) | (toks >= vocab_size))
+        toks = toks[: bad[0]] if bad.size else toks
+    out = np.full(speculate, toks[-1] if toks.size else tree.tokens[0], np.int64)
+    out[: toks.size - 1] = toks[1:]
     return out
-
-
-def consistent(accepted: Sequence[int], verified: Sequence[int]) -> bool:
-    """True when ``accepted`` is a verification outcome of chain ``verified``: a matching
-    prefix of it, then one bonus token."""
-    k = len(accepted) - 1
-    return 0 <= k <= len(verified) and list(accepted[:k]) == [int(t) for t in verified[:k]]
 
 
 class ChainSpeculation:
@@ -99,130 +54,118 @@ class ChainSpeculation:
             raise ConfigError(f"algorithm {self.spec.name!r} is a benchmark peer (another engine's drafter), "
                               f"not a TGI speculation algorithm; choose one of "
                               f"{', '.join(n for n in registry.names() if not registry.get(n).peer)}")
-        if self.spec.extra.get("needs_runner"):
+        if self.spec.needs_runner:   # refused now: the session (which would refuse too) waits for the vocab
             raise ConfigError(f"algorithm {self.spec.name!r} drafts with the target's own first layers; TGI's "
                               f"speculator hook sees only final hidden states and verifies fixed-width chains, "
                               f"so specplug cannot run it in TGI (docs/del.md); use the embedded engine")
         self.options = registry.validate_options(self.spec.name, options)
         if max_idle_steps < 1 or max_requests < 1:
             raise ConfigError("max_idle_steps and max_requests must be >= 1")
-        self.max_idle_steps = int(max_idle_steps)
-        self.max_requests = int(max_requests)
-        self.drafter = drafter
+        self.bounds = {"max_idle_steps": int(max_idle_steps), "max_requests": int(max_requests)}
         self.tree_budget = None if tree_budget is None else int(tree_budget)
-        self.vocab_size: int | None = None if drafter is None else drafter.vocab_size
-        self._root: dict[Hashable, int] = {}          # last committed token per request
-        self._seen: OrderedDict[Hashable, int] = OrderedDict()  # request -> last step seen
-        self.step = 0
-        self.resyncs = 0
-        # acceptance statistics over decode rows that verified a chain
-        self.verify_rows = 0
-        self.accepted_tokens = 0
+        self.session: DraftSession | None = None
+        if drafter is not None:
+            self._open(drafter)
 
-    # ------------------------------------------------------------------ state
-    @property
-    def uses_target_topk(self) -> bool:
-        return bool(self.spec.uses_target_topk or getattr(self.drafter, "uses_target_topk", False))
+    def _open(self, drafter) -> DraftSession:
+        self.session = DraftSession(drafter, engine="TGI", **self.bounds)
+        return self.session
 
-    @property
-    def topk(self) -> int:
-        return int(getattr(self.drafter, "topk", 8) or 8)
-
+    # ------------------------------------------------------------------ state (the session's)
     def ensure_drafter(self, vocab_size: int):
-        if self.drafter is None:
-            self.drafter = registry.create(self.spec.name, int(vocab_size), self.options)
-            self.vocab_size = int(vocab_size)
-        return self.drafter
+        """The drafter, created on the first step (TGI tells the vocabulary by its scores)."""
+        if self.session is None:
+            self._open(registry.create(self.spec.name, int(vocab_size), self.options))
+        return self.session.drafter
+
+    drafter = property(lambda self: self.session and self.session.drafter)
+    #: top-k width TGI computes per verified position (0: the drafter learns nothing from logits)
+    topk = property(lambda self: self.session.topk if self.session else 0)
+    topk_probs = property(lambda self: bool(self.session and self.session.topk_probs))
+    stats = property(lambda self: self.session.stats if self.session else SessionStats())
+    #: known requests rebuilt from TGI's tokens (an outcome or verified chain that is not ours)
+    resyncs = property(lambda self: self.stats.restarts)
+
+    def mean_accepted(self) -> float:
+        """Tokens committed per verify step (accepted drafts + bonus), over observed rows."""
+        return self.stats.mean_accepted
 
     def active_requests(self) -> int:
-        return len(self._root)
+        return self.session.active if self.session else 0
+
+    def known(self, rid) -> bool:
+        return bool(self.session and self.session.known(rid))
 
     def budget(self, speculate: int) -> int:
         """Tree nodes asked of the drafter per row when TGI verifies ``speculate`` tokens."""
-        if self.tree_budget is not None:
-            return max(speculate + 1, self.tree_budget)
-        return speculate + 1
-
-    def known(self, rid) -> bool:
-        return rid in self._root
-
-    def mean_accepted(self) -> float:
-        """Tokens committed per verify step (accepted drafts + bonus), over decode rows."""
-        return self.accepted_tokens / self.verify_rows if self.verify_rows else 0.0
+        return max(speculate + 1, self.tree_budget or 0)
 
     def finish(self, rids) -> None:
-        for rid in rids:
-            if self._root.pop(rid, None) is not None and self.drafter is not None:
-                self.drafter.finish(rid)
-            self._seen.pop(rid, None)
+        for rid in rids if self.session else ():
+            self.session.finish(rid)
 
     def retain(self, all_rids, kept_rids) -> None:
-        """A batch of ``all_rids`` was filtered down to ``kept_rids``: finish the others."""
+        """A batch of ``all_rids`` was filtered down to ``kept_rids``: finish the others (not
+        ``session.retain``: requests of other live batches, e.g. one just prefilled, stay)."""
         kept = set(kept_rids)
         self.finish([r for r in all_rids if r not in kept])
 
     def reset(self) -> None:
-        self.finish(list(self._root))
+        if self.session:
+            self.session.reset()
 
     def end_step(self) -> None:
         """Advance the step clock; evict requests idle too long, then beyond the cap."""
-        self.step += 1
-        horizon = self.step - self.max_idle_steps
-        stale = []
-        for rid, seen in self._seen.items():   # oldest first
-            if seen >= horizon and len(self._seen) - len(stale) <= self.max_requests:
-                break
-            stale.append(rid)
-        if stale:
-            self.finish(stale)
+        if self.session:
+            self.session.end_step()
 
     # ------------------------------------------------------------------ one engine step
     def draft(self, rids: Sequence[Hashable], contexts: Sequence[Sequence[int]],
               next_ids: Sequence[int], accepted_counts: Sequence[int], speculate: int, *,
-              vocab_size: int, verified: Sequence[Sequence[int]] | None = None,
-              prefill: bool = False, topk: np.ndarray | None = None) -> np.ndarray:
+              vocab_size: int, verified: Sequence[Sequence[int]] | None = None, prefill: bool = False,
+              topk: np.ndarray | None = None, topk_probs: np.ndarray | None = None) -> np.ndarray:
         """Observe this step's outcome and return the next drafts, int64 ``[B, speculate]``."""
         b = len(rids)
-        if len(accepted_counts) != b or len(contexts) != b:
-            raise ValueError(f"{b} request ids but {len(accepted_counts)} accepted counts and "
-                             f"{len(contexts)} contexts")
+        counts = np.asarray(accepted_counts, np.int64).reshape(-1)
+        ids = np.asarray(next_ids, np.int64).reshape(-1)
+        if counts.shape[0] != b or len(contexts) != b:
+            raise ValueError(f"{b} request ids but {counts.shape[0]} accepted counts and {len(contexts)} contexts")
         if verified is not None and len(verified) != b:
             raise ValueError(f"{b} request ids but {len(verified)} verified chains")
-        drafter = self.ensure_drafter(vocab_size)
-        accepted = split_accepted(next_ids, accepted_counts)
-        obs_rids, obs_trees, obs_acc, obs_topk = [], [], [], []
+        if (counts < 1).any():
+            i = int(np.flatnonzero(counts < 1)[0])
+            raise ValueError(f"row {i} (request {rids[i]!r}) committed no token")
+        if int(counts.sum()) != ids.shape[0]:
+            raise ValueError(f"accepted counts sum to {int(counts.sum())}, but {ids.shape[0]} ids were committed")
+        self.ensure_drafter(vocab_size)
+        if b == 0:
+            return np.empty((0, max(int(speculate), 0)), np.int64)
+        if prefill:
+            self.finish(rids)
+        elif verified is not None:
+            self._observe(rids, ids, counts, np.asarray(verified, np.int64).reshape(b, -1), topk, topk_probs)
+        ends = np.cumsum(counts)
+        views = [RequestView(rid, len(contexts[i]) + int(counts[i]), int(ids[ends[i] - 1]),
+                             lambda i=i: [*contexts[i], *ids[ends[i] - counts[i]: ends[i]].tolist()])
+                 for i, rid in enumerate(rids)]
+        return self.session.propose_chains(views, self.budget(speculate), int(speculate))[1]
+
+    def _observe(self, rids, ids, counts, verified, topk, topk_probs) -> None:
+        """Observe the rows whose pending chain is what TGI verified, with an outcome that fits it."""
+        b, n = verified.shape
+        pending = np.full((b, n), -1, np.int64)
         for i, rid in enumerate(rids):
-            acc = accepted[i]
-            if not acc:
-                raise ValueError(f"row {i} (request {rid!r}) committed no token")
-            chain = [] if verified is None else verified[i]
-            fresh = prefill or rid not in self._root
-            if not fresh and not consistent(acc, chain):
-                fresh = True       # our record and the engine disagree: rebuild from the engine
-                self.resyncs += 1
-            if fresh:
-                if rid in self._root:
-                    drafter.finish(rid)
-                drafter.start(rid, [int(t) for t in contexts[i]] + acc)
-            else:
-                tree = DraftTree.chain(self._root[rid], chain)
-                obs_rids.append(rid)
-                obs_trees.append(tree)
-                obs_acc.append(acc)
-                obs_topk.append(None if topk is None else np.asarray(topk[i])[: len(tree)])
-                if verified is not None:
-                    self.verify_rows += 1
-                    self.accepted_tokens += len(acc)
-            self._root[rid] = acc[-1]
-            self._seen[rid] = self.step
-            self._seen.move_to_end(rid)
-        if obs_rids:
-            drafter.observe_batch(obs_rids, obs_trees, obs_acc,
-                                  None if topk is None else obs_topk)
-        out = np.empty((b, speculate), np.int64)
-        if speculate <= 0:
-            return out
-        trees = drafter.propose(list(rids), [self.budget(speculate)] * b)
-        for i, tree in enumerate(trees):
-            out[i] = tgi_chain(tree, speculate, vocab_size)
-        return out
+            tree = self.session.pending(rid)
+            if tree is not None and len(tree) == n + 1:
+                pending[i] = tree.tokens[1:]
+        width = max(n + 1, int(counts.max()))
+        placed = np.arange(width)[None, :] < counts[:, None]
+        acc = np.full((b, width), -1, np.int64)
+        acc[placed] = ids                                    # row after row, as TGI lays them out
+        drafts = np.arange(n)[None, :] < (counts - 1)[:, None]
+        ok = (pending == verified).all(1) & (counts <= n + 1) & ((acc[:, :n] == verified) | ~drafts).all(1)
+        rows = np.flatnonzero(ok)
+        if rows.size:
+            pick = (lambda a: None if a is None else np.asarray(a)[rows])
+            self.session.observe([rids[i] for i in rows.tolist()], acc[rows][placed[rows]], counts[rows],
+                                 pick(topk), pick(topk_probs))

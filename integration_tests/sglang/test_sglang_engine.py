@@ -100,7 +100,7 @@ def run_engine(tmp_path, model, algorithm, prompts, max_new_tokens=24, draft_tok
 
 # every specplug algorithm SGLang runs; the early-exit ones (DEL, EARLY_EXIT) have their own tests below
 # (DEL rightly does not speculate on a random model, so `mat > 1` does not apply to it)
-ALGORITHMS = sorted(n for n, a in plug.engine_names().items() if not registry.get(a).extra.get("needs_runner"))
+ALGORITHMS = sorted(n for n, a in plug.engine_names().items() if not registry.get(a).needs_runner)
 
 
 # ------------------------------------------------------------------ models

@@ -22,10 +22,12 @@ import shutil
 import subprocess
 import sys
 
+from specplug.plugins import env
+
 __all__ = ["ENV_VERSION", "LAUNCHER", "SUPPORTED", "SUPPORTED_TEXT", "detect_tgi_version",
            "launcher_version", "checkout_version"]
 
-ENV_VERSION = "SPECPLUG_TGI_VERSION"
+ENV_VERSION = env.TGI_VERSION
 LAUNCHER = "text-generation-launcher"
 SUPPORTED = ((3, 3, 5), (3, 3, 7))
 SUPPORTED_TEXT = ("TGI 3.3.5, 3.3.6 and 3.3.7 (images ghcr.io/huggingface/text-generation-inference:"
@@ -84,8 +86,8 @@ def detect_tgi_version() -> tuple[str, str]:
     if found is None:
         pkg = sys.modules.get("text_generation_server")
         found = checkout_version(getattr(pkg, "__file__", None))
-    if found is None and os.environ.get(ENV_VERSION, "").strip():
-        found = os.environ[ENV_VERSION].strip(), f"${ENV_VERSION}"
+    if found is None and env.read(ENV_VERSION):
+        found = env.read(ENV_VERSION), f"${ENV_VERSION}"
     if found is None:
         raise PatchError(f"cannot tell which TGI version is running (no {LAUNCHER} as parent or on "
                          f"PATH, no TGI source checkout); set {ENV_VERSION} to it. specplug supports "
