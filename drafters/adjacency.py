@@ -104,7 +104,7 @@ def flat_topk(feedback: Feedback):
     """(ids [N, k] int32, probs [N, k] float32 with -1 where unknown) of a step's verified
     nodes, or None when the engine sent no top-k for any request."""
     tk = feedback.topk
-    if tk is None or not feedback.has_topk.any():
+    if tk is None or feedback.has_topk is None or not feedback.has_topk.any():
         return None
     return tk.ids, tk.probs_or_unknown()
 

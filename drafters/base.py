@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .feedback import Feedback, TopK
+from .options import Option
 from .tree import DraftTree
 
 RequestId = Hashable
@@ -71,6 +72,10 @@ class Drafter(ABC):
     topk: int = 8
     #: name of the model interface the engine must provide through :meth:`bind`, or None
     needs_runner: ClassVar[str | None] = None
+    #: the algorithm's options (each registered class declares them; the registry reads them)
+    OPTIONS: ClassVar[tuple[Option, ...]]
+    #: the tree budget when none is given
+    DEFAULT_BUDGET: ClassVar[int]
 
     def __init__(self, vocab_size: int, **options: Any):
         if vocab_size <= 0:
@@ -103,7 +108,7 @@ class Drafter(ABC):
     @abstractmethod
     def propose(self, rids: Sequence[RequestId], budgets: Sequence[int]) -> list[DraftTree]: ...
 
-    def observe(self, rid: RequestId, tree: DraftTree, accepted: Sequence[int],
+    def observe(self, rid: RequestId, tree: DraftTree, accepted: Sequence[int] | np.ndarray,
                 target_topk: TopK | None = None) -> None:
         """One request's verified tree (see the module doc)."""
         self.observe_batch(Feedback.one(rid, tree, accepted, target_topk))

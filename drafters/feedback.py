@@ -102,7 +102,7 @@ class Feedback:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_lists(cls, rids: Sequence[RequestId], trees: Sequence[DraftTree],
-                   accepted: Sequence[Sequence[int]], topk: Sequence[TopK | None] | None = None) -> "Feedback":
+                   accepted: Sequence[Sequence[int] | np.ndarray], topk: Sequence[TopK | None] | None = None) -> "Feedback":
         """From per-request lists (tests, single-request observe); engines build flat arrays."""
         parts = [np.asarray(a, np.int64).reshape(-1) for a in accepted]
         acc = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
@@ -130,7 +130,7 @@ class Feedback:
         return cls(list(rids), list(trees), acc, offsets_of([p.shape[0] for p in parts]), flat, has)
 
     @classmethod
-    def one(cls, rid: RequestId, tree: DraftTree, accepted: Sequence[int],
+    def one(cls, rid: RequestId, tree: DraftTree, accepted: Sequence[int] | np.ndarray,
             topk: TopK | None = None) -> "Feedback":
         return cls.from_lists([rid], [tree], [accepted], None if topk is None else [topk])
 

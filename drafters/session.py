@@ -159,8 +159,10 @@ class DraftSession:
         if not need:
             return None
         if need not in runners:
+            have = ", ".join(sorted(runners)) or "none"
             raise ConfigError(f"algorithm {self.name!r} drafts with the target's own layers through a {need!r} "
-                              f"runner, which {self.engine} does not provide; use the embedded engine or SGLang")
+                              f"runner, which {self.engine} does not provide (its runners: {have}); see "
+                              f"docs/del.md for the engines that do")
         runner = runners[need]()
         self.drafter.bind(runner)
         return runner
@@ -215,7 +217,7 @@ class DraftSession:
             return
         horizon = self._clock - (self.max_idle_steps or self._clock + 1)
         cap = self.max_requests or len(self._req)
-        stale = []
+        stale: list[RequestId] = []
         for rid, req in self._req.items():      # oldest first
             if req.seen >= horizon and len(self._req) - len(stale) <= cap:
                 break

@@ -143,14 +143,10 @@ def test_padded_policy_picks_one_width():
 def test_policy_cuts_trees_to_valid_prefixes():
     from specplug.drafters.budget import BudgetPolicy
 
-    class D:
-        pass
-
-    t = DraftTree([5, 6, 7, 8, 9], [-1, 0, 1, 0, 2], [1.0, 0.9, 0.8, 0.3, 0.2])
-    t.edge_bin = np.arange(5)
+    t = DraftTree([5, 6, 7, 8, 9], [-1, 0, 1, 0, 2], [1.0, 0.9, 0.8, 0.3, 0.2], node_data=np.arange(5))
     _ = t.depth                                   # cached views must not leak into the cut tree
     pol = BudgetPolicy(CostModel(np.array([1, 2, 3, 8]), np.array([1.0, 1.0, 1.0, 10.0]), {}), padded=False)
-    [c] = pol.apply(D(), ["r"], [t], [5])
+    [c] = pol.apply([t], [5])
     assert len(c) == 3 and pol.last_budgets.tolist() == [3]
     c.validate(budget=3)
-    assert c.edge_bin.tolist() == [0, 1, 2] and c.depth.tolist() == [0, 1, 2]
+    assert c.node_data.tolist() == [0, 1, 2] and c.depth.tolist() == [0, 1, 2]
