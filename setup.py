@@ -2,6 +2,7 @@
 ``plugins/specplug_tgi.pth`` at the wheel root, so that it lands in site-packages where
 Python's ``site`` module runs it. Its one line reads an environment variable and does
 nothing else unless ``SPECPLUG_TGI_ALGORITHM`` is set."""
+
 import os
 
 from setuptools import setup
@@ -16,8 +17,7 @@ class build_py_with_pth(build_py):
         self.copy_file(PTH, os.path.join(self.build_lib, os.path.basename(PTH)), preserve_mode=False)
 
     def get_outputs(self, include_bytecode=True):
-        return super().get_outputs(include_bytecode) + [
-            os.path.join(self.build_lib, os.path.basename(PTH))]
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, os.path.basename(PTH))]
 
 
 setup(cmdclass={"build_py": build_py_with_pth})

@@ -1,9 +1,22 @@
 """Engine-agnostic drafter core: draft trees, the drafter protocol, verifiers and algorithms."""
-from .base import Drafter, ContextDrafter, check_budget, MIN_BUDGET, MAX_BUDGET
-from .errors import SpecplugError, ConfigError, DraftTreeError, ModelError
-from .tree import DraftTree, PackedTrees, pack_trees
-from . import registry
 
-__all__ = ["Drafter", "ContextDrafter", "check_budget", "MIN_BUDGET", "MAX_BUDGET",
-           "SpecplugError", "ConfigError", "DraftTreeError", "ModelError",
-           "DraftTree", "PackedTrees", "pack_trees", "registry"]
+from . import registry
+from .base import MAX_BUDGET, MIN_BUDGET, ContextDrafter, Drafter, check_budget
+from .errors import ConfigError, DraftTreeError, ModelError, SpecplugError
+from .tree import DraftTree, PackedTrees, pack_trees
+
+__all__ = [
+    "Drafter",
+    "ContextDrafter",
+    "check_budget",
+    "MIN_BUDGET",
+    "MAX_BUDGET",
+    "SpecplugError",
+    "ConfigError",
+    "DraftTreeError",
+    "ModelError",
+    "DraftTree",
+    "PackedTrees",
+    "pack_trees",
+    "registry",
+]

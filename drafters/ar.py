@@ -1,4 +1,5 @@
 """Autoregressive baseline: never speculates (a tree of one node every step)."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar

@@ -6,16 +6,18 @@ Per-request state: one owner slot (its nodes, at most ``max_nodes_per_request``)
 when the global cache is on, the request's output tokens until ``finish`` moves them
 into the global automaton (at most ``global_insert_tokens`` of them, the latest).
 """
+
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .base import Drafter, check_budget
 from .errors import ConfigError
 from .feedback import Feedback
-from .ngram_automaton import NODE_BYTES, NgramPool, O_COUNT
+from .ngram_automaton import NODE_BYTES, O_COUNT, NgramPool
 
 RequestId = Hashable
 
@@ -25,8 +27,10 @@ def as_token_array(ids, vocab_size: int, what: str) -> np.ndarray:
     if arr.ndim != 1:
         raise ConfigError(f"{what} must be a 1-D sequence of token ids")
     if arr.shape[0] and (arr.min() < 0 or arr.max() >= vocab_size):
-        raise ConfigError(f"{what} hold token ids outside [0, {vocab_size}): the drafter's vocab_size "
-                          f"must match the target model's vocabulary")
+        raise ConfigError(
+            f"{what} hold token ids outside [0, {vocab_size}): the drafter's vocab_size "
+            f"must match the target model's vocabulary"
+        )
     return arr.astype(np.int32)
 
 
@@ -35,7 +39,7 @@ def check_budgets(budgets, n: int) -> np.ndarray:
     if b.shape != (n,):
         raise ConfigError(f"propose needs one budget per request ({n}), got shape {b.shape}")
     if b.dtype.kind not in "iu" or n and (b.min() < 1 or b.max() > 1024):
-        for x in b.tolist():          # the slow path only to build the error message
+        for x in b.tolist():  # the slow path only to build the error message
             check_budget(x)
     return b.astype(np.int64)
 
@@ -43,17 +47,28 @@ def check_budgets(budgets, n: int) -> np.ndarray:
 class AutomatonDrafter(Drafter):
     """Base class: request slots in a shared :class:`NgramPool`, global cache at finish."""
 
-    def __init__(self, vocab_size: int, *, ngram: int, max_nodes_per_request: int,
-                 global_cache: bool, global_cache_nodes: int, global_insert_tokens: int = 4096,
-                 **options: Any):
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        ngram: int,
+        max_nodes_per_request: int,
+        global_cache: bool,
+        global_cache_nodes: int,
+        global_insert_tokens: int = 4096,
+        **options: Any,
+    ):
         super().__init__(vocab_size, **options)
         min_cap = 64 * int(ngram)
         if max_nodes_per_request < min_cap:
-            raise ConfigError(f"{self.name}: max_nodes_per_request must be >= 64 * ngram = {min_cap} "
-                              f"(the eviction keeps the context's last ngram suffixes), got {max_nodes_per_request}")
+            raise ConfigError(
+                f"{self.name}: max_nodes_per_request must be >= 64 * ngram = {min_cap} "
+                f"(the eviction keeps the context's last ngram suffixes), got {max_nodes_per_request}"
+            )
         if global_cache and global_cache_nodes < min_cap:
-            raise ConfigError(f"{self.name}: global_cache_nodes must be >= 64 * ngram = {min_cap}, "
-                              f"got {global_cache_nodes}")
+            raise ConfigError(
+                f"{self.name}: global_cache_nodes must be >= 64 * ngram = {min_cap}, got {global_cache_nodes}"
+            )
         self.ngram = int(ngram)
         self.max_nodes_per_request = int(max_nodes_per_request)
         self.pool = NgramPool(self.ngram)
@@ -68,7 +83,7 @@ class AutomatonDrafter(Drafter):
         ids = as_token_array(context_ids, self.vocab_size, "context_ids")
         if ids.shape[0] == 0:
             raise ConfigError("context_ids must hold at least one token (the root of the next tree)")
-        if rid in self._slot:          # restarted request: drop the stale state first
+        if rid in self._slot:  # restarted request: drop the stale state first
             self.finish(rid)
         slot = self.pool.new_owner(self.max_nodes_per_request)
         self._slot[rid] = slot
@@ -82,8 +97,9 @@ class AutomatonDrafter(Drafter):
         slots = self.slots(feedback.rids)
         flat = feedback.accepted
         if flat.shape[0] and (flat.min() < 0 or flat.max() >= self.vocab_size):
-            raise ConfigError(f"accepted tokens outside [0, {self.vocab_size}): vocabulary mismatch "
-                              f"between drafter and target")
+            raise ConfigError(
+                f"accepted tokens outside [0, {self.vocab_size}): vocabulary mismatch between drafter and target"
+            )
         self._observe_extra(slots, feedback)
         self.pool.feed_many(slots, np.ascontiguousarray(flat, dtype=np.int32), feedback.accepted_offsets)
         if self.global_cache:
@@ -97,7 +113,7 @@ class AutomatonDrafter(Drafter):
         self.pool.free_owner(slot)
         outs = self._outputs.pop(rid, None)
         if outs:
-            toks = np.concatenate(outs)[-self.global_insert_tokens:]
+            toks = np.concatenate(outs)[-self.global_insert_tokens :]
             self.pool.new_document(self.global_slot)
             self.pool.feed(self.global_slot, toks)
 

@@ -33,10 +33,12 @@ Drafters that need the target model itself (early-exit self-speculation) set
 the engine's runner (``drafter.bind(runner)``) before any ``start``; an engine without such
 a runner refuses the drafter with a ConfigError.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,10 +54,14 @@ MAX_BUDGET = 1024
 
 
 def check_budget(budget: int) -> int:
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not (
-            MIN_BUDGET <= int(budget) <= MAX_BUDGET):
-        raise ConfigError(f"budget must be an integer in {MIN_BUDGET}..{MAX_BUDGET} "
-                          f"(tree nodes including the root), got {budget!r}")
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, np.integer))
+        or not (MIN_BUDGET <= int(budget) <= MAX_BUDGET)
+    ):
+        raise ConfigError(
+            f"budget must be an integer in {MIN_BUDGET}..{MAX_BUDGET} (tree nodes including the root), got {budget!r}"
+        )
     return int(budget)
 
 
@@ -102,14 +108,14 @@ class Drafter(ABC):
         """Receive the engine's runner (see ``needs_runner``) before ``start``; default: ignore."""
 
     @abstractmethod
-    def start(self, rid: RequestId, context_ids: Sequence[int],
-              context_topk: TopK | None = None) -> None: ...
+    def start(self, rid: RequestId, context_ids: Sequence[int], context_topk: TopK | None = None) -> None: ...
 
     @abstractmethod
     def propose(self, rids: Sequence[RequestId], budgets: Sequence[int]) -> list[DraftTree]: ...
 
-    def observe(self, rid: RequestId, tree: DraftTree, accepted: Sequence[int] | np.ndarray,
-                target_topk: TopK | None = None) -> None:
+    def observe(
+        self, rid: RequestId, tree: DraftTree, accepted: Sequence[int] | np.ndarray, target_topk: TopK | None = None
+    ) -> None:
         """One request's verified tree (see the module doc)."""
         self.observe_batch(Feedback.one(rid, tree, accepted, target_topk))
 
@@ -189,7 +195,7 @@ class ContextDrafter(Drafter):
             new = np.empty(2 * (n + acc.shape[0]), np.int32)
             new[:n] = buf[:n]
             buf = self._ctx[rid] = new
-        buf[n: n + acc.shape[0]] = acc
+        buf[n : n + acc.shape[0]] = acc
         self._len[rid] = n + acc.shape[0]
 
     def finish(self, rid):

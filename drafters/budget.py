@@ -16,6 +16,7 @@ every N and keeps the best N: a request's budget is 1 + its nodes among them. Bu
 (no speculation) when no node pays for its verify cost; at high load cost(T) grows
 faster, so the total speculative tokens shrink.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ class CostModel:
         s = np.asarray(self.seconds, np.float64)
         if t.ndim != 1 or t.shape != s.shape or t.shape[0] < 2 or np.any(np.diff(t) <= 0) or np.any(s <= 0):
             raise ConfigError("cost model: need >= 2 points with increasing token counts and positive times")
-        self.tokens, self.seconds = t, np.maximum.accumulate(s)   # more tokens never cost less
+        self.tokens, self.seconds = t, np.maximum.accumulate(s)  # more tokens never cost less
 
     def __call__(self, total_tokens) -> np.ndarray:
         x = np.asarray(total_tokens, np.float64)
@@ -57,23 +58,29 @@ class CostModel:
         return np.where(x > t[-1], s[-1] + (x - t[-1]) * slope, y)
 
     @classmethod
-    def load(cls, path: str) -> "CostModel":
+    def load(cls, path: str) -> CostModel:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read cost model {path}: {e}; run `specplug calibrate`") from None
         pts = sorted((int(p["tokens"]), float(p["seconds"])) for p in data["points"])
-        return cls(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]),
-                   {k: v for k, v in data.items() if k != "points"})
+        return cls(
+            np.array([p[0] for p in pts]),
+            np.array([p[1] for p in pts]),
+            {k: v for k, v in data.items() if k != "points"},
+        )
 
 
 def default_cost_model(name: str = "cpu") -> CostModel:
     """A cost model shipped with the package (``drafters/cost_models/<name>.json``)."""
     path = os.path.join(COST_MODEL_DIR, f"{name}.json")
     if not os.path.isfile(path):
-        have = sorted(f[:-5] for f in os.listdir(COST_MODEL_DIR) if f.endswith(".json")) \
-            if os.path.isdir(COST_MODEL_DIR) else []
+        have = (
+            sorted(f[:-5] for f in os.listdir(COST_MODEL_DIR) if f.endswith(".json"))
+            if os.path.isdir(COST_MODEL_DIR)
+            else []
+        )
         raise ConfigError(f"no cost model {name!r}; available: {have or 'none'}; run `specplug calibrate`")
     return CostModel.load(path)
 
@@ -81,12 +88,12 @@ def default_cost_model(name: str = "cpu") -> CostModel:
 def node_gains(trees) -> list[np.ndarray]:
     """Per tree, its node scores after the root in insertion order, made non-increasing
     (a prefix then never skips a better node; best-first growers already give this)."""
-    return [np.minimum.accumulate(np.asarray(t.scores[1:], np.float64)) if len(t) > 1 else np.zeros(0)
-            for t in trees]
+    return [np.minimum.accumulate(np.asarray(t.scores[1:], np.float64)) if len(t) > 1 else np.zeros(0) for t in trees]
 
 
-def choose_budgets(gains, cost: CostModel, *, max_budget: int = 1024, ratio=1.0, min_gain: float = 1e-3,
-                   padded: bool = False):
+def choose_budgets(
+    gains, cost: CostModel, *, max_budget: int = 1024, ratio=1.0, min_gain: float = 1e-3, padded: bool = False
+):
     """Budgets (nodes incl. root, >= 1) maximising the step's expected goodput.
 
     ``gains[i]``: request i's candidate node scores, non-increasing (see :func:`node_gains`);
@@ -107,8 +114,7 @@ def choose_budgets(gains, cost: CostModel, *, max_budget: int = 1024, ratio=1.0,
     ratio = np.broadcast_to(np.asarray(ratio, np.float64), (b,))
     sizes = np.fromiter((min(len(g), max_budget - 1) for g in gains), np.int64, b)
     owner = np.repeat(np.arange(b), sizes)
-    vals = np.concatenate([np.asarray(g[:n], np.float64) for g, n in zip(gains, sizes)]) if sizes.sum() else \
-        np.zeros(0)
+    vals = np.concatenate([np.asarray(g[:n], np.float64) for g, n in zip(gains, sizes)]) if sizes.sum() else np.zeros(0)
     vals = np.clip(vals * ratio[owner], 0.0, None)
     vals = np.where(vals >= min_gain, vals, 0.0)
     order = np.argsort(-vals, kind="stable")
@@ -116,7 +122,7 @@ def choose_budgets(gains, cost: CostModel, *, max_budget: int = 1024, ratio=1.0,
     cum = np.concatenate([[0.0], np.cumsum(vals[order])])
     n = np.arange(cum.shape[0])
     goodput = (b + cum) / cost(b + n)
-    best = int(np.argmax(goodput))            # first maximum: the fewest tokens at equal goodput
+    best = int(np.argmax(goodput))  # first maximum: the fewest tokens at equal goodput
     budgets = 1 + np.bincount(owner[order[:best]], minlength=b)
     return budgets.astype(np.int64), float(goodput[best]), int(b + best)
 
@@ -148,15 +154,21 @@ class BudgetPolicy:
     def __init__(self, cost: CostModel, min_gain: float = 1e-3, padded: bool = True):
         self.cost = cost
         self.min_gain = float(min_gain)
-        self.padded = bool(padded)      # the embedded engine pads trees to the widest one
+        self.padded = bool(padded)  # the embedded engine pads trees to the widest one
         self.last_budgets = np.zeros(0, np.int64)
 
     def apply(self, trees, max_budgets, ratios=None):
         """``trees`` cut to the budgets that maximise the step's expected goodput."""
         gains = node_gains(trees)
         ratio = 1.0 if ratios is None else ratios
-        budgets, _, _ = choose_budgets(gains, self.cost, max_budget=int(np.max(max_budgets)), ratio=ratio,
-                                       min_gain=self.min_gain, padded=self.padded)
+        budgets, _, _ = choose_budgets(
+            gains,
+            self.cost,
+            max_budget=int(np.max(max_budgets)),
+            ratio=ratio,
+            min_gain=self.min_gain,
+            padded=self.padded,
+        )
         budgets = np.minimum(budgets, np.asarray(max_budgets, np.int64))
         self.last_budgets = budgets
         # a prefix of a best-first tree is its best tree of that size (node_data kept)

@@ -130,7 +130,7 @@ class EdgeCalibration:
         rp = np.asarray(rank_prior, np.float64)
         prior[:, NBINS] = rp[: self.k] if rp.shape[0] >= self.k else np.pad(rp, (0, self.k - rp.shape[0]), "edge")
         self.prior = prior
-        self._cache = None
+        self._cache: np.ndarray | None = None
         self._cache_trials = -1.0
 
     def table(self) -> np.ndarray:

@@ -12,12 +12,14 @@ length k of each request follows DiffuSpec's adaptive draft length rule.
 See :mod:`.diffusion_lattice` for the lattice, the search and the ADL rule, and
 :mod:`.diffusion_model` for the built-in architecture and checkpoint checks.
 """
+
 from __future__ import annotations
 
 import json
 import pathlib
 from collections import OrderedDict
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,14 +33,14 @@ from .tree import DraftTree
 __all__ = ["DiffusionDrafter", "check_vocabulary", "load_drafter_model"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
-_MODEL_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MODEL_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
 _MODEL_CACHE_SIZE = 2
 
 
 def load_drafter_model(path: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False):
     """(model, config), cached per (path, mtime, device, dtype): a benchmark creating several
     drafters loads the checkpoint once. At most two models are held."""
-    import torch   # torch and the model module load only with a drafter model (not a cycle)
+    import torch  # torch and the model module load only with a drafter model (not a cycle)
 
     from .diffusion_model import load_diffusion_model
 
@@ -53,8 +55,9 @@ def load_drafter_model(path: str, device: str = "cpu", dtype: str = "float32", t
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"option 'device' of algorithm 'diffusion': unknown device {device!r}; use 'cpu' or "
-                          f"'cuda[:N]'") from None
+        raise ConfigError(
+            f"option 'device' of algorithm 'diffusion': unknown device {device!r}; use 'cpu' or 'cuda[:N]'"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("option 'device' of algorithm 'diffusion' asks for CUDA, but torch sees no GPU; use 'cpu'")
     out = load_diffusion_model(p, device=dev, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
@@ -71,20 +74,25 @@ def check_vocabulary(model_path: str, drafter_vocab: int, target_vocab: int, tar
     tokenizer too, their token -> id maps must be identical (first differing entries named).
     """
     if int(drafter_vocab) != int(target_vocab):
-        raise ModelError(f"vocabulary mismatch: the diffusion drafter at {model_path} has vocab_size "
-                         f"{drafter_vocab}, the target model has {target_vocab}; train a drafter for this "
-                         f"target (`specplug train-drafter --kind diffusion --target ...`)")
+        raise ModelError(
+            f"vocabulary mismatch: the diffusion drafter at {model_path} has vocab_size "
+            f"{drafter_vocab}, the target model has {target_vocab}; train a drafter for this "
+            f"target (`specplug train-drafter --kind diffusion --target ...`)"
+        )
     if target_tokenizer is None:
         return
     d = pathlib.Path(model_path).expanduser()
     if not ((d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()):
         return
     try:
-        if (d / "tokenizer.json").is_file():   # read directly: the directory's config is not a causal LM's
+        own: Any
+        if (d / "tokenizer.json").is_file():  # read directly: the directory's config is not a causal LM's
             from transformers import PreTrainedTokenizerFast
+
             own = PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
         else:
             from transformers import AutoTokenizer
+
             own = AutoTokenizer.from_pretrained(d, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
         raise ModelError(f"cannot read the tokenizer shipped with the diffusion drafter at {d}: {e}") from None
@@ -93,60 +101,100 @@ def check_vocabulary(model_path: str, drafter_vocab: int, target_vocab: int, tar
         only_d = sorted(set(a) - set(b))[:3]
         only_t = sorted(set(b) - set(a))[:3]
         moved = sorted(t for t in set(a) & set(b) if a[t] != b[t])[:3]
-        raise ModelError(f"vocabulary mismatch between the diffusion drafter at {d} ({len(a)} tokens) and the "
-                         f"target's tokenizer ({len(b)} tokens): only in the drafter {only_d}, only in the target "
-                         f"{only_t}, different ids for {moved}")
+        raise ModelError(
+            f"vocabulary mismatch between the diffusion drafter at {d} ({len(a)} tokens) and the "
+            f"target's tokenizer ({len(b)} tokens): only in the drafter {only_d}, only in the target "
+            f"{only_t}, different ids for {moved}"
+        )
 
 
 class DiffusionDrafter(AutomatonDrafter):
     name = "diffusion"
     DEFAULT_BUDGET: ClassVar[int] = 64
     OPTIONS: ClassVar[tuple[Option, ...]] = (
-        Option("model_path", str, "", "local masked diffusion checkpoint directory (HF format; required): "
-               "`specplug train-drafter --kind diffusion` makes one"),
+        Option(
+            "model_path",
+            str,
+            "",
+            "local masked diffusion checkpoint directory (HF format; required): "
+            "`specplug train-drafter --kind diffusion` makes one",
+        ),
         Option("device", str, "cpu", "device of the drafter model (its own; no KV shared with the target)"),
         Option("dtype", str, "float32", "dtype of the drafter model", choices=_DTYPES),
-        Option("trust_remote_code", bool, False, "allow checkpoints of other architectures (Dream, LLaDA) to run "
-               "their own Python code from model_path"),
-        Option("tau", float, 0.8, "lattice: per position keep the smallest top set with this cumulative mass",
-               0.01, 1.0),
+        Option(
+            "trust_remote_code",
+            bool,
+            False,
+            "allow checkpoints of other architectures (Dream, LLaDA) to run their own Python code from model_path",
+        ),
+        Option(
+            "tau", float, 0.8, "lattice: per position keep the smallest top set with this cumulative mass", 0.01, 1.0
+        ),
         Option("cap", int, 15, "lattice: most tokens per position (EOS exempt)", 1, 64),
         Option("beams", int, 3, "path search beam width (paths merged into the tree)", 1, 32),
-        Option("lam", float, 0.5, "path score: lam * log p_dlm + (1 - lam) * log p_causal (context n-gram)",
-               0.0, 1.0),
+        Option("lam", float, 0.5, "path score: lam * log p_dlm + (1 - lam) * log p_causal (context n-gram)", 0.0, 1.0),
         Option("k_min", int, 20, "shortest draft length (masked slots)", 1, 256),
         Option("k_max", int, 30, "longest draft length (masked slots); the fixed k when adaptive is off", 1, 256),
-        Option("adaptive", bool, True, "adaptive draft length (EMA of generated and accepted length); false: k = k_max"),
+        Option(
+            "adaptive", bool, True, "adaptive draft length (EMA of generated and accepted length); false: k = k_max"
+        ),
         Option("rho", float, 0.5, "ADL: EMA weight of the previous value", 0.0, 0.99),
         Option("delta", int, 10, "ADL: extra slots when the accepted length reaches the generated length", 0, 256),
-        Option("path_search", str, "beam", "'beam' (causal-consistency search) or 'argmax' (per-position argmax, "
-               "the ablation)", choices=("beam", "argmax")),
+        Option(
+            "path_search",
+            str,
+            "beam",
+            "'beam' (causal-consistency search) or 'argmax' (per-position argmax, the ablation)",
+            choices=("beam", "argmax"),
+        ),
         Option("mode", str, "tree", "'tree' (beams merged) or 'chain' (the best path)", choices=("tree", "chain")),
         Option("window", int, 64, "context tokens (the latest) given to the drafter model", 1, 4096),
         Option("proxy_order", int, 4, "order of the context n-gram causal proxy (automaton depth)", 1, 16),
-        Option("proxy_beta", float, 1.0, "smoothing weight of the n-gram proxy (backs off to shorter contexts)",
-               0.001, 1000.0),
-        Option("max_nodes_per_request", int, 16384, "n-gram automaton node cap per request (40 B per node); "
-               "must be >= 64 * proxy_order", 64, 1 << 24),
-        Option("eos_ids", str, "", "comma-separated end-of-sequence ids cutting the lattice (default: the "
-               "checkpoint's eos_token_id)"),
+        Option(
+            "proxy_beta",
+            float,
+            1.0,
+            "smoothing weight of the n-gram proxy (backs off to shorter contexts)",
+            0.001,
+            1000.0,
+        ),
+        Option(
+            "max_nodes_per_request",
+            int,
+            16384,
+            "n-gram automaton node cap per request (40 B per node); must be >= 64 * proxy_order",
+            64,
+            1 << 24,
+        ),
+        Option(
+            "eos_ids",
+            str,
+            "",
+            "comma-separated end-of-sequence ids cutting the lattice (default: the checkpoint's eos_token_id)",
+        ),
     )
 
     def __init__(self, vocab_size: int, **options: Any):
         o = resolve_options(self.OPTIONS, options, self.name)
         model_path, k_min, k_max, proxy_order = o["model_path"], o["k_min"], o["k_max"], o["proxy_order"]
         if not str(model_path).strip():
-            raise ConfigError("algorithm 'diffusion' needs the option model_path: a local masked diffusion "
-                              "checkpoint directory; train one for the target with `specplug train-drafter "
-                              "--kind diffusion --target MODEL --out DIR`, then pass "
-                              "--options '{\"diffusion\": {\"model_path\": \"DIR\"}}'")
+            raise ConfigError(
+                "algorithm 'diffusion' needs the option model_path: a local masked diffusion "
+                "checkpoint directory; train one for the target with `specplug train-drafter "
+                "--kind diffusion --target MODEL --out DIR`, then pass "
+                '--options \'{"diffusion": {"model_path": "DIR"}}\''
+            )
         if k_min > k_max:
             raise ConfigError(f"option k_min ({k_min}) of algorithm 'diffusion' must not exceed k_max ({k_max})")
-        super().__init__(vocab_size, ngram=proxy_order, max_nodes_per_request=o["max_nodes_per_request"],
-                         global_cache=False, global_cache_nodes=64 * proxy_order)
+        super().__init__(
+            vocab_size,
+            ngram=proxy_order,
+            max_nodes_per_request=o["max_nodes_per_request"],
+            global_cache=False,
+            global_cache_nodes=64 * proxy_order,
+        )
         self.model_path = str(pathlib.Path(model_path).expanduser())
-        self.model, self.config = load_drafter_model(self.model_path, o["device"], o["dtype"],
-                                                     o["trust_remote_code"])
+        self.model, self.config = load_drafter_model(self.model_path, o["device"], o["dtype"], o["trust_remote_code"])
         check_vocabulary(self.model_path, self.config.vocab_size, vocab_size)
         self.mask_id = int(self.config.mask_token_id)
         self.shift = int(getattr(self.config, "shift_logits", False))
@@ -159,11 +207,12 @@ class DiffusionDrafter(AutomatonDrafter):
         eos = self._parse_eos(o["eos_ids"])
         self.eos_ids = tuple(t for t in eos if 0 <= t < vocab_size)
         import torch
+
         self._eos_index = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
         self._ctx: dict = {}
         self._adl: dict = {}
         self._last_len: dict = {}
-        self._checked_tokenizer = None     # held, not its id(): a freed object's id is reused
+        self._checked_tokenizer = None  # held, not its id(): a freed object's id is reused
         self.stats = {"steps": 0, "drafted": 0, "eos_cuts": 0, "forward_s": 0.0, "search_s": 0.0}
 
     def _parse_eos(self, text: str) -> list[int]:
@@ -171,8 +220,9 @@ class DiffusionDrafter(AutomatonDrafter):
             try:
                 return [int(x) for x in str(text).split(",") if x.strip()]
             except ValueError:
-                raise ConfigError(f"option 'eos_ids' of algorithm 'diffusion' must be comma-separated token ids, "
-                                  f"got {text!r}") from None
+                raise ConfigError(
+                    f"option 'eos_ids' of algorithm 'diffusion' must be comma-separated token ids, got {text!r}"
+                ) from None
         eos = getattr(self.config, "eos_token_id", None)
         if eos is None:
             try:
@@ -196,8 +246,8 @@ class DiffusionDrafter(AutomatonDrafter):
 
     # ------------------------------------------------------------------ protocol
     def start(self, rid, context_ids, context_topk=None):
-        super().start(rid, context_ids, context_topk)                    # validates the ids
-        self._ctx[rid] = np.asarray(context_ids, np.int32)[-self.window:].copy()
+        super().start(rid, context_ids, context_topk)  # validates the ids
+        self._ctx[rid] = np.asarray(context_ids, np.int32)[-self.window :].copy()
         self._adl[rid] = AdaptiveLength(self.k_min, self.k_max, self.rho, self.delta)
         self._last_len[rid] = None
 
@@ -205,7 +255,7 @@ class DiffusionDrafter(AutomatonDrafter):
         super().observe_batch(feedback)
         for i, rid in enumerate(feedback.rids):
             a = feedback.accepted_of(i)
-            self._ctx[rid] = np.concatenate([self._ctx[rid], a])[-self.window:]
+            self._ctx[rid] = np.concatenate([self._ctx[rid], a])[-self.window :]
             g = self._last_len.get(rid)
             if g is not None and self.adaptive:
                 self._adl[rid].update(g, max(0, a.shape[0] - 1))
@@ -237,18 +287,19 @@ class DiffusionDrafter(AutomatonDrafter):
             key[i, : n + k] = True
             pos[i, :k] = torch.arange(n, n + k)
             pos[i, k:] = n
-        full_rows = bool(key.all())           # on the host: no device sync before the forward
+        full_rows = bool(key.all())  # on the host: no device sync before the forward
         with torch.inference_mode():
             ids, pos = ids.to(self.device), pos.to(self.device)
             logits = self.model.slot_logits(ids, None if full_rows else key.to(self.device), pos)
-            probs = torch.softmax(logits.float(), dim=-1)                   # [b, kmax, V]
+            probs = torch.softmax(logits.float(), dim=-1)  # [b, kmax, V]
             top_p, top_i = torch.topk(probs, min(self.cap, probs.shape[-1]), dim=-1)
             if self.eos_ids:
-                ep = probs[..., self._eos_index]                             # [b, kmax, E]
-                above = torch.stack([(probs * (probs > ep[..., e:e + 1])).sum(-1)
-                                     for e in range(len(self.eos_ids))], dim=-1)
+                ep = probs[..., self._eos_index]  # [b, kmax, E]
+                above = torch.stack(
+                    [(probs * (probs > ep[..., e : e + 1])).sum(-1) for e in range(len(self.eos_ids))], dim=-1
+                )
             else:
-                ep = above = None
+                ep = above = None  # type: ignore[assignment]  # no EOS: the lattice is not cut
         out = []
         tp, ti = top_p.cpu().numpy(), top_i.cpu().numpy()
         epn = None if ep is None else ep.cpu().numpy()
@@ -266,7 +317,7 @@ class DiffusionDrafter(AutomatonDrafter):
         work = []
         for i, rid in enumerate(rids):
             ctx = self._ctx[rid]
-            if b[i] <= 1:                     # (start refused empty contexts)
+            if b[i] <= 1:  # (start refused empty contexts)
                 trees[i] = DraftTree.single(int(ctx[-1]))
                 continue
             # no path of a tree of b nodes is longer than b - 1: slots past it are never used
@@ -276,7 +327,7 @@ class DiffusionDrafter(AutomatonDrafter):
             t0 = time.perf_counter()
             dists = self._slot_distributions([w[2] for w in work], [w[3] for w in work])
             t1 = time.perf_counter()
-            for (i, rid, ctx, k), (tp, ti, ep, ab) in zip(work, dists):
+            for (i, rid, ctx, _), (tp, ti, ep, ab) in zip(work, dists):
                 lat = build_lattice(tp, ti, ep, ab, self.eos_ids, self.tau, self.cap)
                 self._last_len[rid] = lat.length
                 self.stats["eos_cuts"] += int(lat.eos_cut)

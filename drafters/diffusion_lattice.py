@@ -19,6 +19,7 @@ a distribution per slot. DiffuSpec (arXiv 2510.02358) turns them into a draft:
 Everything is numpy (the proxy's counts are read by numba kernels); loops run over lattice
 positions and beams, never over the vocabulary.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,16 @@ from numba import njit
 from .errors import ConfigError
 from .ngram_automaton import FAIL, FIRST_CHILD, FREQ, NEXT_SIBLING, NgramPool, advance, child_of
 
-__all__ = ["Lattice", "build_lattice", "beam_search", "argmax_path", "AdaptiveLength", "NgramProxy",
-           "UniformProxy", "path_score"]
+__all__ = [
+    "Lattice",
+    "build_lattice",
+    "beam_search",
+    "argmax_path",
+    "AdaptiveLength",
+    "NgramProxy",
+    "UniformProxy",
+    "path_score",
+]
 
 NEG_INF = np.float32(-np.inf)
 
@@ -39,10 +48,11 @@ NEG_INF = np.float32(-np.inf)
 class Lattice:
     """tokens [L, C] int64 (-1 = empty), logp [L, C] float32 (log p_dlm, -inf where empty),
     sorted by probability within a row; ``eos_cut``: True when the last row holds an EOS."""
+
     tokens: np.ndarray
     logp: np.ndarray
     eos_cut: bool
-    k: int                    # slots the model was given (before the cut)
+    k: int  # slots the model was given (before the cut)
 
     @property
     def length(self) -> int:
@@ -53,9 +63,15 @@ class Lattice:
         return (self.tokens >= 0).sum(axis=1)
 
 
-def build_lattice(top_probs: np.ndarray, top_ids: np.ndarray, eos_probs: np.ndarray | None = None,
-                  eos_mass_above: np.ndarray | None = None, eos_ids=(), tau: float = 0.8,
-                  cap: int = 15) -> Lattice:
+def build_lattice(
+    top_probs: np.ndarray,
+    top_ids: np.ndarray,
+    eos_probs: np.ndarray | None = None,
+    eos_mass_above: np.ndarray | None = None,
+    eos_ids=(),
+    tau: float = 0.8,
+    cap: int = 15,
+) -> Lattice:
     """The lattice from per-position top candidates.
 
     ``top_probs``/``top_ids`` [k, C>=cap]: each position's most likely tokens, best first
@@ -82,13 +98,13 @@ def build_lattice(top_probs: np.ndarray, top_ids: np.ndarray, eos_probs: np.ndar
     extra_p = np.zeros((k, max(len(eos), 0)))
     eos_in = np.zeros(k, bool)
     if len(eos):
-        is_eos = (ids[:, :, None] == eos[None, None, :])                 # [k, c, E]
+        is_eos = ids[:, :, None] == eos[None, None, :]  # [k, c, E]
         eos_in |= (is_eos & keep[:, :, None]).any(axis=(1, 2))
         if eos_probs is not None and eos_mass_above is not None:
             ep = np.asarray(eos_probs, np.float64).reshape(k, len(eos))
             above = np.asarray(eos_mass_above, np.float64).reshape(k, len(eos))
-            want = (above < tau) & (ep > 0)                                 # in the set by mass
-            have = (is_eos & keep[:, :, None]).any(axis=1)                  # already kept [k, E]
+            want = (above < tau) & (ep > 0)  # in the set by mass
+            have = (is_eos & keep[:, :, None]).any(axis=1)  # already kept [k, E]
             add = want & ~have
             extra_tok = np.where(add, eos[None, :], -1)
             extra_p = np.where(add, ep, 0.0)
@@ -165,7 +181,7 @@ def _proxy_score(nodes, table, root, root_total, states, cands, beta, inv_vocab,
                 out[b, j] = -np.inf
                 continue
             p = inv_vocab
-            for i in range(n - 1, -1, -1):        # shortest context first
+            for i in range(n - 1, -1, -1):  # shortest context first
                 u = chain[i]
                 tot = totals[i]
                 if tot == 0:
@@ -201,15 +217,29 @@ class NgramProxy:
 
     def score(self, states: np.ndarray, cands: np.ndarray) -> np.ndarray:
         out = np.empty(cands.shape, np.float64)
-        _proxy_score(self.pool.nodes, self.pool.table, self.root, self.root_total,
-                     np.ascontiguousarray(states, np.int64), np.ascontiguousarray(cands, np.int64),
-                     self.beta, self.inv_vocab, out)
+        _proxy_score(
+            self.pool.nodes,
+            self.pool.table,
+            self.root,
+            self.root_total,
+            np.ascontiguousarray(states, np.int64),
+            np.ascontiguousarray(cands, np.int64),
+            self.beta,
+            self.inv_vocab,
+            out,
+        )
         return out.astype(np.float32)
 
     def advance(self, states: np.ndarray, toks: np.ndarray) -> np.ndarray:
         out = np.empty(states.shape[0], np.int64)
-        _proxy_advance(self.pool.nodes, self.pool.table, self.root, np.ascontiguousarray(states, np.int64),
-                       np.ascontiguousarray(toks, np.int64), out)
+        _proxy_advance(
+            self.pool.nodes,
+            self.pool.table,
+            self.root,
+            np.ascontiguousarray(states, np.int64),
+            np.ascontiguousarray(toks, np.int64),
+            out,
+        )
         return out
 
 
@@ -288,8 +318,7 @@ class AdaptiveLength:
     """DiffuSpec's ADL: G, A = EMAs (weight ``rho`` on the old value) of the generated length
     and the accepted length; ``k = clip(floor(G) + delta * [A >= G], k_min, k_max)``."""
 
-    def __init__(self, k_min: int = 20, k_max: int = 30, rho: float = 0.5, delta: int = 10,
-                 k_init: int | None = None):
+    def __init__(self, k_min: int = 20, k_max: int = 30, rho: float = 0.5, delta: int = 10, k_init: int | None = None):
         if not 1 <= k_min <= k_max:
             raise ConfigError(f"draft length bounds need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if not 0.0 <= rho < 1.0:

@@ -18,6 +18,7 @@ Loading validates the config and every tensor's name and shape, and raises
 :class:`ModelError` naming what is wrong; checkpoints of other architectures (Dream, LLaDA
 with their own code) load only through ``load_diffusion_model(..., trust_remote_code=True)``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,16 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["MODEL_TYPE", "DiffusionConfig", "MaskedDiffusionLM", "load_diffusion_model", "save_diffusion_model",
-           "init_from_target", "count_parameters",
-           "read_config"]
+__all__ = [
+    "MODEL_TYPE",
+    "DiffusionConfig",
+    "MaskedDiffusionLM",
+    "load_diffusion_model",
+    "save_diffusion_model",
+    "init_from_target",
+    "count_parameters",
+    "read_config",
+]
 
 MODEL_TYPE = "specplug-mdlm"
 WEIGHTS = "model.safetensors"
@@ -59,21 +67,35 @@ class DiffusionConfig:
     architectures: tuple = ("MaskedDiffusionLM",)
 
     def __post_init__(self):
-        ints = ("vocab_size", "mask_token_id", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+        ints = (
+            "vocab_size",
+            "mask_token_id",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        )
         for name in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "mask_token_id" else 1):
                 raise ModelError(f"diffusion config: {name} must be a positive integer, got {v!r}")
         if self.mask_token_id > self.vocab_size:
-            raise ModelError(f"diffusion config: mask_token_id {self.mask_token_id} must lie in [0, vocab_size "
-                             f"{self.vocab_size}] (vocab_size itself: one extra input row)")
+            raise ModelError(
+                f"diffusion config: mask_token_id {self.mask_token_id} must lie in [0, vocab_size "
+                f"{self.vocab_size}] (vocab_size itself: one extra input row)"
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ModelError(f"diffusion config: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+            raise ModelError(
+                f"diffusion config: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ModelError(f"diffusion config: num_attention_heads {self.num_attention_heads} is not a multiple "
-                             f"of num_key_value_heads {self.num_key_value_heads}")
+            raise ModelError(
+                f"diffusion config: num_attention_heads {self.num_attention_heads} is not a multiple "
+                f"of num_key_value_heads {self.num_key_value_heads}"
+            )
         if (self.hidden_size // self.num_attention_heads) % 2:
             raise ModelError("diffusion config: the head dimension must be even (rotary positions)")
         self.architectures = tuple(self.architectures)
@@ -92,7 +114,7 @@ class DiffusionConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config.json") -> "DiffusionConfig":
+    def from_dict(cls, d: dict, where: str = "config.json") -> DiffusionConfig:
         if not isinstance(d, dict):
             raise ModelError(f"{where} must hold a JSON object")
         if d.get("model_type") != MODEL_TYPE:
@@ -100,8 +122,10 @@ class DiffusionConfig:
         known = {f.name for f in fields(cls)}
         missing = [k for k in ("vocab_size", "mask_token_id") if k not in d]
         if missing:
-            raise ModelError(f"{where} lacks {missing}: a masked diffusion checkpoint must name its "
-                             f"vocabulary size and mask token id")
+            raise ModelError(
+                f"{where} lacks {missing}: a masked diffusion checkpoint must name its "
+                f"vocabulary size and mask token id"
+            )
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as e:
@@ -121,7 +145,7 @@ class RMSNorm(nn.Module):
 
 def _rope(positions: torch.Tensor, dim: int, theta: float, dtype):
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
-    ang = positions.float()[..., None] * inv            # [L, dim/2]
+    ang = positions.float()[..., None] * inv  # [L, dim/2]
     emb = torch.cat([ang, ang], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -196,8 +220,7 @@ class MaskedDiffusionLM(nn.Module):
         self.extra_embed = nn.Parameter(torch.empty(cfg.input_rows - cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Parameter(
-            torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02):
@@ -240,7 +263,7 @@ class MaskedDiffusionLM(nn.Module):
         start = shift if logits_from is None else int(logits_from)
         if start < shift:
             raise ValueError("with shift_logits the first slot with logits is 1")
-        h = h[:, start - shift: h.shape[1] - shift]
+        h = h[:, start - shift : h.shape[1] - shift]
         return h @ self.head_weight.t()
 
     def slot_logits(self, input_ids, key_mask, slots):
@@ -253,8 +276,10 @@ class MaskedDiffusionLM(nn.Module):
 
     # ------------------------------------------------------------------ state dict in HF names
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {"model.embed_tokens.weight": torch.cat([self.embed_tokens, self.extra_embed]).detach(),
-               "model.norm.weight": self.norm.weight.detach()}
+        out = {
+            "model.embed_tokens.weight": torch.cat([self.embed_tokens, self.extra_embed]).detach(),
+            "model.norm.weight": self.norm.weight.detach(),
+        }
         for i, layer in enumerate(self.layers):
             for name, t in layer.state_dict().items():
                 out[f"model.layers.{i}.{name}"] = t.detach()
@@ -270,13 +295,14 @@ class MaskedDiffusionLM(nn.Module):
         missing = sorted(set(want) - set(tensors))
         unexpected = sorted(set(tensors) - set(want))
         if missing or unexpected:
-            raise ModelError(f"{where} does not match its config: missing tensors {missing[:4]}"
-                             f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
-                             f"{' ...' if len(unexpected) > 4 else ''}")
+            raise ModelError(
+                f"{where} does not match its config: missing tensors {missing[:4]}"
+                f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+                f"{' ...' if len(unexpected) > 4 else ''}"
+            )
         for k, shape in want.items():
             if tuple(tensors[k].shape) != shape:
-                raise ModelError(f"{where}: tensor {k} has shape {tuple(tensors[k].shape)}, the config "
-                                 f"implies {shape}")
+                raise ModelError(f"{where}: tensor {k} has shape {tuple(tensors[k].shape)}, the config implies {shape}")
             if not torch.isfinite(tensors[k]).all():
                 raise ModelError(f"{where}: tensor {k} holds NaN or infinite values")
         v = self.config.vocab_size
@@ -295,8 +321,10 @@ def read_config(path: str | os.PathLike) -> dict:
     """config.json of a checkpoint directory as a dict; ModelError for a missing or malformed one."""
     d = pathlib.Path(path).expanduser()
     if not d.exists():
-        raise ModelError(f"diffusion drafter checkpoint {d} does not exist; train one with "
-                         f"`specplug train-drafter --kind diffusion --out {d}`")
+        raise ModelError(
+            f"diffusion drafter checkpoint {d} does not exist; train one with "
+            f"`specplug train-drafter --kind diffusion --out {d}`"
+        )
     if not d.is_dir():
         raise ModelError(f"diffusion drafter checkpoint {d} is not a directory")
     cfg_path = d / "config.json"
@@ -315,8 +343,9 @@ def save_diffusion_model(model: MaskedDiffusionLM, out_dir: str | os.PathLike, e
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{WEIGHTS}.tmp"
-    save_file({k: v.cpu().float().contiguous() for k, v in model.hf_state_dict().items()}, str(tmp),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.cpu().float().contiguous() for k, v in model.hf_state_dict().items()}, str(tmp), metadata={"format": "pt"}
+    )
     os.replace(tmp, out / WEIGHTS)
     for name, data in {"config.json": model.config.to_dict(), **(extra_files or {})}.items():
         t = out / f".{name}.tmp"
@@ -330,9 +359,15 @@ class _RemoteWrapper(nn.Module):
     def __init__(self, model, vocab_size: int, mask_token_id: int):
         super().__init__()
         self.inner = model
-        self.config = DiffusionConfig(vocab_size=vocab_size, mask_token_id=mask_token_id,
-                                      hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                                      num_attention_heads=1, num_key_value_heads=1)
+        self.config = DiffusionConfig(
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+        )
 
     def forward(self, input_ids, key_mask=None, logits_from=None):
         out = self.inner(input_ids=input_ids, attention_mask=None if key_mask is None else key_mask.long())
@@ -346,8 +381,7 @@ class _RemoteWrapper(nn.Module):
         return torch.gather(full, 1, slots[..., None].expand(-1, -1, full.shape[-1]))
 
 
-def load_diffusion_model(path: str | os.PathLike, device="cpu", dtype=torch.float32,
-                         trust_remote_code: bool = False):
+def load_diffusion_model(path: str | os.PathLike, device="cpu", dtype=torch.float32, trust_remote_code: bool = False):
     """(model in eval mode, its DiffusionConfig) from a local checkpoint directory."""
     d = pathlib.Path(path).expanduser()
     raw = read_config(d)
@@ -355,9 +389,11 @@ def load_diffusion_model(path: str | os.PathLike, device="cpu", dtype=torch.floa
         raise ModelError(f"{d / 'config.json'} must hold a JSON object")
     if raw.get("model_type") != MODEL_TYPE:
         if not trust_remote_code:
-            raise ModelError(f"{d} holds a {raw.get('model_type')!r} model, not the built-in {MODEL_TYPE!r} "
-                             f"architecture; loading its own code needs the explicit option "
-                             f"trust_remote_code=true (this runs Python code from that directory)")
+            raise ModelError(
+                f"{d} holds a {raw.get('model_type')!r} model, not the built-in {MODEL_TYPE!r} "
+                f"architecture; loading its own code needs the explicit option "
+                f"trust_remote_code=true (this runs Python code from that directory)"
+            )
         return _load_remote(d, raw, device, dtype)
     cfg = DiffusionConfig.from_dict(raw, str(d / "config.json"))
     weights = d / WEIGHTS
@@ -365,6 +401,7 @@ def load_diffusion_model(path: str | os.PathLike, device="cpu", dtype=torch.floa
         raise ModelError(f"{d} has no {WEIGHTS}")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -379,9 +416,11 @@ def _load_remote(d: pathlib.Path, raw: dict, device, dtype):
     mask = raw.get("mask_token_id")
     vocab = raw.get("vocab_size")
     if not isinstance(mask, int) or not isinstance(vocab, int):
-        raise ModelError(f"{d / 'config.json'} must name integer mask_token_id and vocab_size "
-                         f"(got {mask!r}, {vocab!r})")
+        raise ModelError(
+            f"{d / 'config.json'} must name integer mask_token_id and vocab_size (got {mask!r}, {vocab!r})"
+        )
     from transformers import AutoModel
+
     try:
         model = AutoModel.from_pretrained(d, trust_remote_code=True, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError, ImportError) as e:
@@ -407,13 +446,21 @@ def init_from_target(target, layers: list[int], mask_token_id: int | None = None
     if head_dim * tc.num_attention_heads != tc.hidden_size:
         raise ModelError("target head_dim * heads != hidden size: not supported by the built-in architecture")
     eos = tc.eos_token_id if isinstance(tc.eos_token_id, int) else None
-    cfg = DiffusionConfig(vocab_size=vocab, mask_token_id=vocab if mask_token_id is None else int(mask_token_id),
-                          hidden_size=tc.hidden_size, intermediate_size=tc.intermediate_size,
-                          num_hidden_layers=len(layers), num_attention_heads=tc.num_attention_heads,
-                          num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
-                          rms_norm_eps=float(tc.rms_norm_eps), rope_theta=float(rope),
-                          max_position_embeddings=int(min(tc.max_position_embeddings, 4096)),
-                          tie_word_embeddings=True, eos_token_id=eos, pad_token_id=eos)
+    cfg = DiffusionConfig(
+        vocab_size=vocab,
+        mask_token_id=vocab if mask_token_id is None else int(mask_token_id),
+        hidden_size=tc.hidden_size,
+        intermediate_size=tc.intermediate_size,
+        num_hidden_layers=len(layers),
+        num_attention_heads=tc.num_attention_heads,
+        num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
+        rms_norm_eps=float(tc.rms_norm_eps),
+        rope_theta=float(rope),
+        max_position_embeddings=int(min(tc.max_position_embeddings, 4096)),
+        tie_word_embeddings=True,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     model = MaskedDiffusionLM(cfg)
     sd = target.state_dict()
     n_layers = tc.num_hidden_layers
@@ -433,4 +480,3 @@ def init_from_target(target, layers: list[int], mask_token_id: int | None = None
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -30,10 +30,12 @@ Engine access goes through the narrow :class:`EarlyExitRunner` protocol that eac
 implements (the embedded engine: ``specplug.adapters.hf.early_exit``). Drafters with
 ``needs_runner = "early_exit"`` get it through :meth:`Drafter.bind` before ``start``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,8 +45,21 @@ from .errors import ConfigError
 from .options import Option, resolve_options
 from .tree import DraftTree
 
-__all__ = ["EarlyExitRunner", "ShadowTokens", "shadow_layers", "LayerStats", "ExitCost", "select_exit", "tpl_table", "step_costs",
-           "expected_tokens", "feasible_layers", "ProbeCredit", "EarlyExitDrafter", "DELDrafter"]
+__all__ = [
+    "EarlyExitRunner",
+    "ShadowTokens",
+    "shadow_layers",
+    "LayerStats",
+    "ExitCost",
+    "select_exit",
+    "tpl_table",
+    "step_costs",
+    "expected_tokens",
+    "feasible_layers",
+    "ProbeCredit",
+    "EarlyExitDrafter",
+    "DELDrafter",
+]
 
 
 # ----------------------------------------------------------------------------- the runner protocol
@@ -101,8 +116,9 @@ class EarlyExitRunner(Protocol):
 
     def cost_profile(self) -> tuple[float, np.ndarray]: ...
 
-    def draft(self, rids: Sequence[RequestId], tokens: np.ndarray, step: int,
-              exit_layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def draft(
+        self, rids: Sequence[RequestId], tokens: np.ndarray, step: int, exit_layers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def request_shadow(self, rid: RequestId, layers: np.ndarray) -> None: ...
 
@@ -130,7 +146,7 @@ class LayerStats:
         self.conf_match = np.zeros(n)
         self.conf_mismatch = np.zeros(n)
 
-    def copy(self) -> "LayerStats":
+    def copy(self) -> LayerStats:
         c = LayerStats(self.match.shape[0] - 1, self.decay)
         c.match, c.mismatch = self.match.copy(), self.mismatch.copy()
         c.conf_match, c.conf_mismatch = self.conf_match.copy(), self.conf_mismatch.copy()
@@ -145,8 +161,8 @@ class LayerStats:
         p = hits.shape[1]
         if p == 0 or layers.shape[0] == 0:
             return
-        w = self.decay ** np.arange(p - 1, -1, -1, dtype=np.float64)      # [P]
-        old = self.decay ** p
+        w = self.decay ** np.arange(p - 1, -1, -1, dtype=np.float64)  # [P]
+        old = self.decay**p
         hw = hits * w
         mw = (~hits) * w
         self.match[layers] = old * self.match[layers] + hw.sum(1)
@@ -183,18 +199,21 @@ class ExitCost:
     recomputes all layers for the root and the γ drafts, c(γ + 1); AR = c(1). On a CPU,
     where c(n) grows with n, this is what decides whether speculation pays."""
 
-    def __init__(self, num_layers: int, head_share: float, layer_shares, kind: str = "measured",
-                 table: CostModel | None = None):
+    def __init__(
+        self, num_layers: int, head_share: float, layer_shares, kind: str = "measured", table: CostModel | None = None
+    ):
         if kind not in ("measured", "layers"):
             raise ConfigError(f"cost must be 'measured' or 'layers', got {kind!r}")
         self.L = int(num_layers)
         shares = np.asarray(layer_shares, np.float64)
         total = head_share + shares.sum() if shares.shape == (self.L,) else 0.0
         if shares.shape != (self.L,) or np.any(shares < 0) or head_share < 0 or not shares.sum() > 0:
-            raise ConfigError("cost profile: need a non-negative head share and one non-negative share per "
-                              "layer, the layers' summing to > 0")
+            raise ConfigError(
+                "cost profile: need a non-negative head share and one non-negative share per "
+                "layer, the layers' summing to > 0"
+            )
         self.head = float(head_share / total)
-        self.cum = np.concatenate([[0.0], np.cumsum(shares / total)])     # [L + 1]
+        self.cum = np.concatenate([[0.0], np.cumsum(shares / total)])  # [L + 1]
         self.kind = kind
         self.table = table
         if kind == "measured" and table is None:
@@ -205,17 +224,17 @@ class ExitCost:
         e = np.asarray(e, np.int64)
         if self.kind == "layers":
             return e.astype(np.float64)
-        return float(self.table(1)) * (self.head + self.cum[e])
+        return float(self._seconds(1)) * (self.head + self.cum[e])
 
     def step(self, e, g) -> np.ndarray:
         e = np.asarray(e, np.int64)
         g = np.asarray(g, np.int64)
         if self.kind == "layers":
             return (self.L - e) + (g + 1) * e
-        return g * self.draft(e) + self.table(g + 1)
+        return g * self.draft(e) + self._seconds(g + 1)
 
     def ar(self) -> float:
-        return float(self.L) if self.kind == "layers" else float(self.table(1))
+        return float(self.L) if self.kind == "layers" else float(self._seconds(1))
 
     def probe(self, rows: int) -> float:
         """Cost of the final norm + LM head on ``rows`` hidden states (shadow tokens), in the
@@ -224,7 +243,12 @@ class ExitCost:
             return 0.0
         if self.kind == "layers":
             return self.head / max(1e-9, 1 - self.head) * self.L * rows
-        return self.head * float(self.table(rows))
+        return self.head * float(self._seconds(rows))
+
+    def _seconds(self, tokens):
+        """The measured forward cost of ``tokens`` tokens (kind 'measured' only)."""
+        assert self.table is not None, "cost='measured' needs a cost model table"
+        return self.table(tokens)
 
 
 def expected_tokens(alpha, g) -> np.ndarray:
@@ -256,8 +280,7 @@ def tpl_table(alpha, layers, cost: ExitCost, max_gamma: int, steps: np.ndarray |
     return expected_tokens(a, g[None, :]) / c
 
 
-def select_exit(alpha, layers, cost: ExitCost, max_gamma: int, min_gain: float = 0.0,
-                steps: np.ndarray | None = None):
+def select_exit(alpha, layers, cost: ExitCost, max_gamma: int, min_gain: float = 0.0, steps: np.ndarray | None = None):
     """(E, γ, predicted speedup over AR) maximising TPL, or (None, 0, best speedup) when no
     (E, γ) beats AR by more than ``min_gain`` (fraction). ``steps``: see :func:`tpl_table`."""
     layers = np.asarray(layers, np.int64)
@@ -309,12 +332,12 @@ class _Req:
     def __init__(self, root: int, stats: LayerStats):
         self.root = root
         self.stats = stats
-        self.exit = 0                       # exit layer of the pending tree (0: no draft)
-        self.gamma = 0                      # drafts asked for
-        self.draft_probs = np.zeros(0)      # probabilities of the drafted tokens
-        self.probe_layers = None            # layers whose shadow tokens were requested
+        self.exit = 0  # exit layer of the pending tree (0: no draft)
+        self.gamma = 0  # drafts asked for
+        self.draft_probs = np.zeros(0)  # probabilities of the drafted tokens
+        self.probe_layers = None  # layers whose shadow tokens were requested
         self.steps = 0
-        self.history: list[tuple[int, int, int]] = []   # (step, E or 0, drafted tokens)
+        self.history: list[tuple[int, int, int]] = []  # (step, E or 0, drafted tokens)
 
 
 class EarlyExitDrafter(Drafter):
@@ -338,7 +361,7 @@ class EarlyExitDrafter(Drafter):
         self.runner: EarlyExitRunner | None = None
         self.num_layers = 0
         self._req: dict[RequestId, _Req] = {}
-        self.history: list[tuple[int, int, int, int]] = []   # finished requests' (request, step, E, drafted)
+        self.history: list[tuple[int, int, int, int]] = []  # finished requests' (request, step, E, drafted)
         self.finished = 0
 
     # ---------------------------------------------------------------- engine wiring
@@ -352,14 +375,17 @@ class EarlyExitDrafter(Drafter):
 
     def _check_layers(self, L: int) -> None:
         if not 1 <= self.exit_layer < L:
-            raise ConfigError(f"exit_layer={self.exit_layer} is out of range for a model with {L} decoder "
-                              f"layers: use 1..{L - 1}")
+            raise ConfigError(
+                f"exit_layer={self.exit_layer} is out of range for a model with {L} decoder layers: use 1..{L - 1}"
+            )
 
     def _runner(self) -> EarlyExitRunner:
         if self.runner is None:
-            raise ConfigError(f"algorithm {self.name!r} drafts with the target's own layers: the engine must "
-                              f"call drafter.bind(runner) first: the embedded engine and the SGLang adapter do; "
-                              f"the TGI adapter provides no early-exit runner (docs/del.md)")
+            raise ConfigError(
+                f"algorithm {self.name!r} drafts with the target's own layers: the engine must "
+                f"call drafter.bind(runner) first: the embedded engine and the SGLang adapter do; "
+                f"the TGI adapter provides no early-exit runner (docs/del.md)"
+            )
         return self.runner
 
     # ---------------------------------------------------------------- protocol
@@ -398,7 +424,7 @@ class EarlyExitDrafter(Drafter):
             active = list(drafting)
             thr = {i: self._threshold(self._req[rids[i]], plans[i][0]) for i in drafting}
             step = 0
-            while active:          # loops over draft positions (<= 18), vectorised over requests
+            while active:  # loops over draft positions (<= 18), vectorised over requests
                 ex = np.array([plans[i][0] for i in active], np.int64)
                 out, p = runner.draft([rids[i] for i in active], cur, step, ex)
                 nxt, nxt_tok = [], []
@@ -418,7 +444,7 @@ class EarlyExitDrafter(Drafter):
                 trees.append(DraftTree.chain(st.root, toks[k], np.cumprod(pr).astype(np.float32)))
             else:
                 trees.append(DraftTree.single(st.root))
-            st.history.append((st.steps, st.exit, len(toks.get(k, ()))))      # exit is 0 when not drafting
+            st.history.append((st.steps, st.exit, len(toks.get(k, ()))))  # exit is 0 when not drafting
         return trees
 
     def observe(self, rid, tree, accepted, target_topk=None):
@@ -452,15 +478,22 @@ class EarlyExitDrafter(Drafter):
         timeline = []
         for r in np.unique(h[:, 0]):
             x = h[h[:, 0] == r]
-            cut = np.flatnonzero(np.diff(x[:, 2])) + 1          # segments of equal E
+            cut = np.flatnonzero(np.diff(x[:, 2])) + 1  # segments of equal E
             starts = np.concatenate([[0], cut])
             ends = np.concatenate([cut, [x.shape[0]]])
-            timeline.append([[int(x[a, 1]), int(b - a), int(x[a, 2]), round(float(x[a:b, 3].mean()), 2)]
-                             for a, b in zip(starts, ends)])
-        return {"steps": int(h.shape[0]), "speculative_steps": int(spec.shape[0]),
-                "exit_layer_counts": counts,
-                "mean_draft_len": float(spec[:, 3].mean()) if spec.shape[0] else 0.0,
-                "timeline": timeline}
+            timeline.append(
+                [
+                    [int(x[a, 1]), int(b - a), int(x[a, 2]), round(float(x[a:b, 3].mean()), 2)]
+                    for a, b in zip(starts, ends)
+                ]
+            )
+        return {
+            "steps": int(h.shape[0]),
+            "speculative_steps": int(spec.shape[0]),
+            "exit_layer_counts": counts,
+            "mean_draft_len": float(spec[:, 3].mean()) if spec.shape[0] else 0.0,
+            "timeline": timeline,
+        }
 
 
 class DELDrafter(EarlyExitDrafter):
@@ -471,23 +504,52 @@ class DELDrafter(EarlyExitDrafter):
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("max_draft", int, 18, "longest draft chain γ", 1, 1023),
         Option("decay", float, 0.95, "per-position decay ω of the match/mismatch statistics", 0.0, 1.0),
-        Option("seed_tokens", int, 32, "last prompt positions whose shadow tokens seed cold statistics "
-               "(0 = no seeding)", 0, 4096),
-        Option("candidate_layers", str, "", "comma-separated exit layers to consider; empty = the deepest "
-               "probe_layers layers (stride probe_stride) that could beat AR at all under the cost model"),
+        Option(
+            "seed_tokens",
+            int,
+            32,
+            "last prompt positions whose shadow tokens seed cold statistics (0 = no seeding)",
+            0,
+            4096,
+        ),
+        Option(
+            "candidate_layers",
+            str,
+            "",
+            "comma-separated exit layers to consider; empty = the deepest "
+            "probe_layers layers (stride probe_stride) that could beat AR at all under the cost model",
+        ),
         Option("probe_layers", int, 4, "candidate exit layers probed with shadow tokens", 1, 1024),
         Option("probe_stride", int, 2, "spacing of automatically chosen candidate layers", 1, 1024),
-        Option("probe_budget", float, 0.02, "fraction of the step time that shadow probing may use "
-               "(0 = probe only the prompt seed)", 0.0, 1.0),
-        Option("min_gain", float, 0.05, "speculate only when the predicted speedup over AR exceeds this",
-               0.0, 10.0),
-        Option("cost", str, "measured", "cost model: 'measured' (the engine's forward-cost table and the "
-               "model's compute shares) or 'layers' (the paper's (L-E) + (γ+1)E layer count)",
-               choices=("measured", "layers")),
-        Option("cost_model", str, "cpu", "measured cost table (drafters/cost_models/NAME.json; "
-               "`specplug calibrate` writes one)"),
-        Option("dynamic_exit", bool, True, "stop drafting below the midpoint of the mean confidences on "
-               "matches and mismatches"),
+        Option(
+            "probe_budget",
+            float,
+            0.02,
+            "fraction of the step time that shadow probing may use (0 = probe only the prompt seed)",
+            0.0,
+            1.0,
+        ),
+        Option("min_gain", float, 0.05, "speculate only when the predicted speedup over AR exceeds this", 0.0, 10.0),
+        Option(
+            "cost",
+            str,
+            "measured",
+            "cost model: 'measured' (the engine's forward-cost table and the "
+            "model's compute shares) or 'layers' (the paper's (L-E) + (γ+1)E layer count)",
+            choices=("measured", "layers"),
+        ),
+        Option(
+            "cost_model",
+            str,
+            "cpu",
+            "measured cost table (drafters/cost_models/NAME.json; `specplug calibrate` writes one)",
+        ),
+        Option(
+            "dynamic_exit",
+            bool,
+            True,
+            "stop drafting below the midpoint of the mean confidences on matches and mismatches",
+        ),
     )
 
     def __init__(self, vocab_size: int, **options: Any):
@@ -506,11 +568,11 @@ class DELDrafter(EarlyExitDrafter):
         self.history = []
         self.finished = 0
         self.cost: ExitCost | None = None
-        self._steps = np.zeros((0, 0))             # step_costs of the candidates (set in bind)
+        self._steps = np.zeros((0, 0))  # step_costs of the candidates (set in bind)
         self._ar = 0.0
         self.candidates = np.zeros(0, np.int64)
         self.credit = ProbeCredit(self.probe_budget)
-        self.prior: LayerStats | None = None       # statistics carried across requests
+        self.prior: LayerStats | None = None  # statistics carried across requests
 
     @staticmethod
     def _parse_layers(text: str) -> np.ndarray | None:
@@ -520,8 +582,10 @@ class DELDrafter(EarlyExitDrafter):
         try:
             vals = sorted({int(x) for x in text.split(",") if x.strip()})
         except ValueError:
-            raise ConfigError(f"option 'candidate_layers' of algorithm 'del' must be comma-separated layer "
-                              f"numbers, e.g. '20,24,27', got {text!r}") from None
+            raise ConfigError(
+                f"option 'candidate_layers' of algorithm 'del' must be comma-separated layer "
+                f"numbers, e.g. '20,24,27', got {text!r}"
+            ) from None
         return np.array(vals, np.int64)
 
     def bind(self, runner: EarlyExitRunner) -> None:
@@ -531,15 +595,16 @@ class DELDrafter(EarlyExitDrafter):
         if self.explicit_layers is not None:
             bad = self.explicit_layers[(self.explicit_layers < 1) | (self.explicit_layers >= L)]
             if bad.shape[0]:
-                raise ConfigError(f"candidate_layers {bad.tolist()} out of range for a model with {L} decoder "
-                                  f"layers: use 1..{L - 1}")
+                raise ConfigError(
+                    f"candidate_layers {bad.tolist()} out of range for a model with {L} decoder layers: use 1..{L - 1}"
+                )
         if self.num_layers != L or self.cost is None:
             head, shares = runner.cost_profile()
             self.cost = ExitCost(L, head, shares, self.cost_kind, self.table)
             if self.explicit_layers is not None:
                 cand = self.explicit_layers
             else:
-                feas = feasible_layers(self.cost, self.max_draft, self.min_gain)[::-1]   # deepest first
+                feas = feasible_layers(self.cost, self.max_draft, self.min_gain)[::-1]  # deepest first
                 cand = np.sort(feas[:: max(1, self.probe_stride)][: self.probe_layers])
             self.candidates = np.asarray(cand, np.int64)
             self.prior = None
@@ -549,6 +614,10 @@ class DELDrafter(EarlyExitDrafter):
         self.runner, self.num_layers = runner, L
         if self.candidates.shape[0] and self.seed_tokens > 0 and self._cold():
             runner.request_prompt_shadow(self.candidates, self.seed_tokens)
+
+    def _cost(self) -> ExitCost:
+        assert self.cost is not None, "bind() sets the cost model"
+        return self.cost
 
     def _cold(self) -> bool:
         """No usable statistics yet for the candidates (the prior is empty or faded)."""
@@ -561,11 +630,11 @@ class DELDrafter(EarlyExitDrafter):
         super().start(rid, context_ids, context_topk)
         if self.candidates.shape[0] == 0:
             return
-        sh = self.runner.prompt_shadow(rid)
+        sh = self._runner().prompt_shadow(rid)
         if sh is not None and sh.tokens.shape[1]:
             self._req[rid].stats.update(sh.layers, sh.hits, sh.probs)
             rows = sh.tokens.shape[0] * sh.tokens.shape[1] + sh.tokens.shape[1]
-            self.credit.spend(self.cost.probe(rows))
+            self.credit.spend(self._cost().probe(rows))
 
     def _plan(self, rid, st: _Req, budget: int) -> tuple[int, int]:
         st.probe_layers = None
@@ -573,16 +642,20 @@ class DELDrafter(EarlyExitDrafter):
             self.credit.earn(self._ar)
             return 0, 0
         gmax = min(self.max_draft, budget - 1)
-        e, g, _ = select_exit(st.stats.alpha(self.candidates), self.candidates, self.cost, gmax, self.min_gain,
-                              self._steps) if gmax >= 1 else (None, 0, 0.0)
+        cost = self._cost()
+        e, g, _ = (
+            select_exit(st.stats.alpha(self.candidates), self.candidates, cost, gmax, self.min_gain, self._steps)
+            if gmax >= 1
+            else (None, 0, 0.0)
+        )
         e, g = (0, 0) if e is None else (e, g)
         step_cost = float(self._steps[np.searchsorted(self.candidates, e), g - 1]) if e else self._ar
         self.credit.earn(step_cost)
         probe = self.candidates[self.candidates != e]
         # shadow rows: K layers x (accepted + 1) positions, at most g + 1 of them
-        if probe.shape[0] and self.credit.can(self.cost.probe(probe.shape[0] * (g + 1))):
+        if probe.shape[0] and self.credit.can(cost.probe(probe.shape[0] * (g + 1))):
             st.probe_layers = probe
-            self.runner.request_shadow(rid, probe)
+            self._runner().request_shadow(rid, probe)
         return e, g
 
     def _threshold(self, st: _Req, e: int) -> float:
@@ -610,12 +683,15 @@ class DELDrafter(EarlyExitDrafter):
 
     def bench_report(self) -> dict:
         rep = super().bench_report()
-        rep.update({
-            "candidate_layers": self.candidates.tolist(),
-            "cost": self.cost_kind,
-            "probe_cost_fraction": (self.credit.spent / self.credit.earned_steps
-                                    if self.credit.earned_steps > 0 else 0.0),
-        })
+        rep.update(
+            {
+                "candidate_layers": self.candidates.tolist(),
+                "cost": self.cost_kind,
+                "probe_cost_fraction": (
+                    self.credit.spent / self.credit.earned_steps if self.credit.earned_steps > 0 else 0.0
+                ),
+            }
+        )
         if self.prior is not None and self.candidates.shape[0]:
             rep["alpha"] = {int(e): float(a) for e, a in zip(self.candidates, self.prior.alpha(self.candidates))}
         if self.cost is not None:

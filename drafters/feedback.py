@@ -4,11 +4,12 @@ Engines compute these on the device and bring small host arrays; drafters read t
 arrays directly (no per-request lists to re-concatenate). Every array is flat over the
 batch with per-request offsets, in the order of ``Feedback.rids``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class TopK:
     probs: np.ndarray | None = None
 
     @classmethod
-    def of(cls, ids, probs=None) -> "TopK":
+    def of(cls, ids, probs=None) -> TopK:
         """Checked and converted: ids to int32 [n, k], probs to float32 of the same shape."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         if ids.ndim != 2:
@@ -56,7 +57,7 @@ class TopK:
     def k(self) -> int:
         return int(self.ids.shape[1])
 
-    def rows(self, start: int, stop: int) -> "TopK":
+    def rows(self, start: int, stop: int) -> TopK:
         return TopK(self.ids[start:stop], None if self.probs is None else self.probs[start:stop])
 
     def probs_or_unknown(self) -> np.ndarray:
@@ -90,19 +91,28 @@ class Feedback:
     def __post_init__(self) -> None:
         b = len(self.rids)
         if len(self.trees) != b or self.accepted_offsets.shape[0] != b + 1:
-            raise ConfigError(f"feedback for {b} requests has {len(self.trees)} trees and "
-                              f"{self.accepted_offsets.shape[0] - 1} accepted runs")
+            raise ConfigError(
+                f"feedback for {b} requests has {len(self.trees)} trees and "
+                f"{self.accepted_offsets.shape[0] - 1} accepted runs"
+            )
         if self.topk is not None:
             if len(self.topk) != int(self.node_offsets[-1]):
-                raise ConfigError(f"target top-k must have one row per verified tree node "
-                                  f"({int(self.node_offsets[-1])}), got {len(self.topk)}")
+                raise ConfigError(
+                    f"target top-k must have one row per verified tree node "
+                    f"({int(self.node_offsets[-1])}), got {len(self.topk)}"
+                )
             if self.has_topk is None:
                 self.has_topk = np.ones(b, np.bool_)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_lists(cls, rids: Sequence[RequestId], trees: Sequence[DraftTree],
-                   accepted: Sequence[Sequence[int] | np.ndarray], topk: Sequence[TopK | None] | None = None) -> "Feedback":
+    def from_lists(
+        cls,
+        rids: Sequence[RequestId],
+        trees: Sequence[DraftTree],
+        accepted: Sequence[Sequence[int] | np.ndarray],
+        topk: Sequence[TopK | None] | None = None,
+    ) -> Feedback:
         """From per-request lists (tests, single-request observe); engines build flat arrays."""
         parts = [np.asarray(a, np.int64).reshape(-1) for a in accepted]
         acc = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
@@ -130,8 +140,9 @@ class Feedback:
         return cls(list(rids), list(trees), acc, offsets_of([p.shape[0] for p in parts]), flat, has)
 
     @classmethod
-    def one(cls, rid: RequestId, tree: DraftTree, accepted: Sequence[int] | np.ndarray,
-            topk: TopK | None = None) -> "Feedback":
+    def one(
+        cls, rid: RequestId, tree: DraftTree, accepted: Sequence[int] | np.ndarray, topk: TopK | None = None
+    ) -> Feedback:
         return cls.from_lists([rid], [tree], [accepted], None if topk is None else [topk])
 
     # ------------------------------------------------------------------ views
@@ -158,8 +169,9 @@ class Feedback:
         trees without it; None when no tree carries any."""
         if all(t.node_data is None for t in self.trees):
             return None
-        return _concat([t.node_data if t.node_data is not None else np.full(len(t), -1, np.int32)
-                        for t in self.trees], np.int32)
+        return _concat(
+            [t.node_data if t.node_data is not None else np.full(len(t), -1, np.int32) for t in self.trees], np.int32
+        )
 
     @cached_property
     def accepted_counts(self) -> np.ndarray:
@@ -167,7 +179,7 @@ class Feedback:
         return np.diff(self.accepted_offsets)
 
     def accepted_of(self, i: int) -> np.ndarray:
-        return self.accepted[self.accepted_offsets[i]: self.accepted_offsets[i + 1]]
+        return self.accepted[self.accepted_offsets[i] : self.accepted_offsets[i + 1]]
 
     def topk_of(self, i: int) -> TopK | None:
         if self.topk is None or self.has_topk is None or not self.has_topk[i]:

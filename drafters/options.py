@@ -7,10 +7,12 @@ type, default, help, range or choices) and its ``DEFAULT_BUDGET``; its construct
 validation, ``specplug algorithms -v`` and the engines' option parsing, so a default or a
 choice is written nowhere else.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .errors import ConfigError
 

@@ -1,6 +1,7 @@
 """Prompt lookup decoding (PLD): match the context's last n-gram earlier in the context and
 propose the tokens that followed it, as transformers' ``prompt_lookup_num_tokens`` does
 (longest n-gram first; here the most recent match wins, which tracks the local topic)."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -18,13 +19,13 @@ def find_continuation(ctx: np.ndarray, max_ngram: int, min_ngram: int, max_draft
     """Tokens that followed the most recent earlier occurrence of the context's tail n-gram."""
     n_ctx = ctx.shape[0]
     for n in range(min(max_ngram, n_ctx - 1), min_ngram - 1, -1):
-        tail = ctx[n_ctx - n:]
+        tail = ctx[n_ctx - n :]
         # candidate windows start at 0..n_ctx-n-1 (the tail itself excluded)
         windows = sliding_window_view(ctx[: n_ctx - 1], n)
         hits = np.flatnonzero((windows == tail).all(axis=1))
         if hits.shape[0]:
             start = int(hits[-1]) + n
-            return ctx[start: start + max_draft]
+            return ctx[start : start + max_draft]
     return ctx[:0]
 
 
@@ -48,7 +49,10 @@ class PromptLookupDrafter(ContextDrafter):
         out = []
         for rid, budget in zip(rids, budgets):
             ctx = self.context(rid)
-            draft = find_continuation(ctx, self.max_ngram, self.min_ngram,
-                                      min(self.max_draft, int(budget) - 1)) if budget > 1 else ctx[:0]
+            draft = (
+                find_continuation(ctx, self.max_ngram, self.min_ngram, min(self.max_draft, int(budget) - 1))
+                if budget > 1
+                else ctx[:0]
+            )
             out.append(DraftTree.chain(int(ctx[-1]), draft))
         return out

@@ -14,31 +14,32 @@ for conformance, and cached):
 The table names no engine module: drafters that wrap another engine's own algorithm for
 benchmarks are registered by the benchmark side (``specplug/peers.py``).
 """
+
 from __future__ import annotations
 
 import importlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .base import Drafter, check_budget
 from .errors import ConfigError
 from .options import Option, resolve_options
 
-__all__ = ["Option", "AlgorithmSpec", "register", "get", "names", "specs", "create",
-           "validate_options", "load_options"]
+__all__ = ["Option", "AlgorithmSpec", "register", "get", "names", "specs", "create", "validate_options", "load_options"]
 
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    name: str                 # lower case with dashes, e.g. "token-recycling"; the class's ``name``
-    drafter: str              # "module:Class", imported on first use
-    description: str          # one line
-    tree: bool = True         # proposes trees (False: chains only)
-    peer: bool = False        # another engine's drafter wrapped for `specplug bench` only: not
-                              # registered with any engine
+    name: str  # lower case with dashes, e.g. "token-recycling"; the class's ``name``
+    drafter: str  # "module:Class", imported on first use
+    description: str  # one line
+    tree: bool = True  # proposes trees (False: chains only)
+    peer: bool = False  # another engine's drafter wrapped for `specplug bench` only: not
+    # registered with any engine
 
     @property
     def engine_name(self) -> str:
@@ -80,7 +81,7 @@ class AlgorithmSpec:
 
 
 _TABLE: dict[str, AlgorithmSpec] = {}
-_CLASSES: dict[str, type] = {}        # "module:Class" -> the checked class
+_CLASSES: dict[str, type] = {}  # "module:Class" -> the checked class
 
 
 def _check_class(spec: AlgorithmSpec, cls: Any) -> type[Drafter]:
@@ -101,7 +102,7 @@ def _check_class(spec: AlgorithmSpec, cls: Any) -> type[Drafter]:
     except ConfigError as e:
         raise TypeError(f"{where}: an OPTIONS default fails its own check: {e}") from None
     try:
-        check_budget(getattr(cls, "DEFAULT_BUDGET", None))
+        check_budget(getattr(cls, "DEFAULT_BUDGET", None))  # type: ignore[arg-type]  # None fails: the point
     except ConfigError as e:
         raise TypeError(f"{where}: DEFAULT_BUDGET on the class: {e}") from None
     return cls
@@ -168,59 +169,75 @@ def create(name: str, vocab_size: int, options: Mapping[str, Any] | None = None)
 
 # --------------------------------------------------------------------- the table
 # Options, default budgets and capabilities: on each class (OPTIONS, DEFAULT_BUDGET, ...).
-register(AlgorithmSpec(
-    name="ar",
-    drafter="specplug.drafters.ar:AutoregressiveDrafter",
-    description="autoregressive baseline: no speculation (one token per step)",
-))
+register(
+    AlgorithmSpec(
+        name="ar",
+        drafter="specplug.drafters.ar:AutoregressiveDrafter",
+        description="autoregressive baseline: no speculation (one token per step)",
+    )
+)
 
-register(AlgorithmSpec(
-    name="pld",
-    drafter="specplug.drafters.pld:PromptLookupDrafter",
-    description="prompt lookup decoding: copy the continuation of the latest n-gram match in the context",
-    tree=False,
-))
+register(
+    AlgorithmSpec(
+        name="pld",
+        drafter="specplug.drafters.pld:PromptLookupDrafter",
+        description="prompt lookup decoding: copy the continuation of the latest n-gram match in the context",
+        tree=False,
+    )
+)
 
 # --------------------------------------------------------------------- issue 3: model-free tree drafters
-register(AlgorithmSpec(
-    name="racer",
-    drafter="specplug.drafters.racer:RacerDrafter",
-    description="RACER: n-gram automaton retrieval fused with a shared logit adjacency table (trie union)",
-))
+register(
+    AlgorithmSpec(
+        name="racer",
+        drafter="specplug.drafters.racer:RacerDrafter",
+        description="RACER: n-gram automaton retrieval fused with a shared logit adjacency table (trie union)",
+    )
+)
 
-register(AlgorithmSpec(
-    name="token-recycling",
-    drafter="specplug.drafters.token_recycling:TokenRecyclingDrafter",
-    description="Token Recycling: the target's recycled top-k (shared adjacency table) over a static tree template",
-))
+register(
+    AlgorithmSpec(
+        name="token-recycling",
+        drafter="specplug.drafters.token_recycling:TokenRecyclingDrafter",
+        description="Token Recycling: the target's recycled top-k (shared adjacency table) over a static tree template",
+    )
+)
 
-register(AlgorithmSpec(
-    name="suffix",
-    drafter="specplug.drafters.suffix:SuffixDrafter",
-    description="suffix decoding: per-request and global suffix tries with counts, frequency-scored trees",
-))
+register(
+    AlgorithmSpec(
+        name="suffix",
+        drafter="specplug.drafters.suffix:SuffixDrafter",
+        description="suffix decoding: per-request and global suffix tries with counts, frequency-scored trees",
+    )
+)
 
 # --- issue 7: DEL (early-exit self-speculation; needs the engine's early-exit runner)
-register(AlgorithmSpec(
-    name="del",
-    drafter="specplug.drafters.early_exit:DELDrafter",
-    description="DEL: the target drafts with its own first E layers; E and draft length chosen online from "
-                "shadow-token statistics; no speculation where it cannot pay (embedded engine; SGLang for Llama/Qwen2)",
-    tree=False,
-))
+register(
+    AlgorithmSpec(
+        name="del",
+        drafter="specplug.drafters.early_exit:DELDrafter",
+        description="DEL: the target drafts with its own first E layers; E and draft length chosen online from "
+        "shadow-token statistics; no speculation where it cannot pay (embedded engine; SGLang for Llama/Qwen2)",
+        tree=False,
+    )
+)
 
-register(AlgorithmSpec(
-    name="early-exit",
-    drafter="specplug.drafters.early_exit:EarlyExitDrafter",
-    description="fixed-exit self-speculation baseline (transformers' assistant_early_exit style): draft "
-                "draft_len tokens with the first exit_layer layers (embedded engine; SGLang for Llama/Qwen2)",
-    tree=False,
-))
+register(
+    AlgorithmSpec(
+        name="early-exit",
+        drafter="specplug.drafters.early_exit:EarlyExitDrafter",
+        description="fixed-exit self-speculation baseline (transformers' assistant_early_exit style): draft "
+        "draft_len tokens with the first exit_layer layers (embedded engine; SGLang for Llama/Qwen2)",
+        tree=False,
+    )
+)
 
 # --------------------------------------------------------------------- issue 8: diffusion
-register(AlgorithmSpec(
-    name="diffusion",
-    drafter="specplug.drafters.diffusion:DiffusionDrafter",
-    description="masked diffusion drafter: k slots denoised in one pass, lattice + causal-consistency beam "
-                "search (DiffuSpec), adaptive draft length; needs model_path (specplug train-drafter)",
-))
+register(
+    AlgorithmSpec(
+        name="diffusion",
+        drafter="specplug.drafters.diffusion:DiffusionDrafter",
+        description="masked diffusion drafter: k slots denoised in one pass, lattice + causal-consistency beam "
+        "search (DiffuSpec), adaptive draft length; needs model_path (specplug train-drafter)",
+    )
+)

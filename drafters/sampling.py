@@ -5,6 +5,7 @@
 sampler use. Temperature 0 means greedy decoding, which does not warp: it takes the
 argmax (``verify_greedy``).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,13 +22,21 @@ def check_sampling(temperature, top_k=0, top_p=1.0) -> tuple[float, int, float]:
     temperature >= 0 and finite (0: greedy), top_k >= 0 integer (0: off),
     0 < top_p <= 1 (1: off).
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-            or not math.isfinite(float(temperature)) or float(temperature) < 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not math.isfinite(float(temperature))
+        or float(temperature) < 0
+    ):
         raise ConfigError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or int(top_k) < 0:
         raise ConfigError(f"top_k must be an integer >= 0 (0 disables top-k), got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) \
-            or not math.isfinite(float(top_p)) or not 0.0 < float(top_p) <= 1.0:
+    if (
+        isinstance(top_p, bool)
+        or not isinstance(top_p, numbers.Real)
+        or not math.isfinite(float(top_p))
+        or not 0.0 < float(top_p) <= 1.0
+    ):
         raise ConfigError(f"top_p must be a number in (0, 1] (1 disables top-p), got {top_p!r}")
     return float(temperature), int(top_k), float(top_p)
 
@@ -44,8 +53,7 @@ def warp_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
 
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     if temperature == 0.0:
-        raise ConfigError("temperature 0 is greedy decoding: take the argmax (verify_greedy), "
-                          "not warp_logits")
+        raise ConfigError("temperature 0 is greedy decoding: take the argmax (verify_greedy), not warp_logits")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(dtype) / temperature
     v = x.shape[-1]
@@ -55,7 +63,7 @@ def warp_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
     if top_p < 1.0:
         sorted_x, order = torch.sort(x, dim=-1, descending=True)
         sorted_p = torch.softmax(sorted_x, dim=-1)
-        before = torch.cumsum(sorted_p, dim=-1) - sorted_p   # mass strictly before each token
+        before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly before each token
         drop_sorted = before >= top_p
         drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)

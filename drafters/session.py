@@ -28,13 +28,15 @@ Drafters that need the target model (``needs_runner``) get it here: the adapter 
 runners its engine implements, by name; an engine without the one a drafter needs refuses
 it with a ConfigError naming the engines that have it.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,9 +61,9 @@ class RequestView:
     """What the session needs to know about one request of an engine batch."""
 
     rid: RequestId
-    length: int                                # committed tokens (prompt + output)
-    last_token: int                            # the newest committed token (the next root)
-    context: Callable[[], Sequence[int]]       # all committed tokens, read only on (re)start
+    length: int  # committed tokens (prompt + output)
+    last_token: int  # the newest committed token (the next root)
+    context: Callable[[], Sequence[int]]  # all committed tokens, read only on (re)start
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Step:
 
     rids: list
     trees: list[DraftTree]
-    draft_s: float = 0.0       # propose + checks + budget cut
+    draft_s: float = 0.0  # propose + checks + budget cut
 
     @property
     def width(self) -> int:
@@ -91,13 +93,13 @@ class SessionStats:
     """Counters since the session started (``specplug`` logs them; benchmarks record them)."""
 
     steps: int = 0
-    proposed_nodes: int = 0           # draft nodes below the roots, after the budget cut
-    verified_requests: int = 0        # request-steps observed
-    accepted_tokens: int = 0          # tokens committed in those (bonus included)
-    restarts: int = 0                 # known requests started again from their context
-    bad_trees: int = 0                # trees that broke the contract (replaced by their root)
-    drafter_errors: int = 0           # exceptions raised by the drafter
-    evicted: int = 0                  # requests dropped by the idle / count bounds
+    proposed_nodes: int = 0  # draft nodes below the roots, after the budget cut
+    verified_requests: int = 0  # request-steps observed
+    accepted_tokens: int = 0  # tokens committed in those (bonus included)
+    restarts: int = 0  # known requests started again from their context
+    bad_trees: int = 0  # trees that broke the contract (replaced by their root)
+    drafter_errors: int = 0  # exceptions raised by the drafter
+    evicted: int = 0  # requests dropped by the idle / count bounds
     draft_s: float = 0.0
     observe_s: float = 0.0
 
@@ -119,9 +121,9 @@ def flat_rows(per_row: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Request:
-    length: int                            # committed tokens the drafter has seen; -1: restart
-    pending: DraftTree | None = None       # the tree the engine verifies this step
-    seen: int = 0                          # step clock of the last propose
+    length: int  # committed tokens the drafter has seen; -1: restart
+    pending: DraftTree | None = None  # the tree the engine verifies this step
+    seen: int = 0  # step clock of the last propose
 
 
 class DraftSession:
@@ -133,9 +135,17 @@ class DraftSession:
     ``engine``: the engine's name, for messages; ``max_idle_steps`` / ``max_requests``:
     bounds for engines that drop requests without saying (TGI's warm-up, vLLM)."""
 
-    def __init__(self, drafter: Drafter, vocab_size: int | None = None, *, policy: BudgetPolicy | None = None,
-                 runners: Mapping[str, Callable[[], Any]] | None = None, engine: str = "this engine",
-                 max_idle_steps: int | None = None, max_requests: int | None = None):
+    def __init__(
+        self,
+        drafter: Drafter,
+        vocab_size: int | None = None,
+        *,
+        policy: BudgetPolicy | None = None,
+        runners: Mapping[str, Callable[[], Any]] | None = None,
+        engine: str = "this engine",
+        max_idle_steps: int | None = None,
+        max_requests: int | None = None,
+    ):
         if max_idle_steps is not None and max_idle_steps < 1 or max_requests is not None and max_requests < 1:
             raise ConfigError("max_idle_steps and max_requests must be >= 1")
         self.drafter = drafter
@@ -143,11 +153,11 @@ class DraftSession:
         self.policy = policy
         self.engine = engine
         self.max_idle_steps, self.max_requests = max_idle_steps, max_requests
-        self.topk = drafter.feedback_topk             # top-k width engines compute (0: none)
-        self.topk_probs = drafter.feedback_probs      # ... with the probabilities of those ids
+        self.topk = drafter.feedback_topk  # top-k width engines compute (0: none)
+        self.topk_probs = drafter.feedback_probs  # ... with the probabilities of those ids
         self.stats = SessionStats()
         self.runner = self._bind_runner(runners or {})
-        self._req: OrderedDict[RequestId, _Request] = OrderedDict()   # least recently seen first
+        self._req: OrderedDict[RequestId, _Request] = OrderedDict()  # least recently seen first
         self._clock = 0
 
     @property
@@ -160,9 +170,11 @@ class DraftSession:
             return None
         if need not in runners:
             have = ", ".join(sorted(runners)) or "none"
-            raise ConfigError(f"algorithm {self.name!r} drafts with the target's own layers through a {need!r} "
-                              f"runner, which {self.engine} does not provide (its runners: {have}); see "
-                              f"docs/del.md for the engines that do")
+            raise ConfigError(
+                f"algorithm {self.name!r} drafts with the target's own layers through a {need!r} "
+                f"runner, which {self.engine} does not provide (its runners: {have}); see "
+                f"docs/del.md for the engines that do"
+            )
         runner = runners[need]()
         self.drafter.bind(runner)
         return runner
@@ -189,7 +201,7 @@ class DraftSession:
         ok, _ = self._call(self.drafter.start, rid, context_ids, context_topk, what=f"start of request {rid!r}")
         if ok:
             self._req[rid] = _Request(len(context_ids), seen=self._clock)
-        else:             # nothing to draft from: a later step tries again
+        else:  # nothing to draft from: a later step tries again
             self._req.pop(rid, None)
 
     def finish(self, rid: RequestId) -> None:
@@ -218,7 +230,7 @@ class DraftSession:
         horizon = self._clock - (self.max_idle_steps or self._clock + 1)
         cap = self.max_requests or len(self._req)
         stale: list[RequestId] = []
-        for rid, req in self._req.items():      # oldest first
+        for rid, req in self._req.items():  # oldest first
             if req.seen >= horizon and len(self._req) - len(stale) <= cap:
                 break
             stale.append(rid)
@@ -239,12 +251,13 @@ class DraftSession:
         live = [i for i, r in enumerate(reqs) if r.rid in self._req]
         trees: list[DraftTree] = [DraftTree.single(int(r.last_token)) for r in reqs]
         if live:
-            ok, drafted = self._call(self.drafter.propose, [rids[i] for i in live], budgets[live].tolist(),
-                                     what="propose")
+            ok, drafted = self._call(
+                self.drafter.propose, [rids[i] for i in live], budgets[live].tolist(), what="propose"
+            )
             if ok and len(drafted) != len(live):
                 self._error(f"propose returned {len(drafted)} trees for {len(live)} requests")
                 drafted = None
-            if drafted is None:            # the whole call failed: its requests restart next step
+            if drafted is None:  # the whole call failed: its requests restart next step
                 for i in live:
                     self._req[rids[i]].length = -1
             else:
@@ -281,7 +294,7 @@ class DraftSession:
             chain = tree.subtree(tree.best_chain(length))
             n = len(chain)
             out[i, : n - 1] = chain.tokens[1:]
-            out[i, n - 1:] = chain.tokens[-1]
+            out[i, n - 1 :] = chain.tokens[-1]
             if n - 1 < length:
                 chain = _padded_chain(chain, length)
             step.trees[i] = chain
@@ -290,8 +303,14 @@ class DraftSession:
                 req.pending = chain
         return step, out
 
-    def observe(self, rids: Sequence[RequestId], accepted: np.ndarray, counts: np.ndarray,
-                topk_ids: np.ndarray | None = None, topk_probs: np.ndarray | None = None) -> float:
+    def observe(
+        self,
+        rids: Sequence[RequestId],
+        accepted: np.ndarray,
+        counts: np.ndarray,
+        topk_ids: np.ndarray | None = None,
+        topk_probs: np.ndarray | None = None,
+    ) -> float:
         """What the engine committed for ``rids`` after verifying their pending trees.
 
         ``accepted``: the committed tokens, request after request (accepted drafts, then the
@@ -303,8 +322,10 @@ class DraftSession:
         counts = np.asarray(counts, np.int64).reshape(-1)
         accepted = np.asarray(accepted).reshape(-1)
         if counts.shape[0] != len(rids) or int(counts.sum()) != accepted.shape[0]:
-            raise ValueError(f"observe: {len(rids)} requests, {counts.shape[0]} counts summing to "
-                             f"{int(counts.sum())}, {accepted.shape[0]} committed tokens")
+            raise ValueError(
+                f"observe: {len(rids)} requests, {counts.shape[0]} counts summing to "
+                f"{int(counts.sum())}, {accepted.shape[0]} committed tokens"
+            )
         rows, trees = [], []
         for b, rid in enumerate(rids):
             req = self._req.get(rid)
@@ -325,15 +346,20 @@ class DraftSession:
             if topk_probs is not None and self.topk_probs:
                 probs = flat_rows(np.asarray(topk_probs)[sel], sizes)
             topk = TopK.of(flat_rows(np.asarray(topk_ids)[sel], sizes), probs)
-        feedback = Feedback([rids[b] for b in rows], trees, np.ascontiguousarray(accepted[take], np.int32),
-                            offsets_of(counts[sel]), topk)
+        feedback = Feedback(
+            [rids[b] for b in rows],
+            trees,
+            np.ascontiguousarray(accepted[take], np.int32),
+            offsets_of(counts[sel]),
+            topk,
+        )
         for b in rows:
             req = self._req[rids[b]]
             req.length += int(counts[b])
             req.pending = None
         ok, _ = self._call(self.drafter.observe_batch, feedback, what="observe")
         if not ok:
-            for rid in feedback.rids:             # state is suspect: rebuild from the context
+            for rid in feedback.rids:  # state is suspect: rebuild from the context
                 self._req[rid].length = -1
         return self._observed(t0)
 
@@ -350,8 +376,7 @@ class DraftSession:
         if req is not None:
             req.length = int(r.length)
 
-    def _check(self, reqs: Sequence[RequestView], trees: list[DraftTree], budgets: np.ndarray,
-               live: list[int]) -> None:
+    def _check(self, reqs: Sequence[RequestView], trees: list[DraftTree], budgets: np.ndarray, live: list[int]) -> None:
         """Replace trees that break the contract by their root (one vectorised pass)."""
         sizes = np.fromiter((len(trees[i]) for i in live), np.int64, len(live))
         firsts = np.fromiter((int(trees[i].tokens[0]) for i in live), np.int64, len(live))
@@ -362,13 +387,22 @@ class DraftSession:
         bad = (sizes > budgets[live]) | (firsts != roots) | (lo < 0) | (hi >= self.vocab_size)
         for j in np.flatnonzero(bad).tolist():
             i = live[j]
-            why = (f"{sizes[j]} nodes over the budget {int(budgets[i])}" if sizes[j] > budgets[i] else
-                   f"root {firsts[j]}, expected the last committed token {roots[j]}" if firsts[j] != roots[j] else
-                   f"token ids outside [0, {self.vocab_size})")
+            why = (
+                f"{sizes[j]} nodes over the budget {int(budgets[i])}"
+                if sizes[j] > budgets[i]
+                else f"root {firsts[j]}, expected the last committed token {roots[j]}"
+                if firsts[j] != roots[j]
+                else f"token ids outside [0, {self.vocab_size})"
+            )
             self.stats.bad_trees += 1
-            logger.warning("specplug: %s proposed a broken tree for request %s (%s); verifying the root alone "
-                           "and restarting the request", self.name, reqs[i].rid, why)
-            self._req[reqs[i].rid].length = -1    # a length no request has: restarted next step
+            logger.warning(
+                "specplug: %s proposed a broken tree for request %s (%s); verifying the root alone "
+                "and restarting the request",
+                self.name,
+                reqs[i].rid,
+                why,
+            )
+            self._req[reqs[i].rid].length = -1  # a length no request has: restarted next step
             trees[i] = DraftTree.single(int(roots[j]))
 
     def _length_ratios(self, rids: list) -> np.ndarray | None:
@@ -385,8 +419,12 @@ class DraftSession:
     def _error(self, message: str, exc: bool = False) -> None:
         self.stats.drafter_errors += 1
         if self.stats.drafter_errors <= MAX_ERROR_LOGS:
-            logger.error("specplug: the %s drafter failed (%s); its requests restart and this step verifies "
-                         "their roots alone", self.name, message, exc_info=exc)
+            logger.error(
+                "specplug: the %s drafter failed (%s); its requests restart and this step verifies their roots alone",
+                self.name,
+                message,
+                exc_info=exc,
+            )
 
 
 def _padded_chain(chain: DraftTree, length: int) -> DraftTree:

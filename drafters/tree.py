@@ -5,11 +5,12 @@ Nodes 1..n-1 are guesses of the tokens after it; ``parents[i] < i``.
 Every derived view is computed once (cached) with vectorised numpy; loops run
 over tree depth, never over nodes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 
@@ -40,8 +41,9 @@ class DraftTree:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def view(cls, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray,
-             node_data: np.ndarray | None = None) -> "DraftTree":
+    def view(
+        cls, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, node_data: np.ndarray | None = None
+    ) -> DraftTree:
         """A tree over arrays that already have its dtypes and invariants (compiled growers'
         rows): no coercion, no copy, no validation; about 3x cheaper than ``__init__``,
         which matters at 256 trees per step."""
@@ -50,13 +52,12 @@ class DraftTree:
         return t
 
     @classmethod
-    def single(cls, root_token: int) -> "DraftTree":
+    def single(cls, root_token: int) -> DraftTree:
         """A tree of one node: no speculation for this request this step."""
-        return cls(np.array([root_token], np.int32), np.array([-1], np.int32),
-                   np.ones(1, np.float32), validate=False)
+        return cls(np.array([root_token], np.int32), np.array([-1], np.int32), np.ones(1, np.float32), validate=False)
 
     @classmethod
-    def chain(cls, root_token: int, tokens: Sequence[int], scores=None) -> "DraftTree":
+    def chain(cls, root_token: int, tokens: Sequence[int] | np.ndarray, scores=None) -> DraftTree:
         """Root followed by a single chain of guesses."""
         n = len(tokens) + 1
         toks = np.empty(n, np.int32)
@@ -72,9 +73,13 @@ class DraftTree:
         return cls(toks, parents, sc, validate=False)
 
     @classmethod
-    def from_paths(cls, root_token: int, paths: Sequence[Sequence[int]],
-                   path_scores: Sequence[Sequence[float]] | None = None,
-                   budget: int | None = None) -> "DraftTree":
+    def from_paths(
+        cls,
+        root_token: int,
+        paths: Sequence[Sequence[int]],
+        path_scores: Sequence[Sequence[float]] | None = None,
+        budget: int | None = None,
+    ) -> DraftTree:
         """Trie union of token paths below the root, in the given order, until ``budget`` nodes.
 
         A node's score is the max score any inserted path gives it. Used by drafters that
@@ -101,8 +106,9 @@ class DraftTree:
                 elif s > scores[nxt]:
                     scores[nxt] = s
                 cur = nxt
-        return cls(np.array(tokens, np.int32), np.array(parents, np.int32),
-                   np.array(scores, np.float32), validate=False)
+        return cls(
+            np.array(tokens, np.int32), np.array(parents, np.int32), np.array(scores, np.float32), validate=False
+        )
 
     # ------------------------------------------------------------------ checks
     def __len__(self) -> int:
@@ -112,12 +118,13 @@ class DraftTree:
     def n(self) -> int:
         return len(self)
 
-    def validate(self, vocab_size: int | None = None, budget: int | None = None) -> "DraftTree":
+    def validate(self, vocab_size: int | None = None, budget: int | None = None) -> DraftTree:
         """Raise DraftTreeError naming the broken invariant."""
         t, p, s = self.tokens, self.parents, self.scores
         if t.ndim != 1 or p.shape != t.shape or s.shape != t.shape:
-            raise DraftTreeError(f"tokens, parents and scores must be 1-D of equal length, got "
-                                 f"{t.shape}, {p.shape}, {s.shape}")
+            raise DraftTreeError(
+                f"tokens, parents and scores must be 1-D of equal length, got {t.shape}, {p.shape}, {s.shape}"
+            )
         n = t.shape[0]
         if n == 0:
             raise DraftTreeError("a draft tree needs at least the root node")
@@ -253,23 +260,29 @@ class DraftTree:
         nodes = np.flatnonzero(self.ancestor_mask[node])
         return nodes[np.argsort(self.depth[nodes], kind="stable")].astype(np.int32)
 
-    def prefix(self, n: int) -> "DraftTree":
+    def prefix(self, n: int) -> DraftTree:
         """The first ``n`` nodes (n >= 1): a valid tree, since parents[i] < i."""
         if n >= len(self):
             return self
-        return DraftTree.view(self.tokens[:n], self.parents[:n], self.scores[:n],
-                              None if self.node_data is None else self.node_data[:n])
+        return DraftTree.view(
+            self.tokens[:n], self.parents[:n], self.scores[:n], None if self.node_data is None else self.node_data[:n]
+        )
 
-    def subtree(self, nodes: np.ndarray) -> "DraftTree":
+    def subtree(self, nodes: np.ndarray) -> DraftTree:
         """The nodes ``nodes`` (ascending, ancestor-closed, root first) as a tree of their own."""
         nodes = np.asarray(nodes, np.int64)
         remap = np.full(len(self), -1, np.int32)
         remap[nodes] = np.arange(nodes.shape[0], dtype=np.int32)
         parents = np.where(self.parents[nodes] >= 0, remap[np.maximum(self.parents[nodes], 0)], -1)
-        return DraftTree(self.tokens[nodes], parents, self.scores[nodes], validate=False,
-                         node_data=None if self.node_data is None else self.node_data[nodes])
+        return DraftTree(
+            self.tokens[nodes],
+            parents,
+            self.scores[nodes],
+            validate=False,
+            node_data=None if self.node_data is None else self.node_data[nodes],
+        )
 
-    def truncate(self, budget: int) -> "DraftTree":
+    def truncate(self, budget: int) -> DraftTree:
         """Keep the ``budget`` best nodes (root always) as a valid tree.
 
         Scores are made monotone along paths first (a node ranks no higher than its
@@ -303,12 +316,12 @@ class PackedTrees:
     they are never anyone's ancestor, so they cannot be accepted.
     """
 
-    tokens: np.ndarray      # [B, W] int32 (padding repeats the root token)
-    parents: np.ndarray     # [B, W] int32 (padding: -1)
-    depth: np.ndarray       # [B, W] int32 (padding: 0)
-    mask: np.ndarray        # [B, W, W] bool ancestor-or-self
-    valid: np.ndarray       # [B, W] bool
-    sizes: np.ndarray       # [B] int32
+    tokens: np.ndarray  # [B, W] int32 (padding repeats the root token)
+    parents: np.ndarray  # [B, W] int32 (padding: -1)
+    depth: np.ndarray  # [B, W] int32 (padding: 0)
+    mask: np.ndarray  # [B, W, W] bool ancestor-or-self
+    valid: np.ndarray  # [B, W] bool
+    sizes: np.ndarray  # [B] int32
 
 
 def pack_trees(trees: Sequence[DraftTree], width: int | None = None) -> PackedTrees:

@@ -11,6 +11,7 @@ Committed tokens this step = tokens[b, accepted_nodes[b, 1:accept_len+1]] + [bon
 target's warped distributions per node (see ``sampling.warp_logits``) and, for drafts
 sampled from a distribution, the draft distributions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ __all__ = ["VerifyResult", "verify_greedy", "verify_sampling", "committed_tokens
 
 @dataclass
 class VerifyResult:
-    accept_len: np.ndarray      # [B] int32
+    accept_len: np.ndarray  # [B] int32
     accepted_nodes: np.ndarray  # [B, Dmax + 1] int32, -1 padded
-    bonus: np.ndarray           # [B] int64
+    bonus: np.ndarray  # [B] int64
 
     def committed(self, tokens: np.ndarray, b: int) -> list[int]:
         return committed_tokens(tokens, self, b)
@@ -33,7 +34,7 @@ class VerifyResult:
 
 def committed_tokens(tokens: np.ndarray, res: VerifyResult, b: int) -> list[int]:
     n = int(res.accept_len[b])
-    return [int(t) for t in tokens[b, res.accepted_nodes[b, 1:n + 1]]] + [int(res.bonus[b])]
+    return [int(t) for t in tokens[b, res.accepted_nodes[b, 1 : n + 1]]] + [int(res.bonus[b])]
 
 
 def _backtrack(parents: np.ndarray, last: np.ndarray, accept_len: np.ndarray) -> np.ndarray:
@@ -51,8 +52,9 @@ def _backtrack(parents: np.ndarray, last: np.ndarray, accept_len: np.ndarray) ->
     return nodes
 
 
-def verify_greedy(tokens: np.ndarray, parents: np.ndarray, depth: np.ndarray, valid: np.ndarray,
-                  target_argmax: np.ndarray) -> VerifyResult:
+def verify_greedy(
+    tokens: np.ndarray, parents: np.ndarray, depth: np.ndarray, valid: np.ndarray, target_argmax: np.ndarray
+) -> VerifyResult:
     """Walk from the root into the child whose token equals the target's argmax at the
     current node; the target's argmax at the last accepted node is the bonus token.
 
@@ -90,10 +92,10 @@ def packed_links(parents: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     b, w = parents.shape
     first_child = np.full((b, w), -1, np.int32)
     next_sibling = np.full((b, w), -1, np.int32)
-    rb, node = np.nonzero(valid & (parents >= 0))      # row-major: by request, then index
+    rb, node = np.nonzero(valid & (parents >= 0))  # row-major: by request, then index
     if node.shape[0]:
         par = parents[rb, node]
-        order = np.lexsort((node, par, rb))            # by request, parent, then index
+        order = np.lexsort((node, par, rb))  # by request, parent, then index
         rb, node, par = rb[order], node[order], par[order]
         same = (rb[1:] == rb[:-1]) & (par[1:] == par[:-1])
         next_sibling[rb[:-1][same], node[:-1][same]] = node[1:][same]
@@ -138,8 +140,10 @@ def _verify_sampling_core(tokens, parents, depth, valid, target_probs, draft_pro
     if target_probs.shape[:2] != (b, w):
         raise ValueError(f"target_probs must be [B, W, V] = [{b}, {w}, V], got {tuple(target_probs.shape)}")
     if draft_probs is not None and draft_probs.shape != target_probs.shape:
-        raise ValueError(f"draft_probs must have the shape of target_probs {tuple(target_probs.shape)}, "
-                         f"got {tuple(draft_probs.shape)}")
+        raise ValueError(
+            f"draft_probs must have the shape of target_probs {tuple(target_probs.shape)}, "
+            f"got {tuple(draft_probs.shape)}"
+        )
     if b == 0:
         return VerifyResult(np.zeros(0, np.int32), np.full((0, 1), -1, np.int32), np.zeros(0, np.int64))
     dev = target_probs.device
@@ -151,10 +155,10 @@ def _verify_sampling_core(tokens, parents, depth, valid, target_probs, draft_pro
     rows = torch.arange(b, device=dev)
 
     cur = torch.zeros(b, dtype=torch.long, device=dev)
-    active = torch.ones(b, dtype=torch.bool, device=dev)     # still descending
-    resid = target_probs[rows, cur].to(f64)                  # residual at the current node
+    active = torch.ones(b, dtype=torch.bool, device=dev)  # still descending
+    resid = target_probs[rows, cur].to(f64)  # residual at the current node
     max_depth = int(depth[valid].max()) if valid.any() else 0
-    for _ in range(max_depth):                               # one pass per tree level
+    for _ in range(max_depth):  # one pass per tree level
         child = torch.where(active, fc[rows, cur], -1)
         active = child >= 0
         if not bool(active.any()):
@@ -165,7 +169,7 @@ def _verify_sampling_core(tokens, parents, depth, valid, target_probs, draft_pro
             q = q / q.sum(dim=-1, keepdim=True).clamp_min(1e-300)
         took = torch.full((b,), -1, dtype=torch.long, device=dev)
         trying = active.clone()
-        while bool(trying.any()):                            # one pass per sibling rank
+        while bool(trying.any()):  # one pass per sibling rank
             idx = rows[trying]
             c = child[idx]
             t = tok[idx, c]
@@ -184,7 +188,7 @@ def _verify_sampling_core(tokens, parents, depth, valid, target_probs, draft_pro
                     r[torch.arange(rej.numel(), device=dev), t_rej] = 0.0
                     resid[rej] = _renorm(r, resid[rej])
                 else:
-                    drawable = q[rej, t_rej] > 0     # a draft q could not produce is skipped
+                    drawable = q[rej, t_rej] > 0  # a draft q could not produce is skipped
                     new = _renorm(torch.clamp(r - q[rej], min=0.0), r)
                     resid[rej] = torch.where(drawable[:, None], new, r)
                     q[rej] = _drop_drafted(q[rej], torch.arange(rej.numel(), device=dev), t_rej)
@@ -200,13 +204,18 @@ def _verify_sampling_core(tokens, parents, depth, valid, target_probs, draft_pro
     bonus = torch.as_tensor(sample(resid), device=dev).reshape(b)
     last = cur.cpu().numpy()
     accept_len = depth[np.arange(b), last].astype(np.int32)
-    return VerifyResult(accept_len, _backtrack(parents, last, accept_len),
-                        bonus.cpu().numpy().astype(np.int64))
+    return VerifyResult(accept_len, _backtrack(parents, last, accept_len), bonus.cpu().numpy().astype(np.int64))
 
 
-def verify_sampling(tokens: np.ndarray, parents: np.ndarray, depth: np.ndarray, valid: np.ndarray,
-                    target_probs: torch.Tensor, generator: torch.Generator | None = None,
-                    draft_probs: torch.Tensor | None = None) -> VerifyResult:
+def verify_sampling(
+    tokens: np.ndarray,
+    parents: np.ndarray,
+    depth: np.ndarray,
+    valid: np.ndarray,
+    target_probs: torch.Tensor,
+    generator: torch.Generator | None = None,
+    draft_probs: torch.Tensor | None = None,
+) -> VerifyResult:
     """Lossless speculative sampling over a padded batch of draft trees.
 
     ``target_probs[b, i]`` is the target's (already warped) next-token distribution
@@ -228,6 +237,7 @@ def verify_sampling(tokens: np.ndarray, parents: np.ndarray, depth: np.ndarray, 
     Rejections that would leave a residual of (numerically) zero mass are skipped.
     Loops run over tree depth and sibling rank only, vectorised over the batch.
     """
+
     def coin(p: torch.Tensor) -> torch.Tensor:
         return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) < p
 

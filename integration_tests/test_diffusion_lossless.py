@@ -7,11 +7,12 @@ prompts: the output must be token-identical to autoregressive decoding, in tree 
 mode and with the argmax path. A checkpoint whose tokenizer differs from the target's is
 refused before anything runs.
 """
+
 from __future__ import annotations
 
+import pathlib
 import shutil
 import sys
-import pathlib
 
 import pytest
 
@@ -21,6 +22,7 @@ from specplug.drafters.errors import ModelError
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from diffusion_helpers import save_tiny, tiny_model, train_tiny  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def prompts(default_engine, real_prompts):
@@ -45,7 +47,7 @@ def _run(engine, prompts, name, budget, options=None, max_new=24):
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     for s in range(0, len(order), 8):
-        idx = order[s:s + 8]
+        idx = order[s : s + 8]
         for j, r in zip(idx, engine.generate([prompts[j] for j in idx], drafter, budget, cfg)):
             out[j] = r
     assert drafter.active_requests() == 0
@@ -57,11 +59,14 @@ def ar_outputs(default_engine, prompts):
     return [r.output_ids for r in _run(default_engine, prompts, "ar", 1)]
 
 
-@pytest.mark.parametrize("options,budget", [
-    ({}, 32),
-    ({"mode": "chain", "k_min": 6, "k_max": 12}, 16),
-    ({"path_search": "argmax", "adaptive": False, "k_min": 8, "k_max": 8}, 16),
-])
+@pytest.mark.parametrize(
+    "options,budget",
+    [
+        ({}, 32),
+        ({"mode": "chain", "k_min": 6, "k_max": 12}, 16),
+        ({"path_search": "argmax", "adaptive": False, "k_min": 8, "k_max": 8}, 16),
+    ],
+)
 def test_diffusion_greedy_is_lossless_on_real_prompts(default_engine, prompts, ar_outputs, ckpt, options, budget):
     res = _run(default_engine, prompts, "diffusion", budget, {"model_path": ckpt, **options})
     for r, ref in zip(res, ar_outputs):

@@ -8,6 +8,7 @@
 * Bad configurations: exit layer out of range, a model without the needed structure.
 * Tiny Qwen2 and Gemma models: the runner works for those families too (lossless).
 """
+
 from __future__ import annotations
 
 import time
@@ -38,7 +39,7 @@ def _generate(engine, prompts, name, budget, options=None, batch=10, drafter=Non
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     for i in range(0, len(order), batch):
-        idx = order[i:i + batch]
+        idx = order[i : i + batch]
         for j, r in zip(idx, engine.generate([prompts[j] for j in idx], drafter, budget, cfg)):
             out[j] = r.output_ids
     assert drafter.active_requests() == 0
@@ -118,13 +119,13 @@ def test_drafted_then_verified_kv_equals_full_model_kv(default_engine, prompts):
                 b.step()
             n = int(b.lens[0])
             seq = ids + b.outputs[0]
-            assert n == len(seq) - 1            # every committed token but the root has KV
+            assert n == len(seq) - 1  # every committed token but the root has KV
             ref = TreeKVCache.for_model(eng.model, 1, n + 8)
             eng.model(input_ids=torch.tensor([seq[:n]]), past_key_values=ref, use_cache=True)
             got = b.cache.storage[:, :, 0, :, :n]
             want = ref.storage[:, :, 0, :, :n]
             assert torch.allclose(got, want, atol=2e-4, rtol=1e-4), float((got - want).abs().max())
-            assert sum(b.accepted[0][1:]) > 6    # drafts were accepted (KV moved by compaction)
+            assert sum(b.accepted[0][1:]) > 6  # drafts were accepted (KV moved by compaction)
         finally:
             b.close()
 
@@ -133,8 +134,11 @@ def test_shadow_tokens_equal_direct_per_layer_computation(default_engine, prompt
     eng = default_engine
     ids = prompts[5]
     layers = [6, 15, 27]
-    d = registry.create("del", eng.vocab_size, {"candidate_layers": ",".join(map(str, layers)),
-                                               "probe_budget": 1.0, "min_gain": 10.0, "seed_tokens": 8})
+    d = registry.create(
+        "del",
+        eng.vocab_size,
+        {"candidate_layers": ",".join(map(str, layers)), "probe_budget": 1.0, "min_gain": 10.0, "seed_tokens": 8},
+    )
     seen, seeds = [], []
     with torch.inference_mode():
         b = _drive(eng, ids, d, 19, 0)
@@ -161,9 +165,9 @@ def test_shadow_tokens_equal_direct_per_layer_computation(default_engine, prompt
             p = torch.softmax(logits, -1)
             return logits.argmax(-1).numpy(), p.max(-1).values.numpy()
 
-    for n_out, sh in seen:   # AR steps: one committed position, the root's
+    for n_out, sh in seen:  # AR steps: one committed position, the root's
         assert sh is not None and sh.tokens.shape == (3, 1)
-        pos = np.array([len(ids) + n_out - 2])   # the root when the step ran (one token was committed)
+        pos = np.array([len(ids) + n_out - 2])  # the root when the step ran (one token was committed)
         tok, prob = direct(pos)
         np.testing.assert_array_equal(sh.tokens, tok)
         np.testing.assert_allclose(sh.probs, prob, atol=1e-4)
@@ -189,6 +193,7 @@ def test_draft_tokens_equal_a_truncated_forward(default_engine, prompts):
             r = orig(rids, tokens, step, exits)
             calls.append((len(b.outputs[0]), int(step), np.array(tokens), r))
             return r
+
         b.runner.draft = rec
         try:
             b.prefill()
@@ -196,15 +201,16 @@ def test_draft_tokens_equal_a_truncated_forward(default_engine, prompts):
         finally:
             b.close()
     assert [c[1] for c in calls] == [0, 1, 2]
-    seq = ids + b.outputs[0][:1]          # committed before the step (prompt + first token = root)
+    seq = ids + b.outputs[0][:1]  # committed before the step (prompt + first token = root)
     drafts = [int(c[3][0][0]) for c in calls]
     full = seq + drafts[:2]
     hs = _reference_hidden(eng, full).hidden_states
     with torch.inference_mode():
-        logits = eng.model.lm_head(eng.model.model.norm(hs[12][0, len(seq) - 1:]))
+        logits = eng.model.lm_head(eng.model.model.norm(hs[12][0, len(seq) - 1 :]))
     assert logits.argmax(-1).tolist() == drafts
-    np.testing.assert_allclose([float(c[3][1][0]) for c in calls],
-                               torch.softmax(logits.float(), -1).max(-1).values.numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        [float(c[3][1][0]) for c in calls], torch.softmax(logits.float(), -1).max(-1).values.numpy(), atol=1e-4
+    )
 
 
 def test_bad_configurations(default_engine):
@@ -215,7 +221,9 @@ def test_bad_configurations(default_engine):
     with pytest.raises(ConfigError, match=r"candidate_layers \[31\] out of range"):
         eng.generate([ids], registry.create("del", eng.vocab_size, {"candidate_layers": "20,31"}), 5)
     from transformers import GPT2Config, GPT2LMHeadModel
+
     from specplug.adapters.hf.engine import HFEngine
+
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
     with pytest.raises(ConfigError, match="model.model.layers, model.model.norm and an LM head"):
         HFEngine(gpt2, None, eos_token_ids=[]).generate([[1, 2, 3]], registry.create("del", 96), 5)
@@ -223,14 +231,25 @@ def test_bad_configurations(default_engine):
 
 def _tiny(family):
     torch.manual_seed(0)
-    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, bos_token_id=None, eos_token_id=None,
-                  pad_token_id=None)
+    common = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     if family == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
+
         m = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
         from transformers import GemmaConfig, GemmaForCausalLM
+
         m = GemmaForCausalLM(GemmaConfig(head_dim=8, **common))
     m.config._attn_implementation = "sdpa"
     return m.to(torch.float64).eval()
@@ -239,14 +258,16 @@ def _tiny(family):
 @pytest.mark.parametrize("family", ["qwen2", "gemma"])
 def test_tiny_families_lossless(family):
     from specplug.adapters.hf.engine import HFEngine
+
     eng = HFEngine(_tiny(family), None, eos_token_ids=[], model_name=family)
     rng = np.random.default_rng(0)
     ps = [rng.integers(0, 64, size=int(n)).tolist() for n in (5, 9, 13, 7)]
     cfg = GenerationConfig(max_new_tokens=20)
     ref = [r.output_ids for r in eng.generate(ps, registry.create("ar", 64), 1, cfg)]
-    for name, opts in (("early-exit", {"exit_layer": 2, "draft_len": 3}),
-                       ("del", {"candidate_layers": "1,2", "cost": "layers", "min_gain": 0.0,
-                                "probe_budget": 1.0})):
+    for name, opts in (
+        ("early-exit", {"exit_layer": 2, "draft_len": 3}),
+        ("del", {"candidate_layers": "1,2", "cost": "layers", "min_gain": 0.0, "probe_budget": 1.0}),
+    ):
         d = registry.create(name, 64, opts)
         assert [r.output_ids for r in eng.generate(ps, d, 8, cfg)] == ref, name
         assert d.active_requests() == 0

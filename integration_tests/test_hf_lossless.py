@@ -8,6 +8,7 @@ near-tie between differently shaped forward passes (batch 1 vs batched, 1 query 
 should that ever happen, run the default-model comparisons in float64
 (``HFEngine.load(dtype=torch.float64)``) rather than loosening the check.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,7 +43,7 @@ CHAT = [
     "What does HTTP stand for?",
 ]
 PLAIN = [
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "import numpy as np\n\ndef normalize(x):\n",
     "The cat sat on the mat. The cat sat on the mat. The cat sat on the",
     "1, 2, 3, 4, 5, 6, 7, 8,",
@@ -79,7 +80,7 @@ def _run(engine, prompts, name, budget, cfg, batch_size):
     drafter = registry.create(name, engine.vocab_size)
     out = []
     for s in range(0, len(prompts), batch_size):
-        out += engine.generate(prompts[s: s + batch_size], drafter, budget, cfg)
+        out += engine.generate(prompts[s : s + batch_size], drafter, budget, cfg)
     assert drafter.active_requests() == 0
     return out
 
@@ -94,8 +95,13 @@ def test_ar_matches_transformers_generate(default_engine, prompts, ar_reference)
     for i in (0, 1, 12, 14):
         p = prompts[i]
         with torch.inference_mode():
-            ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                 max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=0)[0, len(p):].tolist()
+            ref = model.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=MAX_NEW,
+                do_sample=False,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()
         assert ar_reference[i].output_ids == ref, i
 
 
@@ -178,14 +184,16 @@ class OracleTreeDrafter(ContextDrafter):
         children: dict[int, set] = {0: set()}
         size = int(rng.integers(len(path) + 1, budget + 1))
         while len(tokens) < size:
-            grow_path = len(on_path) <= len(path) and (rng.random() < 0.5 or
-                                                        size - len(tokens) <= len(path) - len(on_path) + 1)
+            grow_path = len(on_path) <= len(path) and (
+                rng.random() < 0.5 or size - len(tokens) <= len(path) - len(on_path) + 1
+            )
             if grow_path:
                 parent, tok = on_path[-1], path[len(on_path) - 1]
             else:
                 parent = int(rng.integers(len(tokens)))
-                banned = children[parent] | ({path[on_path.index(parent)]} if parent in on_path
-                                             and on_path.index(parent) < len(path) else set())
+                banned = children[parent] | (
+                    {path[on_path.index(parent)]} if parent in on_path and on_path.index(parent) < len(path) else set()
+                )
                 tok = int(rng.integers(v))
                 if tok in banned:
                     continue
@@ -203,7 +211,7 @@ class OracleTreeDrafter(ContextDrafter):
 def _tiny_prompts(vocab=96, n=5, seed=1):
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         base = rng.integers(3, vocab, size=int(rng.integers(2, 7))).tolist()
         out.append((base * 6)[: int(rng.integers(4, 30))])  # repetitive: PLD finds matches
     return out
@@ -219,8 +227,12 @@ def test_tiny_ar_matches_transformers_generate(make_tiny):
     cfg = GenerationConfig(max_new_tokens=24)
     prompts = _tiny_prompts()
     for p, r in zip(prompts, _ar(eng, prompts, cfg)):
-        ref = eng.model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                 max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        ref = eng.model.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=24,
+            do_sample=False,
+        )[0, len(p) :].tolist()
         assert r.output_ids == ref
 
 
@@ -234,7 +246,7 @@ def test_tiny_tree_drafts_are_lossless(make_tiny, batch_size, budget):
     drafter = OracleTreeDrafter(eng.vocab_size, [p + r.output_ids for p, r in zip(prompts, ref)], seed=budget)
     res = []
     for s in range(0, len(prompts), batch_size):
-        res += eng.generate(prompts[s: s + batch_size], drafter, budget, cfg)
+        res += eng.generate(prompts[s : s + batch_size], drafter, budget, cfg)
     assert [r.output_ids for r in res] == [r.output_ids for r in ref]
     assert drafter.active_requests() == 0
     assert max(max(r.accepted_per_step) for r in res) > 1
@@ -249,7 +261,7 @@ def test_tiny_pld_lossless(make_tiny, batch_size):
     drafter = registry.create("pld", eng.vocab_size)
     res = []
     for s in range(0, len(prompts), batch_size):
-        res += eng.generate(prompts[s: s + batch_size], drafter, 11, cfg)
+        res += eng.generate(prompts[s : s + batch_size], drafter, 11, cfg)
     assert [r.output_ids for r in res] == [r.output_ids for r in ref]
     assert drafter.active_requests() == 0
 
@@ -313,12 +325,19 @@ def test_chunked_prefill_matches_one_pass(make_tiny, monkeypatch):
 
 def test_encode_checks_prompts(default_engine):
     ids = default_engine.encode(messages=[{"role": "user", "content": "Hi"}])
-    assert ids == default_engine.encode(prompt=default_engine.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False))
-    for kwargs, match in [(dict(prompt="  "), "empty"), (dict(messages=[]), "messages"),
-                          (dict(messages=[{"role": "user", "content": ""}]), "messages"),
-                          (dict(), "either"), (dict(prompt="a", messages=[]), "either"),
-                          (dict(prompt="word " * 9000), "context")]:
+    assert ids == default_engine.encode(
+        prompt=default_engine.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+        )
+    )
+    for kwargs, match in [
+        (dict(prompt="  "), "empty"),
+        (dict(messages=[]), "messages"),
+        (dict(messages=[{"role": "user", "content": ""}]), "messages"),
+        (dict(), "either"),
+        (dict(prompt="a", messages=[]), "either"),
+        (dict(prompt="word " * 9000), "context"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             default_engine.encode(**kwargs)
 
@@ -474,8 +493,7 @@ def test_bad_trees_are_replaced_by_their_root(make_tiny, kind, match, caplog):
     drafter = BadTrees(eng.vocab_size, kind)
     out = eng.generate(prompts, drafter, 8, cfg)
     assert [r.output_ids for r in out] == [r.output_ids for r in ar]
-    assert "broken tree" in caplog.text and any(
-        __import__("re").search(match, m) for m in caplog.messages)
+    assert "broken tree" in caplog.text and any(__import__("re").search(match, m) for m in caplog.messages)
     assert drafter.active_requests() == 0
 
 
@@ -490,7 +508,7 @@ def test_bad_arguments_raise_config_errors(make_tiny):
         (dict(prompts=[[eng.vocab_size]], budget=1), "token ids"),
         (dict(prompts=[], budget=1), "at least one"),
         (dict(prompts=[p], budget=1, config=GenerationConfig(max_new_tokens=0)), "max_new_tokens"),
-        (dict(prompts=[p], budget=1, config=GenerationConfig(stop_token_ids=(10 ** 6,))), "stop_token_ids"),
+        (dict(prompts=[p], budget=1, config=GenerationConfig(stop_token_ids=(10**6,))), "stop_token_ids"),
     ]:
         with pytest.raises(ConfigError, match=match):
             eng.generate(drafter=ar, **{"config": GenerationConfig(), **kwargs})
@@ -544,14 +562,17 @@ def test_topk_feedback_matches_the_logits(make_tiny):
 # ------------------------------------------------------------------ sampling (when the verifier exists)
 def test_sampling_is_reproducible_with_a_seed(make_tiny):
     from specplug.drafters import verify
+
     if not hasattr(verify, "verify_sampling"):
         pytest.skip("verify_sampling not available yet")
     from specplug.adapters.hf.config import SamplingConfig
+
     eng = make_tiny(seed=3)
     prompts = _tiny_prompts(n=2, seed=5)
     cfg = GenerationConfig(max_new_tokens=20, sampling=SamplingConfig(temperature=0.8, top_k=20, top_p=0.9, seed=7))
-    runs = [[r.output_ids for r in eng.generate(prompts, registry.create("pld", eng.vocab_size), 11, cfg)]
-            for _ in range(2)]
+    runs = [
+        [r.output_ids for r in eng.generate(prompts, registry.create("pld", eng.vocab_size), 11, cfg)] for _ in range(2)
+    ]
     assert runs[0] == runs[1] and all(len(o) == 20 for o in runs[0])
 
 
@@ -571,9 +592,14 @@ class FixedTree(ContextDrafter):
     name = "fixed-tree"
 
     def propose(self, rids, budgets):
-        return [DraftTree(np.array([int(self.context(r)[-1]), 0, 1, 2, 0, 1]),
-                          np.array([-1, 0, 0, 0, 1, 1]), np.array([1, .9, .8, .7, .6, .5])).truncate(b)
-                for r, b in zip(rids, budgets)]
+        return [
+            DraftTree(
+                np.array([int(self.context(r)[-1]), 0, 1, 2, 0, 1]),
+                np.array([-1, 0, 0, 0, 1, 1]),
+                np.array([1, 0.9, 0.8, 0.7, 0.6, 0.5]),
+            ).truncate(b)
+            for r, b in zip(rids, budgets)
+        ]
 
 
 def test_sampling_output_distribution_is_the_targets(make_tiny):
@@ -584,6 +610,7 @@ def test_sampling_output_distribution_is_the_targets(make_tiny):
     from specplug.adapters.hf.config import SamplingConfig
     from specplug.adapters.hf.sampling import warp_probs
     from specplug.drafters import verify
+
     if not hasattr(verify, "verify_sampling"):
         pytest.skip("verify_sampling not available yet")
     vocab, n_batches, batch = 5, 16, 250

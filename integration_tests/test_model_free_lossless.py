@@ -6,6 +6,7 @@
   drafter's real trees (which depend on the history, as in serving) follow the target's
   distribution (chi-square over all 3-token continuations).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +20,7 @@ from specplug.drafters.tree import pack_trees
 from specplug.drafters.verify import _verify_sampling_core, committed_tokens, verify_sampling
 
 ALGORITHMS = ("racer", "token-recycling", "suffix")
+
 
 @pytest.fixture(scope="module")
 def prompts(default_engine, real_prompts):
@@ -34,7 +36,7 @@ def _generate(engine, prompts, name, budget, max_new, batch, options=None, polic
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     for i in range(0, len(order), batch):
-        idx = order[i:i + batch]
+        idx = order[i : i + batch]
         for j, r in zip(idx, engine.generate([prompts[j] for j in idx], drafter, budget, cfg, budget_policy=policy)):
             out[j] = r
     assert drafter.active_requests() == 0
@@ -70,6 +72,7 @@ def test_greedy_identical_in_the_other_tree_mode(default_engine, prompts, ar_out
 def test_greedy_identical_with_load_aware_budgets(default_engine, prompts, ar_outputs):
     """Trees cut by the load-aware policy (a GPU-like cost table: speculation pays) stay lossless."""
     import numpy as np
+
     from specplug.drafters.budget import BudgetPolicy, CostModel
 
     policy = BudgetPolicy(CostModel(np.array([1, 64, 256, 1024]), np.array([0.01, 0.01, 0.011, 0.03]), {}))
@@ -98,6 +101,7 @@ def _toy_target(vocab: int, seed: int) -> np.ndarray:
 
 def _biased_verifier(tokens, parents, depth, valid, probs, gen):
     """A broken acceptance rule (accepts drafts 1.5x too often): the negative control."""
+
     def coin(p):
         return torch.rand(p.shape, generator=gen, dtype=p.dtype) < torch.clamp(1.5 * p, max=1.0)
 
@@ -111,10 +115,10 @@ def _sample_continuations(name: str, n_seq: int, length: int, vocab: int, seed: 
     """n_seq continuations of ``length`` tokens after a fixed context, speculative sampling
     with the drafter's trees (state carried across steps, as in serving)."""
     P = _toy_target(vocab, seed)
-    topk_of = np.argsort(-P, axis=1)                     # the target's top-k ids per token
+    topk_of = np.argsort(-P, axis=1)  # the target's top-k ids per token
     rng = np.random.default_rng(seed + 1)
     context = [0]
-    for _ in range(40):                                   # a history for retrieval to match
+    for _ in range(40):  # a history for retrieval to match
         context.append(int(rng.choice(vocab, p=P[context[-1]])))
     gen = torch.Generator().manual_seed(seed)
     drafter = registry.create(name, vocab)
@@ -129,13 +133,19 @@ def _sample_continuations(name: str, n_seq: int, length: int, vocab: int, seed: 
         while live:
             trees = drafter.propose(live, [16] * len(live))
             packed = pack_trees(trees)
-            probs = torch.from_numpy(P[packed.tokens])              # [B, W, V] target after each node
+            probs = torch.from_numpy(P[packed.tokens])  # [B, W, V] target after each node
             res = verifier(packed.tokens, packed.parents, packed.depth, packed.valid, probs, gen)
             accepted = [committed_tokens(packed.tokens, res, j) for j in range(len(live))]
             drafted_nodes += int(packed.sizes.sum()) - len(live)
             steps += len(live)
-            drafter.observe_batch(Feedback.from_lists(
-                live, trees, accepted, [TopK.of(topk_of[t.tokens]) for t in trees] if drafter.uses_target_topk else None))
+            drafter.observe_batch(
+                Feedback.from_lists(
+                    live,
+                    trees,
+                    accepted,
+                    [TopK.of(topk_of[t.tokens]) for t in trees] if drafter.uses_target_topk else None,
+                )
+            )
             still = []
             for r, acc in zip(live, accepted):
                 seqs[r] += acc
@@ -159,7 +169,7 @@ def _chi_square_pvalue(seqs, P, first, vocab):
     for s in seqs:
         counts[s] = counts.get(s, 0) + 1
     obs = np.array([counts.get(k, 0) for k in keys], float)
-    rare = exp < 5                      # pool rare continuations: the chi-square approximation holds
+    rare = exp < 5  # pool rare continuations: the chi-square approximation holds
     obs = np.append(obs[~rare], obs[rare].sum())
     exp = np.append(exp[~rare], exp[rare].sum())
     return chisquare(obs, exp).pvalue

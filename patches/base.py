@@ -18,6 +18,7 @@ A :class:`PatchSet` groups the patches of one engine with the engine's supported
 version range: the version is checked once, before the first patch applies.
 Nothing here imports an engine; SGLang and TGI patches both build on it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,12 +28,12 @@ import re
 import sys
 import textwrap
 import types
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from specplug.drafters.errors import SpecplugError
 
-__all__ = ["PatchError", "Patch", "PatchSet", "source_fingerprint", "object_fingerprint",
-           "parse_version", "log"]
+__all__ = ["PatchError", "Patch", "PatchSet", "source_fingerprint", "object_fingerprint", "parse_version", "log"]
 
 _MARK = "__specplug_patch__"
 
@@ -147,13 +148,16 @@ class Patch:
         if self.fingerprints:
             fp = object_fingerprint(func)
             if fp is None:
-                log("warning", f"specplug: cannot read the source of {self.qualname} to check it; "
-                               f"patching it unchecked")
+                log(
+                    "warning", f"specplug: cannot read the source of {self.qualname} to check it; patching it unchecked"
+                )
             elif fp not in self.fingerprints:
-                raise self._fail(f"its code differs from the code this patch was written against "
-                                 f"(fingerprint {fp}, expected one of {sorted(self.fingerprints)})")
+                raise self._fail(
+                    f"its code differs from the code this patch was written against "
+                    f"(fingerprint {fp}, expected one of {sorted(self.fingerprints)})"
+                )
 
-    def apply(self, module: types.ModuleType | None = None) -> "Patch":
+    def apply(self, module: types.ModuleType | None = None) -> Patch:
         if self.applied:
             raise self._fail("this patch object is already applied")
         self.check(module)
@@ -170,8 +174,7 @@ class Patch:
         self.owner, self.original, self.applied = owner, raw, True
         if self.alias_prefix and "." not in self.target:
             self._rebind_aliases(raw, new)
-        where = "" if not self.aliases else \
-            f" (and its aliases in {', '.join(m.__name__ for m, _ in self.aliases)})"
+        where = "" if not self.aliases else f" (and its aliases in {', '.join(m.__name__ for m, _ in self.aliases)})"
         log("info", f"specplug: {type(self).__name__} replaced {self.qualname}{where}")
         return self
 
@@ -208,16 +211,20 @@ class PatchSet:
     (inclusive (major, minor, patch) bounds).
     """
 
-    def __init__(self, engine: str, supported: tuple[tuple[int, int, int], tuple[int, int, int]],
-                 patches: Sequence[type[Patch]], detect_version: Callable[[], tuple[str, str]],
-                 supported_text: str | None = None):
+    def __init__(
+        self,
+        engine: str,
+        supported: tuple[tuple[int, int, int], tuple[int, int, int]],
+        patches: Sequence[type[Patch]],
+        detect_version: Callable[[], tuple[str, str]],
+        supported_text: str | None = None,
+    ):
         self.engine = engine
         self.supported = supported
         self.patch_types = list(patches)
         self.detect_version = detect_version
         lo, hi = supported
-        self.supported_text = supported_text or (
-            f"{engine} {'.'.join(map(str, lo))} through {'.'.join(map(str, hi))}")
+        self.supported_text = supported_text or (f"{engine} {'.'.join(map(str, lo))} through {'.'.join(map(str, hi))}")
         self.version: str | None = None
         self.applied: list[Patch] = []
 
@@ -231,8 +238,9 @@ class PatchSet:
             v = parse_version(text)
             lo, hi = self.supported
             if v is None or not (lo <= v <= hi):
-                raise PatchError(f"{self.engine} version {text!r} ({how}) is not supported: specplug "
-                                 f"supports {self.supported_text}")
+                raise PatchError(
+                    f"{self.engine} version {text!r} ({how}) is not supported: specplug supports {self.supported_text}"
+                )
             self.version = text
             log("info", f"specplug: {self.engine} {text} ({how}) is supported")
         return self.version

@@ -5,14 +5,27 @@ documentation line. Code reads a variable only through :func:`read` (or :func:`r
 Test-only variables of the integration tests' kernel stand-ins
 (``SPECPLUG_CPU_KERNELS*``) are not product settings and live with those stand-ins.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
-__all__ = ["EnvVar", "VARIABLES", "read", "raw", "describe",
-           "CACHE", "SGLANG_OPTIONS", "SGLANG_LOAD_AWARE", "TGI_ALGORITHM", "TGI_OPTIONS", "TGI_VERSION"]
+__all__ = [
+    "EnvVar",
+    "VARIABLES",
+    "read",
+    "raw",
+    "describe",
+    "CACHE",
+    "SGLANG_OPTIONS",
+    "SGLANG_LOAD_AWARE",
+    "TGI_ALGORITHM",
+    "TGI_OPTIONS",
+    "TGI_VERSION",
+]
 
 
 def _text(value: str) -> str:
@@ -39,19 +52,33 @@ def _declare(name: str, doc: str, parse: Callable[[str], Any] = _text) -> str:
     return name
 
 
-CACHE = _declare("SPECPLUG_CACHE", "directory of converted default models and trained drafters "
-                 "(default: $XDG_CACHE_HOME/specplug or ~/.cache/specplug)")
-SGLANG_OPTIONS = _declare("SPECPLUG_SGLANG_OPTIONS", "SGLang: options of the --speculative-algorithm "
-                          "(a JSON object, or a path to a JSON file); SGLang rejects unknown flags")
-SGLANG_LOAD_AWARE = _declare("SPECPLUG_SGLANG_LOAD_AWARE", "SGLang: load-aware widths per batch from a cost "
-                             "model (a shipped name such as 'cpu', or a JSON path); unset: fixed widths")
-TGI_ALGORITHM = _declare("SPECPLUG_TGI_ALGORITHM", "TGI: the specplug algorithm replacing TGI's n-gram "
-                         "drafting (the .pth start-up hook does nothing unless it is set); --speculate N sets "
-                         "the chain length")
-TGI_OPTIONS = _declare("SPECPLUG_TGI_OPTIONS", "TGI: options of that algorithm (a JSON object, or a path to a "
-                       "JSON file)")
-TGI_VERSION = _declare("SPECPLUG_TGI_VERSION", "TGI: the server version, for deployments whose package metadata "
-                       "and checkout carry none")
+CACHE = _declare(
+    "SPECPLUG_CACHE",
+    "directory of converted default models and trained drafters "
+    "(default: $XDG_CACHE_HOME/specplug or ~/.cache/specplug)",
+)
+SGLANG_OPTIONS = _declare(
+    "SPECPLUG_SGLANG_OPTIONS",
+    "SGLang: options of the --speculative-algorithm "
+    "(a JSON object, or a path to a JSON file); SGLang rejects unknown flags",
+)
+SGLANG_LOAD_AWARE = _declare(
+    "SPECPLUG_SGLANG_LOAD_AWARE",
+    "SGLang: load-aware widths per batch from a cost "
+    "model (a shipped name such as 'cpu', or a JSON path); unset: fixed widths",
+)
+TGI_ALGORITHM = _declare(
+    "SPECPLUG_TGI_ALGORITHM",
+    "TGI: the specplug algorithm replacing TGI's n-gram "
+    "drafting (the .pth start-up hook does nothing unless it is set); --speculate N sets "
+    "the chain length",
+)
+TGI_OPTIONS = _declare(
+    "SPECPLUG_TGI_OPTIONS", "TGI: options of that algorithm (a JSON object, or a path to a JSON file)"
+)
+TGI_VERSION = _declare(
+    "SPECPLUG_TGI_VERSION", "TGI: the server version, for deployments whose package metadata and checkout carry none"
+)
 
 
 def read(name: str, environ: Mapping[str, str] | None = None) -> Any:

@@ -10,13 +10,14 @@ is set, so it imports only what start-up already loaded (``importlib.abc`` alone
 pull ``importlib.resources``, ``tempfile``, ``pathlib``...): the finder and loader follow
 the import protocol without subclassing its ABCs.
 """
+
 import _thread
 import sys
 
 __all__ = ["register_post_import_hook", "remove_post_import_hooks", "pending_hooks"]
 
 _lock = _thread.RLock()
-_hooks = {}   # module name -> [callable(module)]
+_hooks = {}  # module name -> [callable(module)]
 
 
 class _HookedLoader:

@@ -9,18 +9,20 @@ import :mod:`specplug.patches.tgi`, read the algorithm and its options
 and patch those modules, once. A bad algorithm, option or TGI version makes that import
 fail with a message naming the fix, so the shard stops instead of running unpatched.
 """
+
 from specplug.plugins import env
 from specplug.plugins.post_import import register_post_import_hook
 
 __all__ = ["HOOKED_MODULES", "PTH_NAME", "PTH_LINE", "install", "installed"]
 
-HOOKED_MODULES = ("text_generation_server.utils.tokens",
-                  "text_generation_server.models.flash_causal_lm")
+HOOKED_MODULES = ("text_generation_server.utils.tokens", "text_generation_server.models.flash_causal_lm")
 PTH_NAME = "specplug_tgi.pth"
 # What the .pth file holds: site.py executes lines that start with "import". It names
 # env.TGI_ALGORITHM literally (importing specplug to read the name would cost every interpreter).
-PTH_LINE = ("import os; os.environ.get('SPECPLUG_TGI_ALGORITHM') and "
-            "__import__('specplug.plugins.tgi_hook', fromlist=['install']).install()")
+PTH_LINE = (
+    "import os; os.environ.get('SPECPLUG_TGI_ALGORITHM') and "
+    "__import__('specplug.plugins.tgi_hook', fromlist=['install']).install()"
+)
 
 _installed = False
 

@@ -1,4 +1,5 @@
 """``specplug algorithms``: one line per registered algorithm."""
+
 from __future__ import annotations
 
 from specplug import peers  # noqa: F401 (lists the benchmark peers too, e.g. sglang-ngram)

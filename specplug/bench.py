@@ -24,6 +24,7 @@ Method (what the numbers mean):
 The engine/drafter loop is :func:`run_bench` (no I/O besides an optional progress
 bar); :func:`run` is the command-line wrapper.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from specplug import peers  # noqa: F401 (registers the benchmark peers, e.g. sglang-ngram)
 from specplug.drafters import registry
@@ -44,8 +46,15 @@ DEFAULT_PROMPTS = "humaneval,mtbench,gsm8k"
 
 #: per-result keys required by the JSON contract, with their types
 RESULT_KEYS: dict[str, type] = {
-    "algorithm": str, "prompt_set": str, "prompts": int, "new_tokens": int, "steps": int,
-    "mat": float, "tokens_per_s": float, "speedup_vs_ar": float, "draft_ms_per_step": float,
+    "algorithm": str,
+    "prompt_set": str,
+    "prompts": int,
+    "new_tokens": int,
+    "steps": int,
+    "mat": float,
+    "tokens_per_s": float,
+    "speedup_vs_ar": float,
+    "draft_ms_per_step": float,
     "lossless_mismatches": int,
 }
 
@@ -70,8 +79,9 @@ def split_variant(name: str, options: Mapping[str, Any] | None = None) -> tuple[
         raise ConfigError(f"bad algorithm variant {text!r}: use NAME[static] or NAME[dynamic]")
     if not any(o.name == "tree" for o in spec.options):
         with_tree = [s.name for s in registry.specs() if any(o.name == "tree" for o in s.options)]
-        raise ConfigError(f"algorithm {spec.name!r} has no tree modes; NAME[static|dynamic] works for "
-                          f"{', '.join(with_tree)}")
+        raise ConfigError(
+            f"algorithm {spec.name!r} has no tree modes; NAME[static|dynamic] works for {', '.join(with_tree)}"
+        )
     opts["tree"] = mode
     return spec.name, opts
 
@@ -132,11 +142,13 @@ def parse_options(text: str | None, algorithms: Sequence[str]) -> dict[str, dict
     for key, opts in data.items():
         name = registry.get(key).name
         if name not in bases:
-            raise ConfigError(f"--options names algorithm {key!r}, which is not benchmarked; "
-                              f"benchmarked: {', '.join(algorithms)}")
+            raise ConfigError(
+                f"--options names algorithm {key!r}, which is not benchmarked; benchmarked: {', '.join(algorithms)}"
+            )
         if not isinstance(opts, dict):
-            raise ConfigError(f"--options: the options of {key!r} must be a JSON object, "
-                              f"e.g. '{{\"{name}\": {{\"budget\": 32}}}}'")
+            raise ConfigError(
+                f'--options: the options of {key!r} must be a JSON object, e.g. \'{{"{name}": {{"budget": 32}}}}\''
+            )
         registry.validate_options(name, opts)
         out[name] = dict(opts)
     return out
@@ -151,9 +163,10 @@ def drafter_options(algorithm: str, options: Mapping[str, Mapping[str, Any]]) ->
 def resolve_budgets(algorithms: Sequence[str], budget: int | None) -> dict[str, int]:
     if budget is not None:
         budget = check_budget(budget)
-    return {a: 1 if a == BASELINE else (budget if budget is not None else
-                                        registry.get(split_variant(a)[0]).default_budget)
-            for a in algorithms}
+    return {
+        a: 1 if a == BASELINE else (budget if budget is not None else registry.get(split_variant(a)[0]).default_budget)
+        for a in algorithms
+    }
 
 
 # ------------------------------------------------------------------ the loop
@@ -176,14 +189,25 @@ def _seed(seed: int | None, k: int):
     if seed is None:
         return
     import torch
+
     torch.manual_seed(seed + k)
 
 
-def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Sequence[Any]], *,
-              max_new_tokens: int = 128, budget: int | None = None,
-              options: Mapping[str, Mapping[str, Any]] | None = None, warmup: int = 1,
-              seed: int | None = 0, temperature: float = 0.0, progress: bool = False,
-              gen_config=None, calibration: bool = False) -> dict:
+def run_bench(
+    engine,
+    algorithms: Sequence[str],
+    prompt_sets: Mapping[str, Sequence[Any]],
+    *,
+    max_new_tokens: int = 128,
+    budget: int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    warmup: int = 1,
+    seed: int | None = 0,
+    temperature: float = 0.0,
+    progress: bool = False,
+    gen_config=None,
+    calibration: bool = False,
+) -> dict:
     """Benchmark ``algorithms`` (AR added first when missing) on ``prompt_sets``
     (label -> list of :class:`~specplug.prompts.Prompt`) and return the result dict
     (see the module docstring). ``gen_config`` overrides the GenerationConfig built
@@ -204,8 +228,7 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
     if not prompt_sets:
         raise ConfigError("no prompt sets to benchmark")
 
-    encoded = {label: [(p.id, encode_prompt(engine, p)) for p in prompts]
-               for label, prompts in prompt_sets.items()}
+    encoded = {label: [(p.id, encode_prompt(engine, p)) for p in prompts] for label, prompts in prompt_sets.items()}
 
     # warm-up: first `warmup` prompts of the first set, every algorithm, discarded
     if warmup > 0:
@@ -224,6 +247,7 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=total, desc="bench", unit="gen", file=sys.stderr, dynamic_ncols=True)
     k = 0
     try:
@@ -238,11 +262,16 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
                     t0 = time.perf_counter()
                     res = _generate(engine, ids, drafters[a], budgets[a], gen_config)
                     wall = time.perf_counter() - t0
-                    records[(label, a)].append({
-                        "id": pid, "output_ids": list(res.output_ids), "steps": int(res.steps),
-                        "time_s": wall, "draft_time_s": float(res.draft_time_s),
-                        "verify_time_s": float(res.verify_time_s),
-                    })
+                    records[(label, a)].append(
+                        {
+                            "id": pid,
+                            "output_ids": list(res.output_ids),
+                            "steps": int(res.steps),
+                            "time_s": wall,
+                            "draft_time_s": float(res.draft_time_s),
+                            "verify_time_s": float(res.verify_time_s),
+                        }
+                    )
                     if bar is not None:
                         bar.update(1)
                 k += 1
@@ -265,49 +294,59 @@ def run_bench(engine, algorithms: Sequence[str], prompt_sets: Mapping[str, Seque
             per_prompt = []
             for x, b in zip(rec, base):
                 if x["time_s"] > 0 and b["time_s"] > 0 and b["output_ids"]:
-                    per_prompt.append((len(x["output_ids"]) / x["time_s"]) /
-                                      (len(b["output_ids"]) / b["time_s"]))
-            mismatches = (sum(x["output_ids"] != b["output_ids"] for x, b in zip(rec, base))
-                          if greedy else None)
-            results.append({
-                "algorithm": a,
-                "prompt_set": label,
-                "prompts": len(rec),
-                "new_tokens": int(new_tokens),
-                "steps": int(steps),
-                "mat": float(new_tokens / steps) if steps else 0.0,
-                "tokens_per_s": float(tps),
-                "speedup_vs_ar": float(tps / base_tps) if base_tps > 0 else 0.0,
-                "draft_ms_per_step": float(1000.0 * sum(x["draft_time_s"] for x in rec) / steps) if steps else 0.0,
-                "lossless_mismatches": mismatches,
-                # extras
-                "budget": budgets[a],
-                "median_speedup_vs_ar": float(statistics.median(per_prompt)) if per_prompt else 0.0,
-                "verify_ms_per_step": float(1000.0 * sum(x["verify_time_s"] for x in rec) / steps) if steps else 0.0,
-                "time_s": float(time_s),
-                "mismatched_prompts": ([x["id"] for x, b in zip(rec, base) if x["output_ids"] != b["output_ids"]]
-                                       if greedy else None),
-            })
+                    per_prompt.append((len(x["output_ids"]) / x["time_s"]) / (len(b["output_ids"]) / b["time_s"]))
+            mismatches = sum(x["output_ids"] != b["output_ids"] for x, b in zip(rec, base)) if greedy else None
+            results.append(
+                {
+                    "algorithm": a,
+                    "prompt_set": label,
+                    "prompts": len(rec),
+                    "new_tokens": int(new_tokens),
+                    "steps": int(steps),
+                    "mat": float(new_tokens / steps) if steps else 0.0,
+                    "tokens_per_s": float(tps),
+                    "speedup_vs_ar": float(tps / base_tps) if base_tps > 0 else 0.0,
+                    "draft_ms_per_step": float(1000.0 * sum(x["draft_time_s"] for x in rec) / steps) if steps else 0.0,
+                    "lossless_mismatches": mismatches,
+                    # extras
+                    "budget": budgets[a],
+                    "median_speedup_vs_ar": float(statistics.median(per_prompt)) if per_prompt else 0.0,
+                    "verify_ms_per_step": float(1000.0 * sum(x["verify_time_s"] for x in rec) / steps)
+                    if steps
+                    else 0.0,
+                    "time_s": float(time_s),
+                    "mismatched_prompts": (
+                        [x["id"] for x, b in zip(rec, base) if x["output_ids"] != b["output_ids"]] if greedy else None
+                    ),
+                }
+            )
 
     import torch
+
     report = {
         "model": str(_engine_attr(engine, ("model_name", "model_path", "name"), "unknown")),
         "device": str(_engine_attr(engine, ("device",), "cpu")),
         "torch_threads": int(torch.get_num_threads()),
         "results": results,
         "config": {
-            "algorithms": list(algorithms), "budgets": budgets, "options": options,
-            "max_new_tokens": int(max_new_tokens), "warmup": int(warmup), "seed": seed,
-            "temperature": float(temperature), "order": "interleaved, rotated per prompt",
+            "algorithms": list(algorithms),
+            "budgets": budgets,
+            "options": options,
+            "max_new_tokens": int(max_new_tokens),
+            "warmup": int(warmup),
+            "seed": seed,
+            "temperature": float(temperature),
+            "order": "interleaved, rotated per prompt",
             "timing": "wall time of engine.generate per prompt, summed",
         },
     }
     reports = {a: r for a, r in ((a, d.bench_report()) for a, d in drafters.items()) if r is not None}
-    if reports:       # drafters that report their own decisions (del: exit layer and γ over time)
+    if reports:  # drafters that report their own decisions (del: exit layer and γ over time)
         report["drafter_reports"] = reports
-    if calibration:   # an extra top-level key, only on request
-        report["calibration"] = {a: r for a, r in ((a, d.calibration_report()) for a, d in drafters.items())
-                                 if r is not None}
+    if calibration:  # an extra top-level key, only on request
+        report["calibration"] = {
+            a: r for a, r in ((a, d.calibration_report()) for a, d in drafters.items()) if r is not None
+        }
     return report
 
 
@@ -321,12 +360,17 @@ def _engine_attr(engine, names, default):
 
 def make_generation_config(max_new_tokens: int, temperature: float = 0.0, seed: int | None = 0):
     """The engine's GenerationConfig for this run (greedy unless temperature > 0)."""
-    from specplug.adapters.hf.engine import GenerationConfig
     import dataclasses
+
+    from specplug.adapters.hf.engine import GenerationConfig
+
     kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens)}
     if temperature and temperature > 0:
         from specplug.adapters.hf.engine import SamplingConfig
-        fields = {f.name for f in dataclasses.fields(SamplingConfig)} if dataclasses.is_dataclass(SamplingConfig) else set()
+
+        fields = (
+            {f.name for f in dataclasses.fields(SamplingConfig)} if dataclasses.is_dataclass(SamplingConfig) else set()
+        )
         skw: dict[str, Any] = {"temperature": float(temperature)}
         if "seed" in fields and seed is not None:
             skw["seed"] = int(seed)
@@ -340,28 +384,54 @@ def _fmt_int(v):
 
 
 def format_table(report: dict, markdown: bool = False) -> str:
-    cols = ["algorithm", "prompt set", "n", "budget", "new tok", "steps", "MAT", "tok/s",
-            "speedup", "median", "draft ms/step", "mismatches"]
+    cols = [
+        "algorithm",
+        "prompt set",
+        "n",
+        "budget",
+        "new tok",
+        "steps",
+        "MAT",
+        "tok/s",
+        "speedup",
+        "median",
+        "draft ms/step",
+        "mismatches",
+    ]
     rows = []
     for r in report["results"]:
         mm = r["lossless_mismatches"]
-        rows.append([
-            r["algorithm"], r["prompt_set"], str(r["prompts"]), str(r.get("budget", "")),
-            _fmt_int(r["new_tokens"]), _fmt_int(r["steps"]), f"{r['mat']:.2f}",
-            f"{r['tokens_per_s']:.1f}", f"{r['speedup_vs_ar']:.2f}x",
-            f"{r.get('median_speedup_vs_ar', float('nan')):.2f}x",
-            f"{r['draft_ms_per_step']:.3f}", "n/a" if mm is None else str(mm),
-        ])
-    head = (f"model {report['model']} on {report['device']}, {report['torch_threads']} torch thread(s)")
+        rows.append(
+            [
+                r["algorithm"],
+                r["prompt_set"],
+                str(r["prompts"]),
+                str(r.get("budget", "")),
+                _fmt_int(r["new_tokens"]),
+                _fmt_int(r["steps"]),
+                f"{r['mat']:.2f}",
+                f"{r['tokens_per_s']:.1f}",
+                f"{r['speedup_vs_ar']:.2f}x",
+                f"{r.get('median_speedup_vs_ar', float('nan')):.2f}x",
+                f"{r['draft_ms_per_step']:.3f}",
+                "n/a" if mm is None else str(mm),
+            ]
+        )
+    head = f"model {report['model']} on {report['device']}, {report['torch_threads']} torch thread(s)"
     if markdown:
-        lines = [f"{head}", "", "| " + " | ".join(cols) + " |",
-                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
+        lines = [
+            f"{head}",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines) + "\n"
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
 
     def line(cells):
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     out = [head, line(cols), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
     return "\n".join(out) + "\n"
 
@@ -373,26 +443,39 @@ def format_calibration(report: dict) -> str:
     out = []
     for a, c in cal.items():
         ln = c["length"]
-        out.append(f"calibration of {a}: {ln['steps']} steps, expected {ln['mean_expected']:.3f} vs realised "
-                   f"{ln['mean_realised']:.3f} accepted draft tokens per step (ratio {ln['global_ratio']:.3f})")
+        out.append(
+            f"calibration of {a}: {ln['steps']} steps, expected {ln['mean_expected']:.3f} vs realised "
+            f"{ln['mean_realised']:.3f} accepted draft tokens per step (ratio {ln['global_ratio']:.3f})"
+        )
         out.append("  expected-length bin    steps  mean expected  mean realised")
         for b in ln["bins"]:
-            out.append(f"  {b['expected_bin']:<20} {b['steps']:>7} {b['mean_expected']:>14.3f} {b['mean_realised']:>14.3f}")
+            out.append(
+                f"  {b['expected_bin']:<20} {b['steps']:>7} {b['mean_expected']:>14.3f} {b['mean_realised']:>14.3f}"
+            )
         for key in ("token_rows", "pair_rows"):
             rows = [r for r in c.get(key, []) if r["rank"] <= 1]
             if not rows:
                 continue
             out.append(f"  edges ({key}): rank  prob bin     trials  hit rate  estimate")
             for r in rows:
-                out.append(f"  {'':>18}{r['rank']:>4}  {r['prob_bin']:<11} {r['trials']:>7} {r['hit_rate']:>9.3f} "
-                           f"{r['estimate']:>9.3f}")
-        acc = [r for r in c.get("acceptance", []) if r["source"].startswith("retrieval")
-               or r["source"].endswith((" 0", " 1"))]          # every retrieval class, ranks 0-1
+                out.append(
+                    f"  {'':>18}{r['rank']:>4}  {r['prob_bin']:<11} {r['trials']:>7} {r['hit_rate']:>9.3f} "
+                    f"{r['estimate']:>9.3f}"
+                )
+        acc = [
+            r
+            for r in c.get("acceptance", [])
+            if r["source"].startswith("retrieval") or r["source"].endswith((" 0", " 1"))
+        ]  # every retrieval class, ranks 0-1
         if acc:
-            out.append("  accepted edges (dynamic trees): source               prob bin     trials  accept rate  prior  estimate")
+            out.append(
+                "  accepted edges (dynamic trees): source               prob bin     trials  accept rate  prior  estimate"
+            )
             for r in acc:
-                out.append(f"  {'':>32}{r['source']:<24} {r['prob_bin']:<11} {r['trials']:>7} "
-                           f"{r['accept_rate']:>11.3f} {r['prior']:>6.3f} {r['estimate']:>9.3f}")
+                out.append(
+                    f"  {'':>32}{r['source']:<24} {r['prob_bin']:<11} {r['trials']:>7} "
+                    f"{r['accept_rate']:>11.3f} {r['prior']:>6.3f} {r['estimate']:>9.3f}"
+                )
     return "\n".join(out) + ("\n" if out else "")
 
 
@@ -412,8 +495,10 @@ def _check_json(report: dict) -> None:
 # ------------------------------------------------------------------ CLI
 def _int_at_least(low: int, what: str):
     """argparse type: an integer >= low, else one clear error."""
+
     def parse(text: str) -> int:
         import argparse
+
         try:
             v = int(text)
         except ValueError:
@@ -421,6 +506,7 @@ def _int_at_least(low: int, what: str):
         if v < low:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
+
     return parse
 
 
@@ -429,39 +515,74 @@ _nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None,
-                   help="model path or name for the embedded engine (default: the engine's default, SmolLM2-135M)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model path or name for the embedded engine (default: the engine's default, SmolLM2-135M)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--algorithms", default="ar,pld",
-                   help="comma-separated registered algorithms (see `specplug algorithms`); "
-                        "ar, the baseline, is always included (default: ar,pld)")
-    p.add_argument("--prompts", default=DEFAULT_PROMPTS,
-                   help="comma-separated prompt sets: humaneval, mtbench, gsm8k, or paths to JSONL files "
-                        "with a 'prompt' or 'messages' field per line (default: %(default)s)")
+    p.add_argument(
+        "--algorithms",
+        default="ar,pld",
+        help="comma-separated registered algorithms (see `specplug algorithms`); "
+        "ar, the baseline, is always included (default: ar,pld)",
+    )
+    p.add_argument(
+        "--prompts",
+        default=DEFAULT_PROMPTS,
+        help="comma-separated prompt sets: humaneval, mtbench, gsm8k, or paths to JSONL files "
+        "with a 'prompt' or 'messages' field per line (default: %(default)s)",
+    )
     p.add_argument("--limit", type=_positive_int, default=10, help="first N prompts of each set (default: 10)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens per prompt (default: 128)")
-    p.add_argument("--budget", type=int, default=None,
-                   help="tree budget (nodes incl. root, 1..1024) for every speculative algorithm "
-                        "(default: each algorithm's default budget; ar always uses 1)")
-    p.add_argument("--options", default=None,
-                   help="per-algorithm options as JSON or a JSON file, e.g. '{\"pld\": {\"max_ngram\": 4}}'")
-    p.add_argument("--tree", default=None, metavar="MODES",
-                   help="tree modes of algorithms that have them (racer, token-recycling): static, dynamic "
-                        "or static,dynamic to compare both in one run; rows are then named e.g. racer[dynamic] "
-                        "(default: each algorithm's own option). NAME[MODE] in --algorithms also works")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="tree budget (nodes incl. root, 1..1024) for every speculative algorithm "
+        "(default: each algorithm's default budget; ar always uses 1)",
+    )
+    p.add_argument(
+        "--options",
+        default=None,
+        help='per-algorithm options as JSON or a JSON file, e.g. \'{"pld": {"max_ngram": 4}}\'',
+    )
+    p.add_argument(
+        "--tree",
+        default=None,
+        metavar="MODES",
+        help="tree modes of algorithms that have them (racer, token-recycling): static, dynamic "
+        "or static,dynamic to compare both in one run; rows are then named e.g. racer[dynamic] "
+        "(default: each algorithm's own option). NAME[MODE] in --algorithms also works",
+    )
     p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--warmup", type=_nonneg_int, default=1,
-                   help="warm-up prompts per algorithm before measuring, discarded (default: 1)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 = greedy (default; lossless check on); > 0 samples (mismatches not counted)")
+    p.add_argument(
+        "--warmup",
+        type=_nonneg_int,
+        default=1,
+        help="warm-up prompts per algorithm before measuring, discarded (default: 1)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 = greedy (default; lossless check on); > 0 samples (mismatches not counted)",
+    )
     p.add_argument("--seed", type=int, default=0, help="torch seed, offset per prompt (default: 0)")
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="write the results as JSON to PATH and a Markdown table to PATH with .md")
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="write the results as JSON to PATH and a Markdown table to PATH with .md",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--calibration", action="store_true",
-                   help="also report the calibration tables of drafters that keep one (racer, token-recycling): "
-                        "expected vs realised accepted tokens, hit rate per candidate probability bin "
-                        "(printed, and stored in the JSON under 'calibration')")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also report the calibration tables of drafters that keep one (racer, token-recycling): "
+        "expected vs realised accepted tokens, hit rate per candidate probability bin "
+        "(printed, and stored in the JSON under 'calibration')",
+    )
 
 
 def run(args) -> int:
@@ -490,14 +611,25 @@ def run(args) -> int:
             raise ConfigError(f"--json: directory {d} does not exist")
 
     import torch
+
     torch.set_num_threads(args.threads)
     from specplug.adapters.hf.engine import HFEngine
+
     engine = HFEngine.load(model_path=args.model, device=args.device)
 
-    report = run_bench(engine, algorithms, prompt_sets, max_new_tokens=args.max_new_tokens,
-                       budget=args.budget, options=options, warmup=args.warmup, seed=args.seed,
-                       temperature=args.temperature, progress=not args.no_progress,
-                       calibration=args.calibration)
+    report = run_bench(
+        engine,
+        algorithms,
+        prompt_sets,
+        max_new_tokens=args.max_new_tokens,
+        budget=args.budget,
+        options=options,
+        warmup=args.warmup,
+        seed=args.seed,
+        temperature=args.temperature,
+        progress=not args.no_progress,
+        calibration=args.calibration,
+    )
     if args.model and report["model"] == "unknown":
         report["model"] = args.model
     report["config"]["limit"] = args.limit

@@ -12,6 +12,7 @@ call's time / batch size; p50 and p99 over steps), mean accepted tokens per step
 per-request state and of shared structures, and RSS after 1k, 5k and 10k requests
 (start / propose / observe / finish) to show that memory stays flat.
 """
+
 from __future__ import annotations
 
 import gc
@@ -28,8 +29,12 @@ DEFAULT_ALGORITHMS = "racer,token-recycling,suffix,pld"
 
 
 def add_arguments(p):
-    p.add_argument("--algorithms", default=DEFAULT_ALGORITHMS, help="comma-separated algorithm names; "
-                   "NAME[static] / NAME[dynamic] pick the tree mode of racer and token-recycling")
+    p.add_argument(
+        "--algorithms",
+        default=DEFAULT_ALGORITHMS,
+        help="comma-separated algorithm names; "
+        "NAME[static] / NAME[dynamic] pick the tree mode of racer and token-recycling",
+    )
     p.add_argument("--batch", type=int, default=256, help="concurrent requests per step")
     p.add_argument("--budget", type=int, default=64, help="tree budget (nodes including the root)")
     p.add_argument("--steps", type=int, default=60, help="timed steps")
@@ -38,8 +43,13 @@ def add_arguments(p):
     p.add_argument("--topk", type=int, default=8, help="top-k width the simulated target reports")
     p.add_argument("--requests", type=int, default=10000, help="requests in the memory run (0: skip it)")
     p.add_argument("--memory-batch", type=int, default=64, help="concurrent requests in the memory run")
-    p.add_argument("--options", action="append", default=[], metavar="ALGO=JSON",
-                   help="options for one algorithm, e.g. racer='{\"global_cache\": true}'")
+    p.add_argument(
+        "--options",
+        action="append",
+        default=[],
+        metavar="ALGO=JSON",
+        help="options for one algorithm, e.g. racer='{\"global_cache\": true}'",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
@@ -52,7 +62,7 @@ class SyntheticWorkload:
         self.vocab, self.topk = int(vocab), int(topk)
         self.rng = np.random.default_rng(seed)
         ranks = np.arange(1, vocab + 1, dtype=np.float64)
-        self._token_p = (1.0 / ranks ** 1.1) / np.sum(1.0 / ranks ** 1.1)
+        self._token_p = (1.0 / ranks**1.1) / np.sum(1.0 / ranks**1.1)
         self._perm = self.rng.permutation(vocab).astype(np.int64)
         self.snippets = [self._tokens(int(self.rng.integers(4, 40))) for _ in range(n_snippets)]
         w = 1.0 / np.arange(1, n_snippets + 1) ** 0.8
@@ -83,8 +93,9 @@ class SyntheticWorkload:
         return (tokens[..., None].astype(np.int64) * 40503 + self._alt_mul) % self.vocab
 
 
-def verify_batch(rids, trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload, probs: bool = False,
-                 topk: bool = True):
+def verify_batch(
+    rids, trees, streams: np.ndarray, pos: np.ndarray, work: SyntheticWorkload, probs: bool = False, topk: bool = True
+):
     """Greedy verification against the streams, as an engine reports it: (the step's
     :class:`Feedback`, accepted draft tokens per request [B]).
 
@@ -108,7 +119,7 @@ def verify_batch(rids, trees, streams: np.ndarray, pos: np.ndarray, work: Synthe
     idx = np.minimum(pos[:, None] + dep, streams.shape[1] - 1)
     on = valid & (tok == streams[rows, idx])
     on[:, 0] = True
-    for _ in range(int(dep.max())):                 # propagate "parent on path" by depth
+    for _ in range(int(dep.max())):  # propagate "parent on path" by depth
         on = on & on[rows, par]
     acc = np.where(on, dep, 0).max(axis=1)
     cols = pos[:, None] + 1 + np.arange(int(acc.max()) + 1)[None, :]
@@ -158,7 +169,7 @@ class _Driver:
         s = self.work.stream(p + g + 1)
         self.streams[i] = 0
         self.streams[i, : s.shape[0]] = s
-        self.pos[i] = p - 1                          # index of the root (last prompt token)
+        self.pos[i] = p - 1  # index of the root (last prompt token)
         self.end[i] = p + g
         rid = self.started
         self.started += 1
@@ -177,8 +188,9 @@ class _Driver:
         t0 = time.perf_counter()
         trees = self.d.propose(rids, [budget] * len(rids))
         t1 = time.perf_counter()
-        feedback, acc = verify_batch(rids, trees, self.streams, self.pos, self.work,
-                                     probs=self.d.feedback_probs, topk=self.d.uses_target_topk)
+        feedback, acc = verify_batch(
+            rids, trees, self.streams, self.pos, self.work, probs=self.d.feedback_probs, topk=self.d.uses_target_topk
+        )
         t2 = time.perf_counter()
         self.d.observe_batch(feedback)
         t3 = time.perf_counter()
@@ -198,9 +210,9 @@ class _Driver:
 
 # --------------------------------------------------------------------------- measurement
 def bench_algorithm(name: str, options: dict, args) -> dict:
+    from specplug.bench import split_variant
     from specplug.drafters import registry
 
-    from specplug.bench import split_variant
     name, options = split_variant(name, options)
     spec = registry.get(name)
     work = SyntheticWorkload(args.vocab, args.seed, topk=args.topk)
@@ -219,12 +231,19 @@ def bench_algorithm(name: str, options: dict, args) -> dict:
     drv.close()
     leaked = drafter.active_requests()
     out = {
-        "algorithm": spec.name + (f"[{options['tree']}]" if "tree" in options else ""), "options": options, "batch": args.batch, "budget": args.budget,
-        "propose_us_p50": float(np.percentile(prop, 50)), "propose_us_p99": float(np.percentile(prop, 99)),
-        "observe_us_p50": float(np.percentile(obs, 50)), "observe_us_p99": float(np.percentile(obs, 99)),
-        "mean_accepted_per_step": mat, "mean_tree_nodes": mean_nodes,
+        "algorithm": spec.name + (f"[{options['tree']}]" if "tree" in options else ""),
+        "options": options,
+        "batch": args.batch,
+        "budget": args.budget,
+        "propose_us_p50": float(np.percentile(prop, 50)),
+        "propose_us_p99": float(np.percentile(prop, 99)),
+        "observe_us_p50": float(np.percentile(obs, 50)),
+        "observe_us_p99": float(np.percentile(obs, 99)),
+        "mean_accepted_per_step": mat,
+        "mean_tree_nodes": mean_nodes,
         "bytes_per_request": float(np.mean(per_req)) if per_req else None,
-        "global_bytes": glob, "active_after_finish": leaked,
+        "global_bytes": glob,
+        "active_after_finish": leaked,
     }
     if args.requests > 0:
         out["rss_mb"] = memory_run(name, options, args)
@@ -246,7 +265,7 @@ def memory_run(name: str, options: dict, args) -> dict:
         drv.step(args.budget)
         if drv.finished >= marks[0]:
             gc.collect()
-            rss[str(marks.pop(0))] = round(_rss_bytes() / 2 ** 20, 1)
+            rss[str(marks.pop(0))] = round(_rss_bytes() / 2**20, 1)
     drv.close()
     rss["active_after_finish"] = drafter.active_requests()
     return rss
@@ -266,25 +285,27 @@ def _parse_options(items) -> dict:
 
 
 def format_table(results) -> str:
-    head = (f"{'algorithm':<16} {'propose p50/p99 us':>19} {'observe p50/p99 us':>19} {'MAT':>5} "
-            f"{'nodes':>5} {'B/request':>10} {'global B':>10}  RSS MiB @1k/5k/10k")
+    head = (
+        f"{'algorithm':<16} {'propose p50/p99 us':>19} {'observe p50/p99 us':>19} {'MAT':>5} "
+        f"{'nodes':>5} {'B/request':>10} {'global B':>10}  RSS MiB @1k/5k/10k"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         rss = r.get("rss_mb") or {}
         rss_s = "/".join(str(rss.get(k, "-")) for k in ("1000", "5000", "10000"))
         bpr = "-" if r["bytes_per_request"] is None else f"{r['bytes_per_request']:.0f}"
         glob = "-" if r["global_bytes"] is None else f"{r['global_bytes']:.0f}"
-        lines.append(f"{r['algorithm']:<16.24} {r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
-                     f"{r['observe_us_p50']:>9.2f}/{r['observe_us_p99']:<9.2f} {r['mean_accepted_per_step']:>5.2f} "
-                     f"{r['mean_tree_nodes']:>5.1f} {bpr:>10} {glob:>10}  {rss_s}")
+        lines.append(
+            f"{r['algorithm']:<16.24} {r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
+            f"{r['observe_us_p50']:>9.2f}/{r['observe_us_p99']:<9.2f} {r['mean_accepted_per_step']:>5.2f} "
+            f"{r['mean_tree_nodes']:>5.1f} {bpr:>10} {glob:>10}  {rss_s}"
+        )
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    from specplug.drafters import registry
-
     from specplug.bench import split_variant
-
+    from specplug.drafters import registry
     from specplug.drafters.errors import ConfigError
 
     opts = _parse_options(args.options)
@@ -293,9 +314,11 @@ def run(args) -> int:
     bases = {n: registry.get(split_variant(n, {})[0]).name for n in names}
     unused = [k for k in opts if k not in names and k not in bases.values()]
     if unused:
-        raise ConfigError(f"--options for {', '.join(map(repr, unused))}, which is not in --algorithms "
-                          f"({', '.join(names)}): key options by an algorithm's name (all its variants) or "
-                          f"by the exact variant, e.g. racer='{{...}}' or 'racer[dynamic]={{...}}'")
+        raise ConfigError(
+            f"--options for {', '.join(map(repr, unused))}, which is not in --algorithms "
+            f"({', '.join(names)}): key options by an algorithm's name (all its variants) or "
+            f"by the exact variant, e.g. racer='{{...}}' or 'racer[dynamic]={{...}}'"
+        )
     results = []
     for name in names:
         # the exact variant's options over the base name's
@@ -306,6 +329,10 @@ def run(args) -> int:
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"results": results, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}},
-                      f, indent=2, default=str)
+            json.dump(
+                {"results": results, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}},
+                f,
+                indent=2,
+                default=str,
+            )
     return 0

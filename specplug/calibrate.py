@@ -9,6 +9,7 @@ of ``--repeats`` passes after one warm-up pass. Written as JSON (default: the
 package's ``drafters/cost_models/<device>.json``, which :func:`budget.default_cost_model`
 reads) with the device, model, thread count and date.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -47,7 +48,7 @@ def measure(engine, totals, max_batch: int, context: int, repeats: int):
     for total in totals:
         b = min(total, max_batch)
         w = total // b
-        cache = TreeKVCache.for_model(model, b, context + w)   # zeros: contents do not change the time
+        cache = TreeKVCache.for_model(model, b, context + w)  # zeros: contents do not change the time
         cache.end = context
         lens = torch.full((b,), context, dtype=torch.long, device=dev)
         chain = torch.tril(torch.ones((w, w), dtype=torch.bool, device=dev))[None].expand(b, -1, -1)
@@ -61,8 +62,9 @@ def measure(engine, totals, max_batch: int, context: int, repeats: int):
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                               **{cache_kwarg(model): cache}).logits
+                logits = model(
+                    input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache}
+                ).logits
                 logits.argmax(dim=-1).cpu()
                 torch.topk(logits, 8, dim=-1).indices.cpu()
                 if dev.type == "cuda":
@@ -79,6 +81,7 @@ def run(args) -> int:
     if args.max_tokens < 2 or args.max_batch < 1 or args.context < 1 or args.repeats < 1 or args.threads < 1:
         raise ConfigError("--max-tokens >= 2, --max-batch, --context, --repeats and --threads >= 1 please")
     import torch
+
     torch.set_num_threads(args.threads)
     from specplug.adapters.hf.engine import HFEngine
     from specplug.drafters.budget import COST_MODEL_DIR
@@ -92,10 +95,13 @@ def run(args) -> int:
     points = measure(engine, totals, args.max_batch, args.context, args.repeats)
     out = args.out or os.path.join(COST_MODEL_DIR, f"{str(args.device).split(':')[0]}.json")
     data = {
-        "device": str(args.device), "cpu": platform.processor() or platform.machine(),
+        "device": str(args.device),
+        "cpu": platform.processor() or platform.machine(),
         "model": str(getattr(engine, "model_name", None) or args.model or "default"),
-        "torch_threads": int(torch.get_num_threads()), "context_per_row": args.context,
-        "repeats": args.repeats, "date": datetime.date.today().isoformat(),
+        "torch_threads": int(torch.get_num_threads()),
+        "context_per_row": args.context,
+        "repeats": args.repeats,
+        "date": datetime.date.today().isoformat(),
         "command": "specplug calibrate " + " ".join(sys.argv[2:]),
         "extrapolation": "linear beyond the last point, with the last segment's slope",
         "points": points,

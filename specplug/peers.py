@@ -5,6 +5,7 @@ and ``algorithms`` import this module), never by the core table
 (:mod:`specplug.drafters.registry` names no engine module), and engines never register
 them (``peer=True``). Importing this module registers them; it imports no engine.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -33,9 +34,11 @@ class SGLangNgramPeer(SGLangNgramDrafter):
         super().__init__(vocab_size, **resolve_options(self.OPTIONS, options, self.name))
 
 
-registry.register(registry.AlgorithmSpec(
-    name="sglang-ngram",
-    drafter="specplug.peers:SGLangNgramPeer",
-    description="benchmark peer: SGLang 0.5.23's own NGRAM corpus (C++ trie, JIT-built) driven standalone",
-    peer=True,
-))
+registry.register(
+    registry.AlgorithmSpec(
+        name="sglang-ngram",
+        drafter="specplug.peers:SGLangNgramPeer",
+        description="benchmark peer: SGLang 0.5.23's own NGRAM corpus (C++ trie, JIT-built) driven standalone",
+        peer=True,
+    )
+)

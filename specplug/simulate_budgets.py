@@ -19,6 +19,7 @@ Method (replay, no invented acceptance):
    padded policy picks one width per batch and is charged cost(B * width) ("policy, padded").
 Approximation: the drafter's state evolves as at the recorded budget.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,11 @@ def add_arguments(p):
     p.add_argument("--cost-model", default="cpu", help="name in the package's cost_models/ or a JSON path")
     p.add_argument("--steps", type=int, default=200, help="simulated steps per batch size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--records", default=None, help="NPZ of recorded steps: loaded when it exists (no model run), "
-                   "else written after recording")
+    p.add_argument(
+        "--records",
+        default=None,
+        help="NPZ of recorded steps: loaded when it exists (no model run), else written after recording",
+    )
     p.add_argument("--json", required=True, help="output JSON; a .md table next to it (and .png with matplotlib)")
 
 
@@ -52,7 +56,7 @@ class _Recorder:
     def __init__(self, inner, record_budget: int):
         self._inner = inner
         self.record_budget = int(record_budget)
-        self.steps = []          # (scores[1:] float64, accepted path insertion indices)
+        self.steps = []  # (scores[1:] float64, accepted path insertion indices)
         self._budget = {}
 
     def __getattr__(self, name):
@@ -66,9 +70,9 @@ class _Recorder:
         for i, (rid, t) in enumerate(zip(feedback.rids, feedback.trees)):
             acc = feedback.accepted_of(i)
             if self._budget.get(rid) != self.record_budget:
-                continue                                # cut by the remaining tokens: not a full tree
+                continue  # cut by the remaining tokens: not a full tree
             path, node = [], 0
-            for tok in list(acc)[:-1]:                 # accepted draft tokens (bonus excluded)
+            for tok in list(acc)[:-1]:  # accepted draft tokens (bonus excluded)
                 kids = np.flatnonzero((t.parents == node) & (t.tokens == tok))
                 if kids.shape[0] == 0:
                     break
@@ -92,7 +96,7 @@ def simulate(records, cost, batches, budgets, steps, ratio, seed=0):
     for b in batches:
         ar_tok = ar_time = 0.0
         fixed = {n: [0.0, 0.0] for n in budgets}
-        pol = [0.0, 0.0, 0.0, 0.0]     # tokens, time (ragged batch), tree nodes, time (padded batch)
+        pol = [0.0, 0.0, 0.0, 0.0]  # tokens, time (ragged batch), tree nodes, time (padded batch)
         pol_pad_tok = 0.0
         for _ in range(steps):
             pick = rng.integers(0, len(records), b)
@@ -113,16 +117,24 @@ def simulate(records, cost, batches, budgets, steps, ratio, seed=0):
             pol_pad_tok += b + sum(accepted_within(records[i][1], int(n)) for i, n in zip(pick, bud_p))
         fixed_tps = {n: v[0] / v[1] for n, v in fixed.items()}
         best_n = max(fixed_tps, key=fixed_tps.get)
-        rows.append({"batch": b, "ar_tokens_per_s": ar_tok / ar_time,
-                     "fixed_tokens_per_s": {str(n): v for n, v in fixed_tps.items()},
-                     "best_fixed_budget": best_n, "best_fixed_tokens_per_s": fixed_tps[best_n],
-                     "policy_tokens_per_s": pol[0] / pol[1], "policy_mean_budget": pol[2] / (steps * b),
-                     "policy_padded_tokens_per_s": pol_pad_tok / pol[3]})
+        rows.append(
+            {
+                "batch": b,
+                "ar_tokens_per_s": ar_tok / ar_time,
+                "fixed_tokens_per_s": {str(n): v for n, v in fixed_tps.items()},
+                "best_fixed_budget": best_n,
+                "best_fixed_tokens_per_s": fixed_tps[best_n],
+                "policy_tokens_per_s": pol[0] / pol[1],
+                "policy_mean_budget": pol[2] / (steps * b),
+                "policy_padded_tokens_per_s": pol_pad_tok / pol[3],
+            }
+        )
     return rows
 
 
 def run(args) -> int:
     import torch
+
     from specplug.bench import split_variant
     from specplug.drafters import registry
     from specplug.drafters.budget import CostModel, default_cost_model
@@ -137,7 +149,7 @@ def run(args) -> int:
     if args.records and os.path.isfile(args.records):
         z = np.load(args.records)
         so, po = z["score_off"], z["path_off"]
-        records = [(z["scores"][so[i]:so[i + 1]], z["paths"][po[i]:po[i + 1]]) for i in range(so.shape[0] - 1)]
+        records = [(z["scores"][so[i] : so[i + 1]], z["paths"][po[i] : po[i + 1]]) for i in range(so.shape[0] - 1)]
     else:
         torch.set_num_threads(1)
         from specplug.adapters.hf.config import GenerationConfig
@@ -154,36 +166,56 @@ def run(args) -> int:
         if args.records:
             so = np.cumsum([0] + [r[0].shape[0] for r in records])
             po = np.cumsum([0] + [r[1].shape[0] for r in records])
-            np.savez_compressed(args.records, scores=np.concatenate([r[0] for r in records]),
-                                paths=np.concatenate([r[1] for r in records]), score_off=so, path_off=po)
+            np.savez_compressed(
+                args.records,
+                scores=np.concatenate([r[0] for r in records]),
+                paths=np.concatenate([r[1] for r in records]),
+                score_off=so,
+                path_off=po,
+            )
     if not records:
         raise ConfigError("no recorded steps (is --max-new-tokens larger than --record-budget?)")
     expected = sum(float(r[0].sum()) for r in records)
     realised = sum(int(r[1].shape[0]) for r in records)
     ratio = realised / expected if expected > 0 else 1.0
     rows = simulate(records, cost, batches, budgets, args.steps, ratio, args.seed)
-    out = {"algorithm": args.algorithm, "recorded_steps": len(records), "record_budget": args.record_budget,
-           "expected_accepted_per_step": expected / len(records), "realised_accepted_per_step": realised / len(records),
-           "length_calibration_ratio": ratio, "cost_model": cost.meta, "method": __doc__.strip(),
-           "command": "specplug simulate-budgets " + " ".join(sys.argv[2:]), "results": rows}
+    out = {
+        "algorithm": args.algorithm,
+        "recorded_steps": len(records),
+        "record_budget": args.record_budget,
+        "expected_accepted_per_step": expected / len(records),
+        "realised_accepted_per_step": realised / len(records),
+        "length_calibration_ratio": ratio,
+        "cost_model": cost.meta,
+        "method": __doc__.strip(),
+        "command": "specplug simulate-budgets " + " ".join(sys.argv[2:]),
+        "results": rows,
+    }
     with open(args.json, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
-    lines = [f"Simulated throughput (tokens/s), {args.algorithm}, cost model {cost.meta.get('device')} "
-             f"({cost.meta.get('model')}, {cost.meta.get('torch_threads')} thread(s)); {len(records)} recorded steps, "
-             f"realised/expected ratio {ratio:.3f}", "",
-             "| batch | AR | " + " | ".join(f"fixed {n}" for n in budgets) +
-             " | best fixed | policy | policy mean budget | policy, padded |",
-             "|---:|---:|" + "---:|" * len(budgets) + "---:|---:|---:|---:|"]
+    lines = [
+        f"Simulated throughput (tokens/s), {args.algorithm}, cost model {cost.meta.get('device')} "
+        f"({cost.meta.get('model')}, {cost.meta.get('torch_threads')} thread(s)); {len(records)} recorded steps, "
+        f"realised/expected ratio {ratio:.3f}",
+        "",
+        "| batch | AR | "
+        + " | ".join(f"fixed {n}" for n in budgets)
+        + " | best fixed | policy | policy mean budget | policy, padded |",
+        "|---:|---:|" + "---:|" * len(budgets) + "---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['ar_tokens_per_s']:.1f} | " +
-                     " | ".join(f"{r['fixed_tokens_per_s'][str(n)]:.1f}" for n in budgets) +
-                     f" | {r['best_fixed_tokens_per_s']:.1f} (n={r['best_fixed_budget']}) | "
-                     f"{r['policy_tokens_per_s']:.1f} | {r['policy_mean_budget']:.2f} | "
-                     f"{r['policy_padded_tokens_per_s']:.1f} |")
+        lines.append(
+            f"| {r['batch']} | {r['ar_tokens_per_s']:.1f} | "
+            + " | ".join(f"{r['fixed_tokens_per_s'][str(n)]:.1f}" for n in budgets)
+            + f" | {r['best_fixed_tokens_per_s']:.1f} (n={r['best_fixed_budget']}) | "
+            f"{r['policy_tokens_per_s']:.1f} | {r['policy_mean_budget']:.2f} | "
+            f"{r['policy_padded_tokens_per_s']:.1f} |"
+        )
     md = os.path.splitext(args.json)[0] + ".md"
     with open(md, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     from specplug.plots import throughput_png
+
     throughput_png(rows, os.path.splitext(args.json)[0] + ".png")
     return 0

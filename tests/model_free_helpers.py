@@ -1,6 +1,7 @@
 """Shared checks for the model-free tree drafters (racer, token-recycling, suffix): a simulated
 engine loop (greedy verification against known token streams, see specplug.bench_drafters)
 that validates every proposed tree and the drafters' state bookkeeping."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,19 @@ def context_topk(work: SyntheticWorkload, ctx: np.ndarray) -> TopK:
     return TopK.of(ids)
 
 
-def simulate(name: str, options=None, *, n_requests=12, batch=4, budgets=(64,), seed=0, steps_per_request=12,
-             vocab=VOCAB, drafter=None, abandon_every=0):
+def simulate(
+    name: str,
+    options=None,
+    *,
+    n_requests=12,
+    batch=4,
+    budgets=(64,),
+    seed=0,
+    steps_per_request=12,
+    vocab=VOCAB,
+    drafter=None,
+    abandon_every=0,
+):
     """Run requests through start/propose/observe/finish; validate every tree.
 
     Returns (drafter, mean accepted tokens per step). ``abandon_every`` > 0 finishes every
@@ -49,7 +61,7 @@ def simulate(name: str, options=None, *, n_requests=12, batch=4, budgets=(64,), 
             rid += 1
         if abandon_every:
             keep = [i for i, r in enumerate(rids) if r % abandon_every]
-            for i, r in enumerate(rids):
+            for r in rids:
                 if r % abandon_every == 0:
                     d.finish(r)
             rids = [rids[i] for i in keep]
@@ -60,15 +72,16 @@ def simulate(name: str, options=None, *, n_requests=12, batch=4, budgets=(64,), 
             bud = [int(budgets[int(rng.integers(len(budgets)))]) for _ in rids]
             trees = d.propose(rids, bud)
             assert len(trees) == len(rids)
-            for t, r, bb, i in zip(trees, rids, bud, range(len(rids))):
+            for i, (t, bb) in enumerate(zip(trees, bud)):
                 t.validate(vocab, bb)
                 assert len(t) <= bb
                 assert t.tokens[0] == streams[i, pos[i]], "root must be the last committed token"
                 if bb == 1:
                     assert len(t) == 1
                 assert np.all(t.scores[1:] <= t.scores[t.parents[1:]] + 1e-6), "children outscore parents"
-            feedback, acc = verify_batch(rids, trees, streams, pos, work, probs=d.feedback_probs,
-                                         topk=d.uses_target_topk)
+            feedback, acc = verify_batch(
+                rids, trees, streams, pos, work, probs=d.feedback_probs, topk=d.uses_target_topk
+            )
             d.observe_batch(feedback)
             pos += acc + 1
             steps += len(rids)

@@ -1,7 +1,9 @@
 """The shared logit adjacency table against a brute-force dictionary."""
+
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.drafters.adjacency import AdjacencyTable, PairAdjacency, _pair_slot
 from specplug.drafters.errors import ConfigError
@@ -32,8 +34,9 @@ def test_update_and_seed_match_brute_force(data, vocab, k, width):
     for _ in range(data.draw(st.integers(1, 4))):
         n = data.draw(st.integers(1, 10))
         tokens = data.draw(st.lists(st.integers(-1, vocab), min_size=n, max_size=n))  # some out of range
-        topk = data.draw(st.lists(st.lists(st.integers(-2, vocab + 1), min_size=width, max_size=width),
-                                  min_size=n, max_size=n))
+        topk = data.draw(
+            st.lists(st.lists(st.integers(-2, vocab + 1), min_size=width, max_size=width), min_size=n, max_size=n)
+        )
         if data.draw(st.booleans()) and all(0 <= t < vocab for t in tokens):
             adj.seed(tokens + [0], TopK.of(topk))  # prefill: topk[i] follows tokens[i], last token has none
         else:
@@ -68,9 +71,14 @@ def test_shapes_and_options_rejected():
         adj.update([1, 2], TopK.of(np.zeros((3, 4), np.int32)))
     with pytest.raises(ConfigError, match="tree nodes"):
         Feedback.from_lists([0], [DraftTree([1, 2], [-1, 0])], [[2]], [TopK.of(np.zeros((3, 4), np.int32))])
-    with pytest.raises(ConfigError, match="tree node"):       # flat top-k: one row per node of every tree
-        Feedback([0], [DraftTree([1, 2], [-1, 0])], np.array([2], np.int32), np.array([0, 1]),
-                 TopK.of(np.zeros((3, 4), np.int32)))
+    with pytest.raises(ConfigError, match="tree node"):  # flat top-k: one row per node of every tree
+        Feedback(
+            [0],
+            [DraftTree([1, 2], [-1, 0])],
+            np.array([2], np.int32),
+            np.array([0, 1]),
+            TopK.of(np.zeros((3, 4), np.int32)),
+        )
     with pytest.raises(ConfigError, match=r"\[positions, k\]"):
         TopK.of(np.zeros(4, np.int32))
     with pytest.raises(ConfigError, match="ids' shape"):
@@ -94,23 +102,25 @@ def test_pair_rows_match_brute_force(data, vocab, k):
     ref = {}
     for _ in range(data.draw(st.integers(1, 4))):
         tokens, parents = [data.draw(st.integers(0, vocab - 1))], [-1]
-        for _ in range(data.draw(st.integers(0, 7))):       # siblings must stay distinct
+        for _ in range(data.draw(st.integers(0, 7))):  # siblings must stay distinct
             p, t = data.draw(st.integers(0, len(tokens) - 1)), data.draw(st.integers(0, vocab - 1))
             if not any(q == p and u == t for q, u in zip(parents, tokens)):
                 tokens.append(t)
                 parents.append(p)
         n = len(tokens)
-        topk = np.array(data.draw(st.lists(st.lists(st.integers(-1, vocab + 1), min_size=k, max_size=k),
-                                           min_size=n, max_size=n)), np.int32)
+        topk = np.array(
+            data.draw(st.lists(st.lists(st.integers(-1, vocab + 1), min_size=k, max_size=k), min_size=n, max_size=n)),
+            np.int32,
+        )
         root_prev = data.draw(st.integers(-1, vocab - 1))
         pairs.update_from_feedback(Feedback.one(0, DraftTree(tokens, parents), [0], TopK.of(topk)), [root_prev])
-        for i, t in enumerate(tokens):                      # the same in dictionary form
+        for i, t in enumerate(tokens):  # the same in dictionary form
             prev = root_prev if i == 0 else tokens[parents[i]]
             if prev >= 0:
                 ref[(prev, t)] = [int(x) if 0 <= x < vocab else -1 for x in topk[i]]
     for key in owned_slots(pairs, list(ref)):
         np.testing.assert_array_equal(pairs.row(*key), ref[key])
-    for prev in range(vocab):                               # pairs never written have no row
+    for prev in range(vocab):  # pairs never written have no row
         for t in range(vocab):
             if (prev, t) not in ref:
                 assert pairs.row(prev, t) is None
@@ -121,7 +131,7 @@ def test_pair_seed_is_the_prefill_chain():
     ctx = [5, 6, 7, 6]
     topk = np.array([[6, 1, 2], [7, 3, 4], [6, 8, 9], [0, 0, 0]])[:3]
     pairs.seed(ctx, TopK.of(topk))
-    assert pairs.row(5, 6).tolist() == [7, 3, 4]             # after "5 6" came 7
+    assert pairs.row(5, 6).tolist() == [7, 3, 4]  # after "5 6" came 7
     assert pairs.row(6, 7).tolist() == [6, 8, 9]
-    assert pairs.row(-1, 5) is None and pairs.row(7, 6) is None   # last token: no top-k yet
+    assert pairs.row(-1, 5) is None and pairs.row(7, 6) is None  # last token: no top-k yet
     assert pairs.nbytes() == 1024 * (3 * 4 + 8)

@@ -1,13 +1,14 @@
 """The retrieval automaton against brute force: strings, counts, failure links, eviction."""
+
 from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.drafters.errors import ConfigError
-from specplug.drafters.ngram_automaton import (FAIL, FREQ, KEY, O_CLOCK, PARENT, NgramPool, active_tail,
-                                               match_state)
+from specplug.drafters.ngram_automaton import FAIL, FREQ, KEY, O_CLOCK, PARENT, NgramPool, active_tail, match_state
 
 
 def substring_counts(seq, depth):
@@ -41,25 +42,24 @@ def check_structure(pool, slot):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seq=st.lists(st.integers(0, 3), min_size=1, max_size=70), depth=st.integers(1, 6),
-       seed=st.integers(0, 1000))
+@given(seq=st.lists(st.integers(0, 3), min_size=1, max_size=70), depth=st.integers(1, 6), seed=st.integers(0, 1000))
 def test_matches_brute_force(seq, depth, seed):
     rng = np.random.default_rng(seed)
-    pool = NgramPool(depth, initial_nodes=8)          # forces several pool growths
-    slot = pool.new_owner(10 ** 6)
+    pool = NgramPool(depth, initial_nodes=8)  # forces several pool growths
+    slot = pool.new_owner(10**6)
     feed_in_chunks(pool, slot, seq, rng)
     counts = substring_counts(seq, depth)
     strings = check_structure(pool, slot)
-    assert set(strings) == set(counts)                # every n-gram, nothing else
+    assert set(strings) == set(counts)  # every n-gram, nothing else
     for s, v in strings.items():
         assert pool.nodes[v, FREQ] == counts[s], s
     # children of a string = the tokens that followed it somewhere
     for s, v in strings.items():
         if len(s) < depth:
-            follow = {seq[i + len(s)] for i in range(len(seq) - len(s)) if tuple(seq[i:i + len(s)]) == s}
+            follow = {seq[i + len(s)] for i in range(len(seq) - len(s)) if tuple(seq[i : i + len(s)]) == s}
             assert set(pool.children(v)) == follow
     # active state: the longest context suffix that can still grow
-    tail = tuple(seq[max(0, len(seq) - depth + 1):]) if depth > 1 else ()
+    tail = tuple(seq[max(0, len(seq) - depth + 1) :]) if depth > 1 else ()
     assert pool.string(pool.active(slot)) == tail
     out = np.empty(80, np.int32)
     n = active_tail(pool.nodes, pool.owners, slot, out)
@@ -70,11 +70,14 @@ def test_matches_brute_force(seq, depth, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(text=st.lists(st.integers(0, 3), min_size=1, max_size=50),
-       query=st.lists(st.integers(0, 4), min_size=0, max_size=12), depth=st.integers(1, 5))
+@given(
+    text=st.lists(st.integers(0, 3), min_size=1, max_size=50),
+    query=st.lists(st.integers(0, 4), min_size=0, max_size=12),
+    depth=st.integers(1, 5),
+)
 def test_match_state_is_longest_suffix_in_trie(text, query, depth):
     pool = NgramPool(depth)
-    slot = pool.new_owner(10 ** 6)
+    slot = pool.new_owner(10**6)
     pool.feed(slot, text)
     strings = set(substring_counts(text, depth))
     q = np.asarray(query, np.int32)
@@ -93,14 +96,14 @@ def test_owners_are_independent_and_documents_do_not_join():
     a = rng.integers(0, 5, 200).tolist()
     b = rng.integers(0, 5, 150).tolist()
     pool = NgramPool(4, initial_nodes=16)
-    sa, sb = pool.new_owner(10 ** 6), pool.new_owner(10 ** 6)
-    for i in range(0, 200, 7):                        # interleave the two owners
-        pool.feed(sa, a[i:i + 7])
-        pool.feed(sb, b[i:i + 7])
+    sa, sb = pool.new_owner(10**6), pool.new_owner(10**6)
+    for i in range(0, 200, 7):  # interleave the two owners
+        pool.feed(sa, a[i : i + 7])
+        pool.feed(sb, b[i : i + 7])
     assert {s: pool.nodes[v, FREQ] for s, v in pool.all_strings(sa).items()} == substring_counts(a, 4)
     assert {s: pool.nodes[v, FREQ] for s, v in pool.all_strings(sb).items()} == substring_counts(b, 4)
     # two documents in one owner: n-grams never span the boundary
-    sc = pool.new_owner(10 ** 6)
+    sc = pool.new_owner(10**6)
     pool.feed(sc, [1, 2, 3])
     pool.new_document(sc)
     pool.feed(sc, [4, 5])
@@ -118,8 +121,8 @@ def test_eviction_respects_cap_and_keeps_recent_and_frequent_ngrams(depth):
     slot = pool.new_owner(cap)
     motif = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010][:depth]
     seq = []
-    for i in range(60):
-        chunk = rng.integers(0, 300, 25).tolist() + motif      # noise churns, the motif recurs
+    for _ in range(60):
+        chunk = rng.integers(0, 300, 25).tolist() + motif  # noise churns, the motif recurs
         seq += chunk
         pool.feed(slot, chunk)
         assert pool.owner_nodes(slot) <= cap
@@ -129,13 +132,13 @@ def test_eviction_respects_cap_and_keeps_recent_and_frequent_ngrams(depth):
     for s, v in strings.items():
         assert pool.nodes[v, FREQ] <= counts[s]
     # the recent past is all there
-    recent = seq[-2 * depth:]
+    recent = seq[-2 * depth :]
     for s in substring_counts(recent, depth):
         assert s in strings, s
     # the recurring motif survives eviction, with its recent occurrences counted
     v = pool.lookup(slot, motif)
     assert v >= 0 and pool.nodes[v, FREQ] >= 2
-    assert pool.string(pool.active(slot)) == tuple(seq[-(depth - 1):]) if depth > 1 else True
+    assert pool.string(pool.active(slot)) == tuple(seq[-(depth - 1) :]) if depth > 1 else True
     pool.free_owner(slot)
     assert pool.live_nodes == 0
 

@@ -6,6 +6,7 @@ them), batched propose at mixed budgets (1 included), observe with the target's 
 request leaving and another joining mid-run, and a restart. A digest changes only with an
 intended change of trees: update it then, and say so in the change.
 """
+
 import hashlib
 import json
 
@@ -16,9 +17,16 @@ from specplug.bench_drafters import SyntheticWorkload, verify_batch
 from specplug.drafters import registry
 from specplug.drafters.feedback import Feedback, TopK
 
-VARIANTS = [("ar", {}), ("pld", {}), ("suffix", {}), ("racer", {}), ("racer", {"tree": "static"}),
-            ("racer", {"global_cache": True}), ("token-recycling", {}),
-            ("token-recycling", {"tree": "dynamic"})]
+VARIANTS = [
+    ("ar", {}),
+    ("pld", {}),
+    ("suffix", {}),
+    ("racer", {}),
+    ("racer", {"tree": "static"}),
+    ("racer", {"global_cache": True}),
+    ("token-recycling", {}),
+    ("token-recycling", {"tree": "dynamic"}),
+]
 BUDGETS = (1, 8, 16, 40, 64)
 
 
@@ -36,7 +44,7 @@ def model_free_digest(name, opts, steps=24, batch=6, vocab=1500):
     streams = np.stack([w.stream(700) for _ in range(batch + 2)])
     probs = d.feedback_probs
     pos = np.full(batch + 2, 120)
-    rows = list(range(batch))          # stream row of each batch slot
+    rows = list(range(batch))  # stream row of each batch slot
     rids = list(range(batch))
 
     def start(rid, row):
@@ -55,11 +63,11 @@ def model_free_digest(name, opts, steps=24, batch=6, vocab=1500):
         start(rid, row)
     h = hashlib.sha256()
     for step in range(steps):
-        if step == 10:                 # one request leaves, a new one joins
+        if step == 10:  # one request leaves, a new one joins
             d.finish(rids[2])
             rids[2], rows[2] = 100, batch
             start(100, batch)
-        if step == 16:                 # a request restarts from its committed context
+        if step == 16:  # a request restarts from its committed context
             d.finish(rids[4])
             start(rids[4], rows[4])
             pos[rows[4]] = 120
@@ -78,6 +86,7 @@ def model_free_digest(name, opts, steps=24, batch=6, vocab=1500):
 
 def early_exit_digest(name, opts, steps=40):
     from test_early_exit import FakeRunner  # noqa: PLC0415 (a test module beside this one)
+
     L = 8
     runner = FakeRunner(L, agree=np.r_[np.zeros(3), np.linspace(0.5, 1.0, L - 2)])
     d = registry.create(name, 50, opts)
@@ -113,7 +122,8 @@ def test_model_free_trees_are_unchanged(name, opts):
     assert model_free_digest(name, opts) == BEFORE[f"{name} {json.dumps(opts, sort_keys=True)}"]
 
 
-@pytest.mark.parametrize("name, opts", [("del", {"cost": "layers", "probe_budget": 0.5}),
-                                        ("early-exit", {"exit_layer": 5, "draft_len": 4})])
+@pytest.mark.parametrize(
+    "name, opts", [("del", {"cost": "layers", "probe_budget": 0.5}), ("early-exit", {"exit_layer": 5, "draft_len": 4})]
+)
 def test_early_exit_trees_are_unchanged(name, opts):
     assert early_exit_digest(name, opts) == BEFORE[f"{name} {{}}"]

@@ -1,5 +1,6 @@
 """``specplug bench``: run_bench's numbers and JSON shape (on a scripted engine and on a tiny
 random Llama through the real embedded engine), the interleaved order, and CLI errors."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,7 @@ class ScriptedEngine:
             ctx, node, accepted = ids + out, 0, []
             while True:
                 t = self._next(ctx + accepted)
-                kids = [c for c in range(1, len(tree.tokens))
-                        if tree.parents[c] == node and tree.tokens[c] == t]
+                kids = [c for c in range(1, len(tree.tokens)) if tree.parents[c] == node and tree.tokens[c] == t]
                 if kids and self.lossy:
                     t = (t + 1) % self.vocab_size
                 accepted.append(t)
@@ -63,16 +63,25 @@ class ScriptedEngine:
             acc_per_step.append(len(accepted))
         drafter.finish(rid)
         assert drafter.active_requests() == 0
-        return [SimpleNamespace(output_ids=out, steps=steps, accepted_per_step=acc_per_step,
-                                draft_time_s=1e-4 * steps, verify_time_s=1e-3 * steps,
-                                total_time_s=1.1e-3 * steps, finish_reason="length")]
+        return [
+            SimpleNamespace(
+                output_ids=out,
+                steps=steps,
+                accepted_per_step=acc_per_step,
+                draft_time_s=1e-4 * steps,
+                verify_time_s=1e-3 * steps,
+                total_time_s=1.1e-3 * steps,
+                finish_reason="length",
+            )
+        ]
 
 
 def _sets(n=3):
     return {
         "code": [Prompt(id=f"c{i}", text=f"def f{i}(x):\n    return x + {i}\n" * 2) for i in range(n)],
-        "chat": [Prompt(id=f"m{i}", messages=({"role": "user", "content": f"question number {i}?"},))
-                 for i in range(n)],
+        "chat": [
+            Prompt(id=f"m{i}", messages=({"role": "user", "content": f"question number {i}?"},)) for i in range(n)
+        ],
     }
 
 
@@ -120,8 +129,7 @@ def test_mismatches_are_counted():
 
 
 def test_sampling_reports_null_mismatches():
-    rep = bench.run_bench(ScriptedEngine(), ["pld"], _sets(1), warmup=0, gen_config=CFG, seed=None,
-                          temperature=0.7)
+    rep = bench.run_bench(ScriptedEngine(), ["pld"], _sets(1), warmup=0, gen_config=CFG, seed=None, temperature=0.7)
     assert all(r["lossless_mismatches"] is None for r in rep["results"])
 
 
@@ -142,8 +150,9 @@ def test_interleaved_rotated_order_and_warmup():
 
 def test_budget_override_and_options():
     eng = ScriptedEngine()
-    rep = bench.run_bench(eng, ["ar", "pld"], _sets(1), warmup=0, gen_config=CFG, seed=None, budget=4,
-                          options={"pld": {"max_draft": 2}})
+    rep = bench.run_bench(
+        eng, ["ar", "pld"], _sets(1), warmup=0, gen_config=CFG, seed=None, budget=4, options={"pld": {"max_draft": 2}}
+    )
     assert {c[0]: c[2] for c in eng.calls} == {"ar": 1, "pld": 4}
     pld = [r for r in rep["results"] if r["algorithm"] == "pld"][0]
     assert pld["budget"] == 4 and pld["mat"] <= 3.0
@@ -171,20 +180,24 @@ def _main(argv, monkeypatch):
     return cli.main(argv)
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--algorithms", "ar,warp-drive"], "unknown algorithm 'warp-drive'; available: .*pld"),
-    (["--budget", "0"], "budget must be an integer in 1..1024"),
-    (["--options", '{"pld": {"bogus": 1}}'], "unknown option"),
-    (["--options", "{bad json"], "not valid JSON"),
-    (["--prompts", "nope"], "unknown prompt set"),
-    (["--temperature", "-1"], "temperature"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--algorithms", "ar,warp-drive"], "unknown algorithm 'warp-drive'; available: .*pld"),
+        (["--budget", "0"], "budget must be an integer in 1..1024"),
+        (["--options", '{"pld": {"bogus": 1}}'], "unknown option"),
+        (["--options", "{bad json"], "not valid JSON"),
+        (["--prompts", "nope"], "unknown prompt set"),
+        (["--temperature", "-1"], "temperature"),
+    ],
+)
 def test_cli_errors_exit_2_before_loading_a_model(argv, match, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "specplug.adapters.hf.engine", None)  # import would fail
     assert _main(["bench", *argv], monkeypatch) == 2
     err = capsys.readouterr().err
     assert err.startswith("specplug: error:")
     import re
+
     assert re.search(match, err), err
 
 
@@ -195,16 +208,34 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
         @classmethod
         def load(cls, model_path=None, device="cpu"):
             return cls()
+
     fake.HFEngine = HFEngine
     fake.GenerationConfig = lambda max_new_tokens: SimpleNamespace(max_new_tokens=max_new_tokens)
     monkeypatch.setitem(sys.modules, "specplug.adapters.hf.engine", fake)
     import torch
+
     threads = torch.get_num_threads()
     out = tmp_path / "r.json"
     try:
-        rc = _main(["bench", "--algorithms", "pld", "--prompts", "humaneval,gsm8k", "--limit", "2",
-                    "--max-new-tokens", "8", "--json", str(out), "--no-progress", "--threads", "1"],
-                   monkeypatch)
+        rc = _main(
+            [
+                "bench",
+                "--algorithms",
+                "pld",
+                "--prompts",
+                "humaneval,gsm8k",
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--json",
+                str(out),
+                "--no-progress",
+                "--threads",
+                "1",
+            ],
+            monkeypatch,
+        )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -231,10 +262,18 @@ def _tiny_engine():
     m = _engine_module()
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(cfg).eval()
 
     class ByteTok:  # ids 3..95 from characters; no chat template needed for text prompts
@@ -248,6 +287,7 @@ def _tiny_engine():
 
         def decode(self, ids, **kw):
             return "".join(chr(i) for i in ids)
+
     return m.HFEngine(model, ByteTok())
 
 
@@ -255,8 +295,7 @@ def test_run_bench_tiny_llama_real_engine():
     eng = _tiny_engine()
     m = _engine_module()
     sets = {"code": [Prompt(id=f"p{i}", text=("ab cd ab cd ef " * 4) + str(i)) for i in range(2)]}
-    rep = bench.run_bench(eng, ["pld"], sets, warmup=1,
-                          gen_config=m.GenerationConfig(max_new_tokens=16), seed=0)
+    rep = bench.run_bench(eng, ["pld"], sets, warmup=1, gen_config=m.GenerationConfig(max_new_tokens=16), seed=0)
     by = _check_shape(rep, ["ar", "pld"], ["code"])
     assert by[("ar", "code")]["speedup_vs_ar"] == 1.0
     assert by[("ar", "code")]["mat"] == 1.0
@@ -269,11 +308,27 @@ def test_run_bench_tiny_llama_real_engine():
 def test_cli_default_engine_smoke(tmp_path, monkeypatch):
     _engine_module()
     import torch
+
     threads = torch.get_num_threads()
     out = tmp_path / "b.json"
     try:
-        rc = _main(["bench", "--algorithms", "pld", "--prompts", "humaneval,mtbench,gsm8k", "--limit", "2",
-                    "--max-new-tokens", "8", "--json", str(out), "--no-progress"], monkeypatch)
+        rc = _main(
+            [
+                "bench",
+                "--algorithms",
+                "pld",
+                "--prompts",
+                "humaneval,mtbench,gsm8k",
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--json",
+                str(out),
+                "--no-progress",
+            ],
+            monkeypatch,
+        )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0

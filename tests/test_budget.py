@@ -1,4 +1,5 @@
 """Load-aware budget policy (drafters/budget.py) and the replay simulation helpers."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.drafters.budget import CostModel, choose_budgets, default_cost_model, node_gains
 from specplug.drafters.errors import ConfigError
@@ -89,8 +91,7 @@ def test_budget_non_decreasing_in_acceptance(cost, p1, p2, batch):
     if hi - lo < 1e-6:
         return
     # within one batch, the request with the better drafts gets at least as many nodes
-    mixed = choose_budgets([geometric(lo, 127), geometric(hi, 127)] * max(1, batch // 2), cost,
-                           max_budget=128)[0]
+    mixed = choose_budgets([geometric(lo, 127), geometric(hi, 127)] * max(1, batch // 2), cost, max_budget=128)[0]
     assert mixed[1] >= mixed[0]
 
 
@@ -144,7 +145,7 @@ def test_policy_cuts_trees_to_valid_prefixes():
     from specplug.drafters.budget import BudgetPolicy
 
     t = DraftTree([5, 6, 7, 8, 9], [-1, 0, 1, 0, 2], [1.0, 0.9, 0.8, 0.3, 0.2], node_data=np.arange(5))
-    _ = t.depth                                   # cached views must not leak into the cut tree
+    _ = t.depth  # cached views must not leak into the cut tree
     pol = BudgetPolicy(CostModel(np.array([1, 2, 3, 8]), np.array([1.0, 1.0, 1.0, 10.0]), {}), padded=False)
     [c] = pol.apply([t], [5])
     assert len(c) == 3 and pol.last_budgets.tolist() == [3]

@@ -1,5 +1,6 @@
 """``specplug generate``: bad input exits 2 with one ``specplug: error:`` line, before any
 model is loaded (so these run in well under a second each)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,36 +19,42 @@ def main(monkeypatch, capsys):
 
     def no_load(*a, **kw):
         raise AssertionError("the model must not be loaded for this input")
+
     monkeypatch.setattr("specplug.adapters.hf.engine.HFEngine.load", classmethod(no_load))
 
     def run(*argv):
         rc = cli.main(["generate", *argv])
         return rc, capsys.readouterr().err
+
     return run
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--algorithm", "nope", "hi"], "unknown algorithm 'nope'; available: .*pld"),
-    (["--budget", "0", "hi"], "budget must be an integer in 1..1024"),
-    (["--budget", "1025", "hi"], "budget must be an integer in 1..1024"),
-    (["--temperature", "-0.5", "hi"], "temperature must be"),
-    (["--temperature", "nan", "hi"], "temperature must be"),
-    (["--top-p", "0", "hi"], r"top_p must be a number in \(0, 1\]"),
-    (["--top-p", "1.01", "hi"], r"top_p must be a number in \(0, 1\]"),
-    (["--top-k", "-1", "hi"], "top_k must be"),
-    (["--max-new-tokens", "0", "hi"], "max-new-tokens"),
-    (["--threads", "0", "hi"], "threads"),
-    (["--model", "/no/such/dir", "hi"], "model path /no/such/dir does not exist"),
-    (["   "], "prompt is empty"),
-    (["--chat", ""], "prompt is empty"),
-    ([], "exactly one of PROMPT"),
-    (["hi", "--chat", "there"], "exactly one of PROMPT"),
-    (["--options", "{oops", "hi"], "not valid JSON"),
-    (["--options", '{"nope": 1}', "hi"], "unknown option"),
-    (["--options", '{"max_ngram": 0}', "hi"], "max_ngram"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--algorithm", "nope", "hi"], "unknown algorithm 'nope'; available: .*pld"),
+        (["--budget", "0", "hi"], "budget must be an integer in 1..1024"),
+        (["--budget", "1025", "hi"], "budget must be an integer in 1..1024"),
+        (["--temperature", "-0.5", "hi"], "temperature must be"),
+        (["--temperature", "nan", "hi"], "temperature must be"),
+        (["--top-p", "0", "hi"], r"top_p must be a number in \(0, 1\]"),
+        (["--top-p", "1.01", "hi"], r"top_p must be a number in \(0, 1\]"),
+        (["--top-k", "-1", "hi"], "top_k must be"),
+        (["--max-new-tokens", "0", "hi"], "max-new-tokens"),
+        (["--threads", "0", "hi"], "threads"),
+        (["--model", "/no/such/dir", "hi"], "model path /no/such/dir does not exist"),
+        (["   "], "prompt is empty"),
+        (["--chat", ""], "prompt is empty"),
+        ([], "exactly one of PROMPT"),
+        (["hi", "--chat", "there"], "exactly one of PROMPT"),
+        (["--options", "{oops", "hi"], "not valid JSON"),
+        (["--options", '{"nope": 1}', "hi"], "unknown option"),
+        (["--options", '{"max_ngram": 0}', "hi"], "max_ngram"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(main, argv, match):
     import re
+
     rc, err = main(*argv)
     assert rc == 2
     lines = err.strip().splitlines()
@@ -63,6 +70,7 @@ def test_model_directory_without_config(main, tmp_path):
 def test_prompt_longer_than_context_is_a_config_error(monkeypatch, capsys):
     """The context check needs the tokenizer: a fake engine stands in for the model."""
     from specplug.drafters.errors import ConfigError
+
     monkeypatch.setattr(cli, "COMMANDS", {"generate": cli.COMMANDS["generate"]})
 
     class Fake:
@@ -70,17 +78,24 @@ def test_prompt_longer_than_context_is_a_config_error(monkeypatch, capsys):
 
         def encode(self, prompt=None, messages=None):
             raise ConfigError("the prompt has 9000 tokens; the model's context is 8192 tokens")
+
     monkeypatch.setattr("specplug.adapters.hf.engine.HFEngine.load", classmethod(lambda cls, **kw: Fake()))
     assert cli.main(["generate", "x" * 10]) == 2
     assert "context is 8192" in capsys.readouterr().err
 
 
 def test_subprocess_exit_code_and_no_traceback():
-    code = ("import sys; from specplug import cli; "
-            "cli.COMMANDS = {'generate': cli.COMMANDS['generate']}; "
-            "sys.exit(cli.main(sys.argv[1:]))")
-    p = subprocess.run([sys.executable, "-c", code, "generate", "--algorithm", "nope", "hi"],
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from specplug import cli; "
+        "cli.COMMANDS = {'generate': cli.COMMANDS['generate']}; "
+        "sys.exit(cli.main(sys.argv[1:]))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "generate", "--algorithm", "nope", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and p.stderr.startswith("specplug: error: unknown algorithm")
 
@@ -91,11 +106,19 @@ def test_generate_runs_and_compares_on_a_tiny_model(monkeypatch, capsys):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from specplug.adapters.hf.engine import HFEngine
+
     monkeypatch.setattr(cli, "COMMANDS", {"generate": cli.COMMANDS["generate"]})
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                      initializer_range=0.5)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        initializer_range=0.5,
+    )
     model = LlamaForCausalLM(cfg).to(torch.float64).eval()
 
     class Tok:

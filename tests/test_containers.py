@@ -13,6 +13,7 @@ import to fail for want of numba.
 SGLang's image has pip; TGI's venv is made by `uv sync`, which leaves no pip, so its stand-in
 is a uv venv without pip and the install goes through uv 0.5.31 (the image's uv). Needs PyPI.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,9 @@ from specplug.drafters import registry
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH = "2.13.0+cpu"           # the local CPU wheel; any other torch downloads gigabytes
+TORCH = "2.13.0+cpu"  # the local CPU wheel; any other torch downloads gigabytes
 TRANSFORMERS = version("transformers")
-UV = "0.5.31"                  # what TGI 3.3.x's Dockerfile copies into the image
+UV = "0.5.31"  # what TGI 3.3.x's Dockerfile copies into the image
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 OLD_SGLANG_LINE = "python3 -m pip install --no-cache-dir --no-deps /tmp/specplug"
 DRAFTERS = sorted(s.name for s in registry.specs() if not s.peer)
@@ -63,8 +64,9 @@ def _run(cmd, env, cwd, check=True):
 def _dockerfile_run(name: str) -> str:
     """The RUN instruction that follows `COPY . /tmp/specplug`, continuation lines joined."""
     text = (REPO / "containers" / name).read_text()
-    instructions = [i.strip() for i in re.sub(r"\\\n", " ", text).splitlines()
-                    if i.strip() and not i.lstrip().startswith("#")]
+    instructions = [
+        i.strip() for i in re.sub(r"\\\n", " ", text).splitlines() if i.strip() and not i.lstrip().startswith("#")
+    ]
     at = instructions.index("COPY . /tmp/specplug")
     assert instructions[at + 1].startswith("RUN "), instructions[at + 1]
     return instructions[at + 1][4:]
@@ -77,8 +79,10 @@ def _local_torch_wheel() -> Path:
         found = sorted(Path(d).glob(f"torch-{TORCH}-{tag}-{tag}-*.whl")) if Path(d).is_dir() else []
         if found:
             return found[0]
-    pytest.fail(f"no local torch {TORCH} wheel for {tag} in {dirs}: the stand-in for the engine's "
-                f"torch must not download another")
+    pytest.fail(
+        f"no local torch {TORCH} wheel for {tag} in {dirs}: the stand-in for the engine's "
+        f"torch must not download another"
+    )
 
 
 def _stub_project(root: Path, name: str, ver: str) -> Path:
@@ -87,7 +91,8 @@ def _stub_project(root: Path, name: str, ver: str) -> Path:
     d.mkdir()
     (d / "pyproject.toml").write_text(
         f'[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
-        f'[project]\nname = "{name}"\nversion = "{ver}"\n[tool.setuptools]\npackages = []\n')
+        f'[project]\nname = "{name}"\nversion = "{ver}"\n[tool.setuptools]\npackages = []\n'
+    )
     return d
 
 
@@ -95,8 +100,10 @@ def _stub_wheel(root: Path, name: str, ver: str) -> Path:
     """A wheel holding only its metadata: installed from its path, pip freeze writes `name @ file://`."""
     dist = f"{name.replace('-', '_')}-{ver}"
     path = root / f"{dist}-py3-none-any.whl"
-    files = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n",
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     files[f"{dist}.dist-info/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}.dist-info/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
         for f, body in files.items():
@@ -107,12 +114,10 @@ def _stub_wheel(root: Path, name: str, ver: str) -> Path:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     base = tmp_path_factory.mktemp("containers")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
     env["UV_CACHE_DIR"] = str(base / "uv-cache")
-    _run([sys.executable, "-m", "pip", "install", "-q", "--target", str(base / "uv"), f"uv=={UV}"],
-         env, base)
-    env["PATH"] = f"{base / 'uv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"   # as in both images
+    _run([sys.executable, "-m", "pip", "install", "-q", "--target", str(base / "uv"), f"uv=={UV}"], env, base)
+    env["PATH"] = f"{base / 'uv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # as in both images
     yield base, env, _local_torch_wheel()
     shutil.rmtree(base, ignore_errors=True)
 
@@ -120,25 +125,63 @@ def work(tmp_path_factory):
 def _engine_venv(base: Path, env: dict, wheel: Path, engine: str) -> Path:
     """The engine's environment, stood in: its torch and transformers pins plus stubs."""
     venv = base / engine / "venv"
-    seed = ["--seed"] if engine == "sglang" else []     # TGI's venv has no pip
+    seed = ["--seed"] if engine == "sglang" else []  # TGI's venv has no pip
     _run(["uv", "venv", "-q", *seed, "--python", sys.executable, str(venv)], env, base)
     py = str(venv / "bin" / "python")
-    _run(["uv", "pip", "install", "-q", "--python", py, "--find-links", str(wheel.parent),
-          f"torch=={TORCH}", f"transformers=={TRANSFORMERS}", "setuptools"], env, base)
-    if engine == "sglang":   # sglang: editable (`pip install -e python[all]`); sglang-router: a local wheel
-        _run(["uv", "pip", "install", "-q", "--python", py, "-e",
-              str(_stub_project(base / engine, "sglang", "0.5.23")),
-              str(_stub_wheel(base / engine, "sglang-router", "0.2.3"))], env, base)
-    else:                    # `uv sync` installs TGI's server project editable
-        _run(["uv", "pip", "install", "-q", "--python", py, "-e",
-              str(_stub_project(base / engine, "text-generation-server", "2.0.5.dev0"))], env, base)
+    _run(
+        [
+            "uv",
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            py,
+            "--find-links",
+            str(wheel.parent),
+            f"torch=={TORCH}",
+            f"transformers=={TRANSFORMERS}",
+            "setuptools",
+        ],
+        env,
+        base,
+    )
+    if engine == "sglang":  # sglang: editable (`pip install -e python[all]`); sglang-router: a local wheel
+        _run(
+            [
+                "uv",
+                "pip",
+                "install",
+                "-q",
+                "--python",
+                py,
+                "-e",
+                str(_stub_project(base / engine, "sglang", "0.5.23")),
+                str(_stub_wheel(base / engine, "sglang-router", "0.2.3")),
+            ],
+            env,
+            base,
+        )
+    else:  # `uv sync` installs TGI's server project editable
+        _run(
+            [
+                "uv",
+                "pip",
+                "install",
+                "-q",
+                "--python",
+                py,
+                "-e",
+                str(_stub_project(base / engine, "text-generation-server", "2.0.5.dev0")),
+            ],
+            env,
+            base,
+        )
     return venv
 
 
 def _source_copy(dest: Path) -> Path:
     """The build context `COPY . /tmp/specplug` puts in the image (the RUN line deletes it)."""
-    skip = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "dist",
-                                  ".pytest_cache", ".hypothesis")
+    skip = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".hypothesis")
     shutil.copytree(REPO, dest, ignore=skip)
     return dest
 
@@ -152,8 +195,8 @@ def test_overlay_install_keeps_engine_packages_and_imports_every_drafter(work, e
     base, env, wheel = work
     venv = _engine_venv(base, env, wheel, engine)
     py = str(venv / "bin" / "python")
-    cwd = base / engine         # not the repository: `python -c` would import its specplug/
-    env = dict(env, PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}")   # `python3` is the image's Python
+    cwd = base / engine  # not the repository: `python -c` would import its specplug/
+    env = dict(env, PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}")  # `python3` is the image's Python
     before = _installed(py, env, cwd)
     assert before["torch"] == TORCH and before["transformers"] == TRANSFORMERS
     assert "numba" not in before and "specplug" not in before
@@ -173,7 +216,7 @@ def test_overlay_install_keeps_engine_packages_and_imports_every_drafter(work, e
     cmd = line.replace("/tmp/specplug", str(src)).replace("/usr/src/.venv", str(venv))
     cmd = cmd.replace("/python3.11/", f"/python{PYVER}/")
     p = _run(["/bin/sh", "-c", cmd], env, cwd)
-    assert not src.exists()     # the RUN line cleaned up after itself
+    assert not src.exists()  # the RUN line cleaned up after itself
 
     after = _installed(py, env, cwd)
     changed = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}

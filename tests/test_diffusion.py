@@ -1,5 +1,6 @@
 """Diffusion drafter (issue 8): lattice, causal-consistency path search against brute force,
 the ADL rule, a tiny drafter trained here for seconds, and rejection of bad checkpoints."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,15 +10,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusion_helpers import save_tiny, tiny_model, train_tiny
 
 from specplug.drafters import registry
-from specplug.drafters.diffusion_lattice import (AdaptiveLength, Lattice, NgramProxy, UniformProxy, argmax_path,
-                                                  beam_search, build_lattice, path_score)
+from specplug.drafters.diffusion_lattice import (
+    AdaptiveLength,
+    Lattice,
+    NgramProxy,
+    UniformProxy,
+    argmax_path,
+    beam_search,
+    build_lattice,
+    path_score,
+)
 from specplug.drafters.diffusion_model import load_diffusion_model
 from specplug.drafters.errors import ConfigError, ModelError, SpecplugError
 from specplug.drafters.ngram_automaton import NgramPool
-
-from diffusion_helpers import save_tiny, tiny_model, train_tiny
 
 torch.set_num_threads(1)
 
@@ -41,9 +49,13 @@ def _eos_stats(full, eos):
 
 
 def test_top_set_is_smallest_prefix_reaching_tau_and_capped():
-    full, p, ids = _dist([{1: 0.5, 2: 0.25, 3: 0.15, 4: 0.1},       # 0.5, 0.75, 0.9 -> 3 tokens
-                          {5: 0.85, 6: 0.15},                        # one token
-                          {t: 1 / 12 for t in range(12)}])           # flat: capped
+    full, p, ids = _dist(
+        [
+            {1: 0.5, 2: 0.25, 3: 0.15, 4: 0.1},  # 0.5, 0.75, 0.9 -> 3 tokens
+            {5: 0.85, 6: 0.15},  # one token
+            {t: 1 / 12 for t in range(12)},
+        ]
+    )  # flat: capped
     lat = build_lattice(p, ids, tau=0.8, cap=4)
     assert lat.length == 3 and not lat.eos_cut
     assert lat.tokens[0, :3].tolist() == [1, 2, 3] and (lat.tokens[0, 3:] == -1).all()
@@ -58,15 +70,12 @@ def test_eos_exempt_from_cap_and_cuts_the_lattice():
     # row 0: EOS far down (mass above it 0.9 >= tau): not in the set
     # row 1: EOS has rank 3, but the two tokens above it hold only 0.6 < tau: kept although
     #        cap=2, and the lattice ends at this row (rows 2, 3 dropped)
-    full, p, ids = _dist([{4: 0.9, 0: 0.1},
-                          {1: 0.35, 2: 0.25, 0: 0.2, 3: 0.2},
-                          {0: 0.5, 5: 0.5},
-                          {6: 1.0}])
+    full, p, ids = _dist([{4: 0.9, 0: 0.1}, {1: 0.35, 2: 0.25, 0: 0.2, 3: 0.2}, {0: 0.5, 5: 0.5}, {6: 1.0}])
     ep, above = _eos_stats(full, eos)
     lat = build_lattice(p, ids, ep, above, eos_ids=[eos], tau=0.8, cap=2)
     assert lat.eos_cut and lat.length == 2 and lat.k == 4
     assert lat.tokens[0][lat.tokens[0] >= 0].tolist() == [4]
-    assert lat.tokens[1][lat.tokens[1] >= 0].tolist() == [1, 2, 0]     # sorted by probability
+    assert lat.tokens[1][lat.tokens[1] >= 0].tolist() == [1, 2, 0]  # sorted by probability
     np.testing.assert_allclose(np.exp(lat.logp[1]), [0.35, 0.25, 0.2], rtol=1e-6)
     # without EOS ids nothing is cut
     assert build_lattice(p, ids, tau=0.8, cap=2).length == 4
@@ -97,7 +106,7 @@ def _proxy(rng, V=9, order=3):
     pool = NgramPool(order)
     slot = pool.new_owner(4096)
     ctx = rng.integers(0, V, size=40).astype(np.int32)
-    ctx[20:30] = ctx[5:15]      # some repeats: non-trivial counts
+    ctx[20:30] = ctx[5:15]  # some repeats: non-trivial counts
     pool.feed(slot, ctx)
     return NgramProxy(pool, slot, V, beta=0.7)
 
@@ -135,7 +144,7 @@ def test_beam_search_with_wide_beam_equals_brute_force(seed):
     assert got.shape == (len(paths), lat.length)
     np.testing.assert_allclose(scores, [s for s, _ in brute], rtol=1e-5, atol=1e-5)
     assert {tuple(p) for p in got.tolist()} == {p for _, p in brute}
-    for p, s, d in zip(got.tolist(), scores, dlm):   # returned scores are the true objective
+    for p, s, d in zip(got.tolist(), scores, dlm):  # returned scores are the true objective
         assert path_score(lat, proxy, p, lam) == pytest.approx(s, abs=1e-4)
         # and dlm holds each step's model log-probability
         want = [lat.logp[j][lat.tokens[j] == t][0] for j, t in enumerate(p)]
@@ -194,7 +203,7 @@ def test_adl_update_rule():
     # huge generated length clips at k_max
     adl2 = AdaptiveLength(1, 8, rho=0.0, delta=3)
     assert adl2.update(100, 0) == 8
-    assert adl2.update(4, 4) == 7          # floor(4) + 3
+    assert adl2.update(4, 4) == 7  # floor(4) + 3
     with pytest.raises(ConfigError, match="k_min"):
         AdaptiveLength(5, 4)
 
@@ -335,10 +344,13 @@ def test_tokenizer_mismatch_is_named(random_ckpt, tmp_path):
     words = [f"w{i}" for i in range(V)]
     _word_tokenizer(words).save_pretrained(ckpt)
     d = registry.create("diffusion", V, {"model_path": str(ckpt)})
-    d.check_target(_word_tokenizer(words))                    # identical: fine
+    d.check_target(_word_tokenizer(words))  # identical: fine
     other = words[:-1] + ["zzz"]
-    with pytest.raises(ModelError, match=r"vocabulary mismatch.*only in the drafter \['w15'\].*only in the target "
-                                         r"\['zzz'\]"):
+    with pytest.raises(
+        ModelError,
+        match=r"vocabulary mismatch.*only in the drafter \['w15'\].*only in the target "
+        r"\['zzz'\]",
+    ):
         d.check_target(_word_tokenizer(other))
 
 
@@ -351,18 +363,21 @@ def _corrupt(src, tmp_path, name, fn):
     return dst
 
 
-@pytest.mark.parametrize("case,match", [
-    ("no_config", "no config.json"),
-    ("bad_json", "not valid JSON"),
-    ("other_arch", "trust_remote_code"),
-    ("no_vocab", "mask token id"),
-    ("mask_out_of_range", "mask_token_id"),
-    ("no_weights", "no model.safetensors"),
-    ("garbage_weights", "cannot read"),
-    ("missing_tensor", "missing tensors"),
-    ("wrong_shape", "has shape"),
-    ("nan", "NaN"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("no_config", "no config.json"),
+        ("bad_json", "not valid JSON"),
+        ("other_arch", "trust_remote_code"),
+        ("no_vocab", "mask token id"),
+        ("mask_out_of_range", "mask_token_id"),
+        ("no_weights", "no model.safetensors"),
+        ("garbage_weights", "cannot read"),
+        ("missing_tensor", "missing tensors"),
+        ("wrong_shape", "has shape"),
+        ("nan", "NaN"),
+    ],
+)
 def test_malformed_checkpoints_are_rejected(random_ckpt, tmp_path, case, match):
     from safetensors.torch import load_file, save_file
 
@@ -371,6 +386,7 @@ def test_malformed_checkpoints_are_rejected(random_ckpt, tmp_path, case, match):
             c = json.loads((d / "config.json").read_text())
             f(c)
             (d / "config.json").write_text(json.dumps(c))
+
         return go
 
     def tensors_edit(f):
@@ -378,6 +394,7 @@ def test_malformed_checkpoints_are_rejected(random_ckpt, tmp_path, case, match):
             t = load_file(str(d / "model.safetensors"))
             f(t)
             save_file(t, str(d / "model.safetensors"))
+
         return go
 
     edits = {
@@ -395,7 +412,7 @@ def test_malformed_checkpoints_are_rejected(random_ckpt, tmp_path, case, match):
     bad = _corrupt(random_ckpt, tmp_path, case, edits[case])
     with pytest.raises(ModelError, match=match):
         load_diffusion_model(bad)
-    with pytest.raises(SpecplugError, match=match):   # and through the registry: the same clear error
+    with pytest.raises(SpecplugError, match=match):  # and through the registry: the same clear error
         registry.create("diffusion", V, {"model_path": str(bad)})
 
 
@@ -441,8 +458,14 @@ def test_training_checkpoints_resume_and_respect_the_time_limit(tmp_path):
     plens = [4] * len(seqs)
     model = tiny_model(V, seed=3)
     out = tmp_path / "ck"
-    res = train_loop(model, seqs, plens, TrainConfig(steps=6, time_limit_s=60, batch=4, window=8, r_max=6),
-                     out_dir=out, progress=False)
+    res = train_loop(
+        model,
+        seqs,
+        plens,
+        TrainConfig(steps=6, time_limit_s=60, batch=4, window=8, r_max=6),
+        out_dir=out,
+        progress=False,
+    )
     assert res["step"] == 6
     assert {"config.json", "model.safetensors", STATE_FILE} <= {p.name for p in out.iterdir()}
     loaded, _ = load_diffusion_model(out)
@@ -451,14 +474,26 @@ def test_training_checkpoints_resume_and_respect_the_time_limit(tmp_path):
     state = torch.load(out / STATE_FILE, weights_only=False)
     assert state["step"] == 6 and "optimizer" in state
     loaded.requires_grad_(True)
-    res2 = train_loop(loaded, seqs, plens, TrainConfig(steps=9, time_limit_s=60, batch=4, window=8, r_max=6),
-                      out_dir=out, state=state, progress=False)
-    assert res2["step"] == 9                                  # continued, not restarted
+    res2 = train_loop(
+        loaded,
+        seqs,
+        plens,
+        TrainConfig(steps=9, time_limit_s=60, batch=4, window=8, r_max=6),
+        out_dir=out,
+        state=state,
+        progress=False,
+    )
+    assert res2["step"] == 9  # continued, not restarted
     assert torch.load(out / STATE_FILE, weights_only=False)["step"] == 9
     t0 = time.monotonic()
-    res3 = train_loop(tiny_model(V), seqs, plens, TrainConfig(steps=10 ** 6, time_limit_s=0.5, batch=4, window=8,
-                                                               r_max=6), progress=False)
-    assert time.monotonic() - t0 < 5.0 and 0 < res3["step"] < 10 ** 6
+    res3 = train_loop(
+        tiny_model(V),
+        seqs,
+        plens,
+        TrainConfig(steps=10**6, time_limit_s=0.5, batch=4, window=8, r_max=6),
+        progress=False,
+    )
+    assert time.monotonic() - t0 < 5.0 and 0 < res3["step"] < 10**6
 
 
 def test_train_drafter_cli_rejects_bad_arguments(capsys):
@@ -473,16 +508,16 @@ def test_train_drafter_cli_rejects_bad_arguments(capsys):
 def test_make_batch_masks_the_tail_with_decaying_weights():
     from specplug.train_drafter import make_batch
 
-    seqs = [np.arange(100, 140, dtype=np.int64)]        # token = 100 + position
+    seqs = [np.arange(100, 140, dtype=np.int64)]  # token = 100 + position
     ids, key, tgt, w, pos = make_batch(seqs, [10], np.random.default_rng(0), 8, 6, 5, 999, 1.01)
     for b in range(8):
         R = int((w[b] > 0).sum())
         n = int(key[b].sum())
-        assert 1 <= R <= 5 and (ids[b, n - R:n] == 999).all()
-        ctx = ids[b, :n - R].tolist()
+        assert 1 <= R <= 5 and (ids[b, n - R : n] == 999).all()
+        ctx = ids[b, : n - R].tolist()
         assert 1 <= len(ctx) <= 6 and ctx == list(range(ctx[0], ctx[0] + len(ctx)))
-        assert tgt[b, :R].tolist() == list(range(ctx[-1] + 1, ctx[-1] + 1 + R))   # the next R tokens
-        assert tgt[b, 0] >= 110                              # masked block inside the continuation
+        assert tgt[b, :R].tolist() == list(range(ctx[-1] + 1, ctx[-1] + 1 + R))  # the next R tokens
+        assert tgt[b, 0] >= 110  # masked block inside the continuation
         assert pos[b, :R].tolist() == list(range(n - R, n))
         np.testing.assert_allclose(w[b, :R].numpy(), 1.01 ** (R - np.arange(1, R + 1)), rtol=1e-6)
 
@@ -498,15 +533,15 @@ def test_tgi_chain_speculation_drives_the_diffusion_drafter(trained_ckpt):
     for _ in range(6):
         chain = out[0].tolist()
         acc, cur = [], list(ctx)
-        for t in chain:                       # TGI's chain verification against the synthetic target
+        for t in chain:  # TGI's chain verification against the synthetic target
             if t != _cycle_next(cur):
                 break
             acc.append(t)
             cur.append(t)
         acc.append(_cycle_next(cur))
         ctx = cur + [acc[-1]]
-        out = rt.draft(["a"], [ctx[:-len(acc)]], acc, [len(acc)], 4, vocab_size=V, verified=[chain])
-    assert rt.mean_accepted() > 3.0         # up to 5 per step (4 drafts + bonus)
+        out = rt.draft(["a"], [ctx[: -len(acc)]], acc, [len(acc)], 4, vocab_size=V, verified=[chain])
+    assert rt.mean_accepted() > 3.0  # up to 5 per step (4 drafts + bonus)
     rt.finish(["a"])
     assert rt.active_requests() == 0
 
@@ -519,8 +554,13 @@ def test_simulated_acceptance_on_known_continuations(trained_ckpt):
     assert tree_accepted(tree, [1, 2, 9]) == 2 and tree_accepted(tree, [1, 4, 4]) == 2
     assert tree_accepted(tree, [7]) == 0 and tree_accepted(tree, [5, 5]) == 1
     seqs = [np.asarray(s, np.int64) for s in _corpus(np.random.default_rng(9), 6, 30)]
-    res = simulate_acceptance(trained_ckpt, seqs, [4] * 6, {"beam": {"k_min": 4, "k_max": 8},
-                                                          "argmax": {"path_search": "argmax", "k_min": 4,
-                                                                     "k_max": 8}}, points=12, budget=16)
+    res = simulate_acceptance(
+        trained_ckpt,
+        seqs,
+        [4] * 6,
+        {"beam": {"k_min": 4, "k_max": 8}, "argmax": {"path_search": "argmax", "k_min": 4, "k_max": 8}},
+        points=12,
+        budget=16,
+    )
     assert res["beam"]["points"] == 12 and res["beam"]["mean_accepted"] > 3.0
     assert res["argmax"]["mean_accepted"] > 3.0

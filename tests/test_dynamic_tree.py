@@ -1,11 +1,11 @@
 """Dynamic tree expansion (drafters/dynamic_tree.py) against brute force on small graphs."""
-from __future__ import annotations
 
-import itertools
+from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.drafters.calibration import NBINS
 from specplug.drafters.dynamic_tree import build_dynamic
@@ -55,7 +55,7 @@ def _brute_force(ctok, cval, ckey, root_key, budget, max_depth):
             if key in seen:
                 continue
             seen.add(key)
-            rest = frontier[:j] + frontier[j + 1:] + children(*node)
+            rest = frontier[:j] + frontier[j + 1 :] + children(*node)
             rec(chosen + (node[0],), rest, total + node[1])
 
     rec((), frontier0, 0.0)
@@ -103,7 +103,7 @@ def test_batch_budgets_depth_cap_and_missing_rows():
     roots = np.arange(5, dtype=np.int32)
     trees = build_dynamic(ctok, cval, ckey, roots, [0, 1, 2, -1, 99], [1, 8, 16, 8, 8], max_depth=2)
     assert [len(t) for t in trees][:1] == [1]
-    assert len(trees[3]) == 1 and len(trees[4]) == 1          # no row for the root key: no speculation
+    assert len(trees[3]) == 1 and len(trees[4]) == 1  # no row for the root key: no speculation
     for t, r in zip(trees, roots):
         t.validate(budget=16)
         assert t.tokens[0] == r
@@ -132,6 +132,7 @@ def test_calibrated_values_and_unknown_probabilities():
 
 def test_pair_rows_override_token_rows():
     from specplug.drafters.adjacency import PairAdjacency
+
     vocab, k = 12, 2
     rows = np.full((vocab, k), -1, np.int32)
     probs = np.full((vocab, k), -1.0, np.float32)
@@ -142,28 +143,35 @@ def test_pair_rows_override_token_rows():
     pairs = PairAdjacency(vocab, k, 16, probs=True)
     # the pair (5, 6) was followed by 3 (p 0.9): drafted instead of token 6's row
     from specplug.drafters.tree import DraftTree
+
     tree = DraftTree(np.array([6]), np.array([-1]))
     from specplug.drafters.feedback import Feedback, TopK
+
     feedback = Feedback.one(0, tree, [3], TopK.of(np.array([[3, 4]]), np.array([[0.9, 0.05]], np.float32)))
     pairs.update_from_feedback(feedback, [5])
-    [t] = build_dynamic(rows, probs, rows, [5], [5], [3], pairs=(pairs.rows, pairs.probs, pairs.keys),
-                        root_prevs=[-1])
+    [t] = build_dynamic(rows, probs, rows, [5], [5], [3], pairs=(pairs.rows, pairs.probs, pairs.keys), root_prevs=[-1])
     assert t.tokens.tolist() == [5, 6, 3]
     np.testing.assert_allclose(t.scores, [1.0, 0.6, 0.54], rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- drafters in dynamic mode
+from model_free_helpers import simulate  # noqa: E402
+
 from specplug.drafters import registry  # noqa: E402
 from specplug.drafters.errors import ConfigError  # noqa: E402
 from specplug.drafters.feedback import TopK  # noqa: E402
-from model_free_helpers import simulate  # noqa: E402
 
 
-@pytest.mark.parametrize("name,options", [("racer", {"tree": "dynamic"}),
-                                          ("racer", {"tree": "dynamic", "pair_rows": 0}),
-                                          ("racer", {"tree": "dynamic", "fusion": "retrieval-first"}),
-                                          ("token-recycling", {"tree": "dynamic"}),
-                                          ("token-recycling", {"tree": "dynamic", "dynamic_depth": 2})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("racer", {"tree": "dynamic"}),
+        ("racer", {"tree": "dynamic", "pair_rows": 0}),
+        ("racer", {"tree": "dynamic", "fusion": "retrieval-first"}),
+        ("token-recycling", {"tree": "dynamic"}),
+        ("token-recycling", {"tree": "dynamic", "dynamic_depth": 2}),
+    ],
+)
 def test_dynamic_drafters_trees_valid_and_state_freed(name, options):
     d, mat = simulate(name, options, budgets=(1, 2, 7, 64, 100), n_requests=10)
     assert mat > 1.0
@@ -180,26 +188,30 @@ def test_dynamic_drafters_trees_valid_and_state_freed(name, options):
 def test_dynamic_tree_follows_the_target_probabilities():
     """A confident row grows a deep chain; an uncertain one a wide, shallow tree."""
     d = registry.create("token-recycling", 50, {"tree": "dynamic", "topk": 4})
-    ids = np.array([[2, 3, 4, 5]])
     conf = np.array([[0.97, 0.01, 0.01, 0.01]], np.float32)
     flat = np.array([[0.3, 0.25, 0.2, 0.15]], np.float32)
-    for t in range(1, 40):                      # confident chain 1 -> 2 -> ... ; token 40 uncertain
+    for t in range(1, 40):  # confident chain 1 -> 2 -> ... ; token 40 uncertain
         d.adjacency.update([t], TopK.of(np.array([[t + 1, 45, 46, 47]]), conf))
     d.adjacency.update([40], TopK.of(np.array([[41, 42, 43, 44]]), flat))
     d.start("a", [1])
     d.start("b", [40])
     ta, tb = d.propose(["a", "b"], [12, 12])
     assert ta.depth.max() > 3 * tb.depth.max() or tb.depth.max() == 1
-    assert (tb.parents == 0).sum() >= 3           # the flat row is drafted wide
+    assert (tb.parents == 0).sum() >= 3  # the flat row is drafted wide
     with pytest.raises(ConfigError, match="shape"):
         d.observe("a", ta, [2], TopK.of(np.zeros((len(ta), 4), np.int32), np.zeros((1, 4), np.float32)))
     with pytest.raises(ConfigError, match="tree nodes"):
         d.observe("a", ta, [2], TopK.of(np.zeros((len(ta) + 1, 4), np.int32), np.zeros((len(ta) + 1, 4))))
 
 
-@pytest.mark.parametrize("name,opts,match", [("racer", {"tree": "bushy"}, "tree"),
-                                             ("token-recycling", {"tree": 1}, "tree"),
-                                             ("token-recycling", {"dynamic_depth": 0}, "dynamic_depth")])
+@pytest.mark.parametrize(
+    "name,opts,match",
+    [
+        ("racer", {"tree": "bushy"}, "tree"),
+        ("token-recycling", {"tree": 1}, "tree"),
+        ("token-recycling", {"dynamic_depth": 0}, "dynamic_depth"),
+    ],
+)
 def test_bad_tree_options_rejected(name, opts, match):
     with pytest.raises(ConfigError, match=match):
         registry.create(name, 100, opts)
@@ -208,9 +220,9 @@ def test_bad_tree_options_rejected(name, opts, match):
 def test_static_mode_ignores_probabilities_and_keeps_memory():
     d = registry.create("racer", 1000, {"tree": "static"})
     assert not d.feedback_probs
-    d2 = registry.create("racer", 1000, {})                  # dynamic is RACER's default
+    d2 = registry.create("racer", 1000, {})  # dynamic is RACER's default
     assert d2.tree == "dynamic" and d2.feedback_probs and d2.global_nbytes() > d.global_nbytes()
-    assert registry.create("token-recycling", 1000, {}).tree == "static"    # its template stays the default
+    assert registry.create("token-recycling", 1000, {}).tree == "static"  # its template stays the default
     # static drafters accept top-k with probabilities too (engines may send them)
     d.start(0, [1, 2, 3], TopK.of(np.array([[2, 5], [3, 6]]), np.array([[0.5, 0.2], [0.6, 0.1]], np.float32)))
     [t] = d.propose([0], [8])
@@ -223,21 +235,34 @@ def test_bench_tree_variants_and_errors():
     from specplug.bench import parse_algorithms, parse_tree_modes, resolve_budgets, split_variant
 
     assert parse_algorithms("racer,pld", parse_tree_modes("static,dynamic")) == [
-        "ar", "racer[static]", "racer[dynamic]", "pld"]
+        "ar",
+        "racer[static]",
+        "racer[dynamic]",
+        "pld",
+    ]
     assert parse_algorithms("racer[dynamic],token-recycling", None) == ["ar", "racer[dynamic]", "token-recycling"]
     assert split_variant("token_recycling[dynamic]", {"topk": 4}) == ("token-recycling", {"topk": 4, "tree": "dynamic"})
     assert resolve_budgets(["ar", "racer[dynamic]"], None) == {"ar": 1, "racer[dynamic]": 64}
-    for bad, match in (("pld[dynamic]", "no tree modes"), ("racer[bushy]", "NAME\\[static\\]"),
-                       ("racer[dynamic", "NAME\\[static\\]")):
+    for bad, match in (
+        ("pld[dynamic]", "no tree modes"),
+        ("racer[bushy]", "NAME\\[static\\]"),
+        ("racer[dynamic", "NAME\\[static\\]"),
+    ):
         with pytest.raises(ConfigError, match=match):
             split_variant(bad)
     with pytest.raises(ConfigError, match="--tree"):
         parse_tree_modes("static,bushy")
 
 
-@pytest.mark.parametrize("argv,match", [(["x", "-a", "pld", "--tree", "dynamic"], "no tree modes"),
-                                        (["x", "-a", "racer", "--load-aware", "nosuchmodel"], "no cost model")])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["x", "-a", "pld", "--tree", "dynamic"], "no tree modes"),
+        (["x", "-a", "racer", "--load-aware", "nosuchmodel"], "no cost model"),
+    ],
+)
 def test_generate_tree_and_policy_errors(argv, match, capsys):
     from specplug import cli
+
     assert cli.main(["generate", *argv]) == 2
     assert match in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """DEL / early-exit controller (engine-free): selection against brute-force TPL, decayed
 statistics against a per-position loop, the draft loop against a fake runner, bad configs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,16 @@ import pytest
 
 from specplug.drafters import registry
 from specplug.drafters.budget import CostModel
-from specplug.drafters.early_exit import (DELDrafter, EarlyExitDrafter, ExitCost, LayerStats, ShadowTokens,
-                                          expected_tokens, feasible_layers, select_exit)
+from specplug.drafters.early_exit import (
+    DELDrafter,
+    EarlyExitDrafter,
+    ExitCost,
+    LayerStats,
+    ShadowTokens,
+    expected_tokens,
+    feasible_layers,
+    select_exit,
+)
 from specplug.drafters.errors import ConfigError
 
 TABLE = CostModel(np.array([1, 2, 4, 8, 16, 32]), np.array([0.06, 0.092, 0.096, 0.109, 0.148, 0.287]), {})
@@ -81,7 +90,7 @@ def test_feasible_layers_brute_force():
     for e in range(1, 30):
         best = max(brute_tpl(1.0, e, g, 30, "measured")[0] for g in range(1, 19)) * float(TABLE(1))
         assert (e in feas) == (best > 1.05)
-    assert 0 < feas.shape[0] < 29          # the deepest layers cannot pay even when always right
+    assert 0 < feas.shape[0] < 29  # the deepest layers cannot pay even when always right
 
 
 def test_layer_stats_match_a_per_position_loop():
@@ -96,7 +105,7 @@ def test_layer_stats_match_a_per_position_loop():
         conf = rng.random((layers.shape[0], p))
         st.update(layers, hits, conf)
         for k, l in enumerate(layers):
-            for i in range(p):          # oldest first: decay, then add
+            for i in range(p):  # oldest first: decay, then add
                 for key in ref:
                     ref[key][l] *= w
                 if hits[k, i]:
@@ -111,9 +120,10 @@ def test_layer_stats_match_a_per_position_loop():
     np.testing.assert_allclose(st.conf_mismatch, ref["cx"], rtol=1e-12, atol=1e-12)
     l = int(np.argmax(st.match * st.mismatch))
     assert st.threshold(l) == pytest.approx(0.5 * (ref["cm"][l] / ref["m"][l] + ref["cx"][l] / ref["x"][l]))
-    np.testing.assert_allclose(st.alpha(np.arange(L + 1)),
-                               np.divide(ref["m"], ref["m"] + ref["x"], out=np.zeros(L + 1),
-                                         where=ref["m"] + ref["x"] > 0))
+    np.testing.assert_allclose(
+        st.alpha(np.arange(L + 1)),
+        np.divide(ref["m"], ref["m"] + ref["x"], out=np.zeros(L + 1), where=ref["m"] + ref["x"] > 0),
+    )
 
 
 # ----------------------------------------------------------------------------- a fake runner
@@ -186,7 +196,7 @@ def _run(drafter, runner, steps=40, rid="r"):
 
 def test_del_speculates_where_agreement_pays_and_not_elsewhere():
     L = 8
-    good = FakeRunner(L, agree=np.r_[np.zeros(4), np.ones(L - 3)])      # layers >= 4 always right
+    good = FakeRunner(L, agree=np.r_[np.zeros(4), np.ones(L - 3)])  # layers >= 4 always right
     d = DELDrafter(50, cost="layers", probe_budget=0.5)
     mat = _run(d, good)
     assert mat > 3.0
@@ -258,4 +268,4 @@ def test_engines_without_a_runner_refuse_clearly():
     with pytest.raises(ConfigError, match="DEL runs partial-layer forwards eagerly.*pass --disable-cuda-graph"):
         validator_for(registry.get("del"))(args)
     validator_for(registry.get("del"))(SimpleNamespace(**vars(args), disable_cuda_graph=True))
-    validator_for(registry.get("pld"))(args)       # the model-free ones still validate
+    validator_for(registry.get("pld"))(args)  # the model-free ones still validate

@@ -1,4 +1,5 @@
 """TreeKVCache bookkeeping on synthetic tensors: compaction, masks, growth, row removal."""
+
 from __future__ import annotations
 
 import numpy as np

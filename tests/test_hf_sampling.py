@@ -1,4 +1,5 @@
 """Sampling settings validation and logit warping."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,16 +27,27 @@ def test_top_k_keeps_k_tokens():
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
     x = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda q: (warp_probs(x, SamplingConfig(temperature=1.0, top_p=q)) > 0).sum().item()
+
+    def kept(q):
+        return (warp_probs(x, SamplingConfig(temperature=1.0, top_p=q)) > 0).sum().item()
+
     assert kept(0.5) == 1 and kept(0.6) == 2 and kept(0.8) == 2 and kept(0.81) == 3 and kept(1.0) == 4
     assert kept(1e-6) == 1  # the best token always stays
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
-    (dict(temperature=float("inf")), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_k=1.5), "top_k"),
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(seed="x"), "seed"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_k=1.5), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(seed="x"), "seed"),
+    ],
+)
 def test_bad_sampling_settings(kw, match):
     with pytest.raises(ConfigError, match=match):
         SamplingConfig(**kw).validate()

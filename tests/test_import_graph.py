@@ -1,5 +1,6 @@
 """The core's imports: ``specplug.drafters`` imports top-down (no cycle, function-level
 imports included) and names no engine module, not even in a string."""
+
 from __future__ import annotations
 
 import ast
@@ -33,7 +34,7 @@ def imports_of(tree: ast.Module) -> list[tuple[int, str]]:
             elif node.level == 1:
                 base = PACKAGE + (f".{node.module}" if node.module else "")
             else:
-                base = "specplug" + (f".{node.module}" if node.module else "")   # from .. (outside the core)
+                base = "specplug" + (f".{node.module}" if node.module else "")  # from .. (outside the core)
             out.append((node.lineno, base))
             # "from . import x" / "from specplug.drafters import x": x may be a module
             out += [(node.lineno, f"{base}.{a.name}") for a in node.names]
@@ -47,7 +48,7 @@ def import_graph() -> dict[str, set[str]]:
         deps = set()
         for _, name in imports_of(tree):
             if name.startswith(PACKAGE + "."):
-                head = name[len(PACKAGE) + 1:].split(".")[0]
+                head = name[len(PACKAGE) + 1 :].split(".")[0]
                 if head in MODULES and head != mod:
                     deps.add(head)
         graph[mod] = deps
@@ -56,7 +57,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle as a path [a, b, ..., a], or None."""
-    state: dict[str, int] = {}           # 1: on the stack, 2: done
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []
 
     def visit(m: str) -> list[str] | None:
@@ -64,7 +65,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for d in sorted(graph.get(m, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state:
                 found = visit(d)
                 if found:
@@ -86,8 +87,12 @@ def _docstrings(tree: ast.Module) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 ids.add(id(body[0].value))
     return ids
 
@@ -95,15 +100,17 @@ def _docstrings(tree: ast.Module) -> set[int]:
 def test_the_graph_sees_late_imports():
     graph = import_graph()
     assert {"base", "errors", "tree", "registry"} <= set(graph)
-    assert "diffusion_model" in graph["diffusion"]        # a function-level import, counted
+    assert "diffusion_model" in graph["diffusion"]  # a function-level import, counted
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_drafters_import_graph_is_acyclic():
     cycle = find_cycle(import_graph())
-    assert cycle is None, (f"import cycle in {PACKAGE}: {' -> '.join(cycle)}; move what the modules share "
-                           f"to the module it describes (or below both) instead of importing late")
+    assert cycle is None, (
+        f"import cycle in {PACKAGE}: {' -> '.join(cycle)}; move what the modules share "
+        f"to the module it describes (or below both) instead of importing late"
+    )
 
 
 @pytest.mark.parametrize("mod", sorted(MODULES))
@@ -112,9 +119,11 @@ def test_core_imports_and_names_no_engine(mod):
     for line, name in imports_of(tree):
         assert not ENGINE_MODULES.search(name), f"drafters/{mod}.py:{line} imports {name}"
         assert not name.startswith("specplug.") or name.startswith(PACKAGE + ".") or name == PACKAGE, (
-            f"drafters/{mod}.py:{line} imports {name}: the core imports nothing outside {PACKAGE}")
+            f"drafters/{mod}.py:{line} imports {name}: the core imports nothing outside {PACKAGE}"
+        )
     docs = _docstrings(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             assert not ENGINE_MODULES.search(node.value), (
-                f"drafters/{mod}.py:{node.lineno} names an engine module in a string: {node.value[:80]!r}")
+                f"drafters/{mod}.py:{node.lineno} names an engine module in a string: {node.value[:80]!r}"
+            )

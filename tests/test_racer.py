@@ -1,8 +1,9 @@
 """RACER: retrieval + logits fusion, tree validity, state bookkeeping, options."""
+
 import numpy as np
 import pytest
-
 from model_free_helpers import VOCAB, simulate
+
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
 from specplug.drafters.feedback import TopK
@@ -29,16 +30,16 @@ def test_retrieval_drafts_the_continuation_of_a_repeated_phrase():
     d.start("r", [1, 2] + phrase + [3, 4, 10, 11, 12])
     tree = d.propose(["r"], [64])[0].validate(100, 64)
     assert tree.tokens[0] == 12
-    assert chain_below(tree, [13, 14, 15, 16, 17]) > 0       # the whole remembered continuation
-    assert children(tree, 0).keys() == {13}                   # nothing else followed "... 11 12"
+    assert chain_below(tree, [13, 14, 15, 16, 17]) > 0  # the whole remembered continuation
+    assert children(tree, 0).keys() == {13}  # nothing else followed "... 11 12"
     d.finish("r")
 
 
 def test_accepted_tokens_extend_retrieval():
     d = RacerDrafter(100, logits_depth=0)
     d.start("r", [5, 6, 7, 8, 9])
-    assert len(d.propose(["r"], [16])[0]) == 1               # nothing repeated yet
-    d.observe("r", d.propose(["r"], [16])[0], [5, 6])        # context ... 9 5 6: "5 6" seen before
+    assert len(d.propose(["r"], [16])[0]) == 1  # nothing repeated yet
+    d.observe("r", d.propose(["r"], [16])[0], [5, 6])  # context ... 9 5 6: "5 6" seen before
     tree = d.propose(["r"], [16])[0]
     assert tree.tokens[0] == 6 and chain_below(tree, [7, 8, 9, 5, 6]) > 0
     d.finish("r")
@@ -50,25 +51,26 @@ def test_logits_tree_from_prefill_and_verification_topk():
     topk = TopK.of(np.array([[2, 40, 41, 42, 43, 44, 45, 46], [3, 50, 51, 52, 53, 54, 55, 56]]))
     d.start("r", ctx, topk)
     tree = d.propose(["r"], [64])[0]
-    assert len(tree) == 1                                     # no row for the root token 3 yet
+    assert len(tree) == 1  # no row for the root token 3 yet
     d.observe("r", tree, [7], TopK.of([[7, 60, 61, 62, 63, 64, 65, 66]]))  # row of 3
-    tree = d.propose(["r"], [64])[0]                          # root 7: still unknown
+    tree = d.propose(["r"], [64])[0]  # root 7: still unknown
     assert len(tree) == 1
     d.observe("r", tree, [3], TopK.of([[3, 70, 71, 72, 73, 74, 75, 76]]))  # row of 7; root -> 3
     tree = d.propose(["r"], [9])[0].validate(100, 9)
     assert tree.tokens[0] == 3 and len(tree) == 9
     assert set(children(tree, 0)) < {7, 60, 61, 62, 63, 64, 65, 66}  # best ranks of 3's row
-    assert tree.tokens[tree.best_child[0]] == 7                 # rank 0 scores highest
-    assert chain_below(tree, [7, 3]) > 0                        # 3 -> 7 -> 3 (0.25) beats rank 3 of 3
+    assert tree.tokens[tree.best_child[0]] == 7  # rank 0 scores highest
+    assert chain_below(tree, [7, 3]) > 0  # 3 -> 7 -> 3 (0.25) beats rank 3 of 3
     tree = d.propose(["r"], [64])[0].validate(100, 64)
     assert set(children(tree, 0)) == {7, 60, 61, 62, 63, 64, 65, 66}
-    assert chain_below(tree, [7, 3, 7, 3]) > 0                  # the breadth decays with depth
+    assert chain_below(tree, [7, 3, 7, 3]) > 0  # the breadth decays with depth
     d.finish("r")
 
 
 def test_pair_rows_are_preferred_over_token_rows():
     """After "2 3" the target predicted 5; after "5 3" it predicted 2 (the token row of 3
     now says 2). Back at "2 3", the pair-keyed row drafts 5; without pair rows, 2."""
+
     def child_after_walk(pair_rows):
         d = RacerDrafter(100, retrieval_share=0.0, pair_rows=pair_rows)
         d.start("r", [1, 2, 3])
@@ -86,24 +88,32 @@ def test_pair_rows_are_preferred_over_token_rows():
 
 def test_fusion_is_a_trie_union_with_distinct_siblings():
     d = RacerDrafter(100)
-    ctx = [20, 21, 22, 23, 20, 21]                            # retrieval: 21 -> 22 -> 23
+    ctx = [20, 21, 22, 23, 20, 21]  # retrieval: 21 -> 22 -> 23
     topk = np.zeros((5, 8), np.int64)
     for i in range(5):
         topk[i] = [ctx[i + 1]] + [30 + i * 8 + j for j in range(7)]
-    topk[1, 0] = 22                                           # row of 21: 22 first (same as retrieval)
+    topk[1, 0] = 22  # row of 21: 22 first (same as retrieval)
     d.start("r", ctx, TopK.of(topk))
     tree = d.propose(["r"], [64])[0].validate(100, 64)
     kids = children(tree, 0)
     assert 22 in kids and len(kids) == len(set(kids))
-    assert chain_below(tree, [22, 23, 20, 21]) > 0            # retrieved chain kept whole
-    assert 5 + 7 <= len(tree) <= 64                           # the logits tree added rows' other ranks
-    assert 38 in children(tree, 0)                            # rank 1 of 21's row, beside retrieved 22
+    assert chain_below(tree, [22, 23, 20, 21]) > 0  # retrieved chain kept whole
+    assert 5 + 7 <= len(tree) <= 64  # the logits tree added rows' other ranks
+    assert 38 in children(tree, 0)  # rank 1 of 21's row, beside retrieved 22
     d.finish("r")
 
 
-@pytest.mark.parametrize("options", [{}, {"global_cache": True}, {"retrieval_share": 0.0},
-                                     {"logits_depth": 0}, {"ngram": 3, "min_match": 1},
-                                     {"max_nodes_per_request": 640}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"global_cache": True},
+        {"retrieval_share": 0.0},
+        {"logits_depth": 0},
+        {"ngram": 3, "min_match": 1},
+        {"max_nodes_per_request": 640},
+    ],
+)
 def test_trees_valid_and_state_freed(options):
     d, mat = simulate("racer", options, budgets=(1, 2, 7, 64, 100), n_requests=10)
     assert mat > 1.0
@@ -124,7 +134,7 @@ def test_global_cache_carries_outputs_to_new_requests():
     tree = d.propose(["a"], [8])[0]
     d.observe("a", tree, out)
     d.finish("a")
-    d.start("b", [9, 40, 41])                                # b's prompt ends like a's output began
+    d.start("b", [9, 40, 41])  # b's prompt ends like a's output began
     tree = d.propose(["b"], [8])[0]
     assert chain_below(tree, [42, 43, 44, 45]) > 0
     d.finish("b")
@@ -139,11 +149,18 @@ def test_retrieval_beats_logits_only_on_repetitive_streams():
     assert fused > logits_only
 
 
-@pytest.mark.parametrize("opts, match", [
-    ({"ngram": 0}, r"\[1, 64\]"), ({"topk": 33}, r"\[1, 32\]"), ({"retrieval_share": 1.5}, r"\[0.0, 1.0\]"),
-    ({"min_match": 11}, "min_match"), ({"max_nodes_per_request": 100}, "64 \\* ngram"),
-    ({"global_cache": "yes"}, "true or false"), ({"bogus": 1}, "valid options"),
-])
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        ({"ngram": 0}, r"\[1, 64\]"),
+        ({"topk": 33}, r"\[1, 32\]"),
+        ({"retrieval_share": 1.5}, r"\[0.0, 1.0\]"),
+        ({"min_match": 11}, "min_match"),
+        ({"max_nodes_per_request": 100}, "64 \\* ngram"),
+        ({"global_cache": "yes"}, "true or false"),
+        ({"bogus": 1}, "valid options"),
+    ],
+)
 def test_bad_options_rejected(opts, match):
     with pytest.raises(ConfigError, match=match):
         registry.create("racer", VOCAB, opts)
@@ -163,7 +180,7 @@ def test_bad_inputs_rejected():
     with pytest.raises(ConfigError, match="vocabulary"):
         d.observe("r", d.propose(["r"], [4])[0], [500])
     d.finish("r")
-    d.finish("r")                                            # finishing twice is harmless
+    d.finish("r")  # finishing twice is harmless
     assert d.active_requests() == 0
 
 
@@ -178,12 +195,13 @@ def test_dynamic_trees_value_retrieved_edges_by_match_length():
     bin): a 6-token match and a 1-token match at similar ratios get their own estimates,
     and observe scores each drafted edge in its own cell."""
     from specplug.drafters.tree_build import RETRIEVAL_CLASSES, match_class
+
     assert [match_class(d, RETRIEVAL_CLASSES) for d in (1, 2, 3, 4, 5, 6, 10)] == [0, 0, 1, 2, 2, 3, 3]
     d = RacerDrafter(100, tree="dynamic", logits_depth=0, pair_rows=0)
     rc = d.acceptance
     rc.trials[:RETRIEVAL_CLASSES] = 1000.0
-    rc.hits[0] = 50.0                       # 1-token matches: rarely accepted
-    rc.hits[3] = 900.0                      # >= 6 tokens matched: mostly accepted
+    rc.hits[0] = 50.0  # 1-token matches: rarely accepted
+    rc.hits[3] = 900.0  # >= 6 tokens matched: mostly accepted
     table = d.edge_table()
     # "1..6" occurred before, followed by 7 50; "6" alone was also followed by 60
     d.start("r", [1, 2, 3, 4, 5, 6, 7, 50, 6, 60, 9, 1, 2, 3, 4, 5, 6])
@@ -195,22 +213,24 @@ def test_dynamic_trees_value_retrieved_edges_by_match_length():
     assert tree.node_data[seven] == 3 * 16 + 5 and tree.node_data[sixty] == 0 * 16 + 3
     assert tree.scores[seven] == pytest.approx(table[3, 5], rel=1e-6)
     assert tree.scores[sixty] == pytest.approx(table[0, 3], rel=1e-6)
-    fifty = chain_below(tree, [7, 50])                       # continuation: depth 8, ratio 1
+    fifty = chain_below(tree, [7, 50])  # continuation: depth 8, ratio 1
     assert fifty > 0 and tree.scores[fifty] == pytest.approx(table[3, 5] * table[3, 9], rel=1e-6)
     before_t, before_h = rc.trials.copy(), rc.hits.copy()
     d.observe("r", tree, [7, 50, 6])
     dt, dh = rc.trials - before_t, rc.hits - before_h
-    assert dt[3, 5] == 1 and dh[3, 5] == 1                   # 7 accepted
+    assert dt[3, 5] == 1 and dh[3, 5] == 1  # 7 accepted
     # 50 accepted after it; then 6 (ratio 1 too) was tried, but 6 is the bonus token here
     assert dt[3, 9] == 2 and dh[3, 9] == 1
-    assert dt[0, 3] == 1 and dh[0, 3] == 0                   # 60 drafted from the root, rejected
+    assert dt[0, 3] == 1 and dh[0, 3] == 0  # 60 drafted from the root, rejected
     d.finish("r")
 
 
 def _static_trees_digest(opts, steps=25, batch=6, vocab=1500, budget=40):
     """sha256 of every static tree (tokens, parents, scores) of a fixed synthetic run."""
     import hashlib
+
     from specplug.bench_drafters import SyntheticWorkload, verify_batch
+
     w = SyntheticWorkload(vocab, seed=0, n_snippets=150)
     d = RacerDrafter(vocab, tree="static", **opts)
     streams = np.stack([w.stream(400) for _ in range(batch)])
@@ -222,7 +242,11 @@ def _static_trees_digest(opts, steps=25, batch=6, vocab=1500, budget=40):
     for _ in range(steps):
         trees = d.propose(rids, [budget] * batch)
         for t in trees:
-            for a in (np.asarray(t.tokens, np.int64), np.asarray(t.parents, np.int64), np.asarray(t.scores, np.float64)):
+            for a in (
+                np.asarray(t.tokens, np.int64),
+                np.asarray(t.parents, np.int64),
+                np.asarray(t.scores, np.float64),
+            ):
                 h.update(a.tobytes())
         feedback, n = verify_batch(rids, trees, streams, pos, w)
         d.observe_batch(feedback)
@@ -230,8 +254,9 @@ def _static_trees_digest(opts, steps=25, batch=6, vocab=1500, budget=40):
     return h.hexdigest()[:16]
 
 
-@pytest.mark.parametrize("opts, digest", [({}, "b4eb3b031d039983"),
-                                          ({"pair_rows": 0, "fusion": "retrieval-first"}, "0d87110ce0393b2b")])
+@pytest.mark.parametrize(
+    "opts, digest", [({}, "b4eb3b031d039983"), ({"pair_rows": 0, "fusion": "retrieval-first"}, "0d87110ce0393b2b")]
+)
 def test_static_trees_are_unchanged_bit_for_bit(opts, digest):
     """Static RACER is the paper's fixed-value tree: its trees must not drift when the
     dynamic mode changes. A score computed in another float order (w * (f / n) instead of

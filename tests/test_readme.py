@@ -1,4 +1,5 @@
 """The README opens with the two fresh-machine commands, and CI runs exactly those."""
+
 import pathlib
 import re
 
@@ -29,7 +30,7 @@ def test_ci_runs_the_readme_commands():
     # lint, format and types run before the tests, from the settings in pyproject.toml
     for check in ("ruff check .", "ruff format --check .", "mypy"):
         assert ci_lines.index(check) < ci_lines.index(test)
-    assert "editable_mode=strict" in install       # type checkers resolve specplug.* (root layout)
+    assert "editable_mode=strict" in install  # type checkers resolve specplug.* (root layout)
 
 
 def test_lint_and_type_settings_are_declared():

@@ -1,5 +1,6 @@
 """The algorithm table: lookup, option validation, option loading, creation, registration,
 and the budget range."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,13 @@ from specplug.drafters.registry import AlgorithmSpec, Option
 
 class ToyDrafter(PromptLookupDrafter):
     """PLD under another name with narrower options: what an entry reads from its class."""
+
     name = "toy-algo"
-    OPTIONS = (Option("max_ngram", int, 3, "n", 1, 8),
-               Option("min_ngram", int, 1, "n", 1, 8),
-               Option("max_draft", int, 4, "d", 1, 16))
+    OPTIONS = (
+        Option("max_ngram", int, 3, "n", 1, 8),
+        Option("min_ngram", int, 1, "n", 1, 8),
+        Option("max_draft", int, 4, "d", 1, 16),
+    )
     DEFAULT_BUDGET = 5
 
 
@@ -52,8 +56,7 @@ def test_lookup_is_case_and_underscore_insensitive(table):
 
 def test_options_defaults_and_checks(table):
     assert registry.validate_options("toy-algo", None) == {"max_ngram": 3, "min_ngram": 1, "max_draft": 4}
-    assert registry.validate_options("toy-algo", {"max_draft": 7.0}) == {
-        "max_ngram": 3, "min_ngram": 1, "max_draft": 7}
+    assert registry.validate_options("toy-algo", {"max_draft": 7.0}) == {"max_ngram": 3, "min_ngram": 1, "max_draft": 7}
     with pytest.raises(ConfigError, match=r"unknown option.*'bogus'.*valid options: max_ngram, min_ngram, max_draft"):
         registry.validate_options("toy-algo", {"bogus": 1})
     with pytest.raises(ConfigError, match="must be an integer"):
@@ -68,12 +71,19 @@ def test_options_defaults_and_checks(table):
         registry.validate_options("toy-algo", {"max_draft": 0})
 
 
-@pytest.mark.parametrize("opt,good,bad,match", [
-    (Option("f", float, 0.5, "h", 0.0, 1.0), [(0, 0.0), (1, 1.0), (0.25, 0.25)],
-     [True, "0.5", 1.5, -0.1, float("nan"), None], "number|lie in"),
-    (Option("b", bool, False, "h"), [(True, True), (False, False)], [1, 0, "true", None], "true or false"),
-    (Option("c", str, "a", "h", choices=("a", "b")), [("b", "b")], ["z", 3], "one of|type str"),
-])
+@pytest.mark.parametrize(
+    "opt,good,bad,match",
+    [
+        (
+            Option("f", float, 0.5, "h", 0.0, 1.0),
+            [(0, 0.0), (1, 1.0), (0.25, 0.25)],
+            [True, "0.5", 1.5, -0.1, float("nan"), None],
+            "number|lie in",
+        ),
+        (Option("b", bool, False, "h"), [(True, True), (False, False)], [1, 0, "true", None], "true or false"),
+        (Option("c", str, "a", "h", choices=("a", "b")), [("b", "b")], ["z", 3], "one of|type str"),
+    ],
+)
 def test_option_types(opt, good, bad, match):
     for given, want in good:
         got = opt.check("algo", given)
@@ -123,7 +133,7 @@ def test_every_registered_class_loads():
     for spec in registry.specs():
         cls = spec.load_class()
         assert cls.name == spec.name
-        registry.validate_options(spec.name, {})   # defaults pass their own checks
+        registry.validate_options(spec.name, {})  # defaults pass their own checks
         assert MIN_BUDGET <= spec.default_budget <= MAX_BUDGET
 
 
@@ -139,19 +149,22 @@ def test_entries_read_their_class(table):
         assert spec.options is cls.OPTIONS and spec.default_budget == cls.DEFAULT_BUDGET
 
 
-@pytest.mark.parametrize("attrs, match", [
-    ({"name": "pld"}, "set name = 'toy-bad'"),
-    ({"OPTIONS": [Option("x", int, 1, "h")]}, "tuple of Option"),
-    ({"OPTIONS": (Option("x", int, 1, "h"), Option("x", int, 2, "h"))}, "twice"),
-    ({"OPTIONS": (Option("x", int, 0, "h", 1, 4),)}, "must lie in"),
-    ({"DEFAULT_BUDGET": 0}, "DEFAULT_BUDGET"),
-])
+@pytest.mark.parametrize(
+    "attrs, match",
+    [
+        ({"name": "pld"}, "set name = 'toy-bad'"),
+        ({"OPTIONS": [Option("x", int, 1, "h")]}, "tuple of Option"),
+        ({"OPTIONS": (Option("x", int, 1, "h"), Option("x", int, 2, "h"))}, "twice"),
+        ({"OPTIONS": (Option("x", int, 0, "h", 1, 4),)}, "must lie in"),
+        ({"DEFAULT_BUDGET": 0}, "DEFAULT_BUDGET"),
+    ],
+)
 def test_nonconforming_class_is_refused_on_first_use(table, monkeypatch, attrs, match):
     bad = type("BadDrafter", (ToyDrafter,), {"name": "toy-bad", **attrs})
     monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
     monkeypatch.setitem(globals(), "BadDrafter", bad)
     spec = registry.register(AlgorithmSpec(name="toy-bad", drafter=f"{__name__}:BadDrafter", description="x"))
-    assert spec.engine_name == "TOY_BAD"          # reading the table needs no class
+    assert spec.engine_name == "TOY_BAD"  # reading the table needs no class
     with pytest.raises(TypeError, match=match):
         registry.validate_options("toy-bad", {})
 

@@ -1,5 +1,6 @@
 """The engine-side drafting session (drafters/session.py): lifecycle, tree checks, the budget
 cut, typed feedback, chains, bounds and runner binding, against scripted drafters."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,11 @@ class Scripted(ContextDrafter):
         for rid, b in zip(rids, budgets):
             root = int(self.context(rid)[-1])
             n = b - 1
-            tree = DraftTree.chain(root, [(root + 1 + i) % VOCAB for i in range(n)],
-                                   np.linspace(0.9, 0.5, n, dtype=np.float32) if n else None)
+            tree = DraftTree.chain(
+                root,
+                [(root + 1 + i) % VOCAB for i in range(n)],
+                np.linspace(0.9, 0.5, n, dtype=np.float32) if n else None,
+            )
             tree.node_data = np.arange(len(tree), dtype=np.int32)
             kind = self.bad.pop(rid, None)
             if kind == "root":
@@ -72,7 +76,7 @@ def commit(session, step, ctx, n_accept, topk=None):
     acc, counts = [], []
     for b, (rid, tree) in enumerate(zip(step.rids, step.trees)):
         k = min(n_accept[b], len(tree) - 1)
-        toks = [int(t) for t in tree.tokens[1: k + 1]] + [7]
+        toks = [int(t) for t in tree.tokens[1 : k + 1]] + [7]
         ctx[rid] = ctx[rid] + toks
         acc += toks
         counts.append(len(toks))
@@ -89,9 +93,9 @@ def test_requests_start_on_first_sight_and_restart_when_lengths_disagree():
     commit(s, step, ctx, [2, 0])
     fb = d.feedback[-1]
     assert fb.rids == ["a", "b"] and fb.accepted.tolist() == [4, 5, 7, 7] and fb.accepted_counts.tolist() == [3, 1]
-    s.propose(views(ctx), 4)                     # in sync: no restart
+    s.propose(views(ctx), 4)  # in sync: no restart
     assert len(d.starts) == 2 and s.stats.restarts == 0
-    ctx["a"] = ctx["a"][:-2]                     # the engine retracted two tokens
+    ctx["a"] = ctx["a"][:-2]  # the engine retracted two tokens
     s.propose(views(ctx), 4)
     assert d.starts[-1][:2] == ("a", ctx["a"]) and s.stats.restarts == 1
     s.retain(["b"])
@@ -111,7 +115,7 @@ def test_broken_trees_become_their_root_and_restart(kind, caplog):
     assert step.trees[0].tokens.tolist() == [3] and len(step.trees[1]) == 4
     assert s.stats.bad_trees == 1 and "broken tree for request a" in caplog.text
     commit(s, step, ctx, [0, 1])
-    assert d.feedback[-1].rids == ["b"]           # the broken tree is not observed
+    assert d.feedback[-1].rids == ["b"]  # the broken tree is not observed
     n_starts = len(d.starts)
     s.propose(views(ctx), 4)
     assert len(d.starts) == n_starts + 1 and d.starts[-1][:2] == ("a", ctx["a"])
@@ -131,13 +135,13 @@ def test_a_raising_drafter_costs_the_step_never_the_batch(where, caplog):
         assert all(len(t) == 1 for t in step.trees)
     d.boom = None
     n_starts = len(d.starts)
-    step = s.propose(views(ctx), 4)                # every request of the failed call restarts
+    step = s.propose(views(ctx), 4)  # every request of the failed call restarts
     assert len(d.starts) == n_starts + 2 and all(len(t) == 4 for t in step.trees)
 
 
 def test_wrong_number_of_trees_is_contained():
     d = Scripted()
-    d.propose = lambda rids, budgets: []           # a drafter bug
+    d.propose = lambda rids, budgets: []  # a drafter bug
     s = DraftSession(d)
     step = s.propose(views({"a": [1, 2]}), 4)
     assert step.trees[0].tokens.tolist() == [2] and s.stats.drafter_errors == 1
@@ -157,8 +161,7 @@ def test_policy_cut_trees_are_the_ones_observed_and_keep_node_data():
     assert [len(t) for t in step.trees] == [1, 1]  # nothing pays at that cost: budget 1
     commit(s, step, ctx, [0, 0])
     assert [len(t) for t in d.feedback[-1].trees] == [1, 1]
-    s.policy = BudgetPolicy(CostModel(np.array([1, 2, 4, 64]), np.array([1.0, 1.05, 1.6, 100.0]), {}),
-                            padded=False)
+    s.policy = BudgetPolicy(CostModel(np.array([1, 2, 4, 64]), np.array([1.0, 1.05, 1.6, 100.0]), {}), padded=False)
     step = s.propose(views(ctx), 6)
     assert 1 < max(len(t) for t in step.trees) < 6
     commit(s, step, ctx, [5, 5])
@@ -199,7 +202,7 @@ def test_idle_and_count_bounds_evict_oldest_first():
     for rid in "abc":
         s.propose(views({rid: [1, 2]}), 1)
         s.end_step()
-    assert s.active == 2 and not s.known("a")       # over the count cap: the oldest goes
+    assert s.active == 2 and not s.known("a")  # over the count cap: the oldest goes
     for _ in range(3):
         s.end_step()
     assert s.active == 0 and d.active_requests() == 0 and s.stats.evicted == 3

@@ -10,6 +10,7 @@ Each step here is the worker's (``SpecplugWorker._prepare_draft_tokens`` and ``_
 walking the packed ancestor mask, the way SGLang's NGRAM path does, so these tests also check
 that the packed layout is lossless.
 """
+
 from __future__ import annotations
 
 import logging
@@ -96,8 +97,11 @@ def worker_step(session, reqs, launch_width, tight=False, on_step=None):
     for i, c in enumerate(committed):
         accept[i, : len(c)] = torch.tensor(c, dtype=torch.int32)
     lens = torch.tensor([len(c) for c in committed], dtype=torch.int32)
-    observe_verified(session, step.rids, *device_feedback(logits, accept.reshape(-1), lens, len(reqs), width,
-                                                          session.topk, session.topk_probs))
+    observe_verified(
+        session,
+        step.rids,
+        *device_feedback(logits, accept.reshape(-1), lens, len(reqs), width, session.topk, session.topk_probs),
+    )
     return step, width, committed
 
 
@@ -116,26 +120,27 @@ def model_options(algorithm):
         import tempfile
 
         from diffusion_helpers import save_tiny
+
         path = tempfile.mkdtemp(prefix="specplug-tiny-diffusion-")
         save_tiny(path, VOCAB, seed=0)
         _MODEL_OPTIONS["diffusion"] = {"model_path": path, "k_min": 4, "k_max": 6}
     return dict(_MODEL_OPTIONS["diffusion"])
 
 
-def run_stream(algorithm, prompts, steps, width=8, session=None, policy=None, options=None, tight=None,
-               on_step=None):
+def run_stream(algorithm, prompts, steps, width=8, session=None, policy=None, options=None, tight=None, on_step=None):
     """Drive one session over ``steps`` decode steps; returns (outputs, trees per step, session)."""
     if session is None:
         drafter = registry.create(algorithm, VOCAB, model_options(algorithm) if options is None else options)
         session = DraftSession(drafter, VOCAB, policy=policy, engine="SGLang")
-    tight = session.policy is not None if tight is None else tight      # the worker's rule (CUDA graphs on)
+    tight = session.policy is not None if tight is None else tight  # the worker's rule (CUDA graphs on)
     seqs = {rid: list(p) + [target_next(p)] for rid, p in prompts.items()}  # prefill's token
     plen = {rid: len(p) for rid, p in prompts.items()}
     history = []
     for _ in range(steps):
         rids = sorted(seqs)
-        step, _, committed = worker_step(session, [sglang_req(r, seqs[r], plen[r]) for r in rids], width, tight,
-                                         on_step)
+        step, _, committed = worker_step(
+            session, [sglang_req(r, seqs[r], plen[r]) for r in rids], width, tight, on_step
+        )
         history.append([(t.tokens.tolist(), t.parents.tolist()) for t in step.trees])
         for rid, c in zip(rids, committed):
             seqs[rid].extend(c)
@@ -181,7 +186,7 @@ def test_speculation_accepts_on_repetitive_text_and_stats_add_up():
     s = session.stats
     assert s.mean_accepted > 1.5  # the fake target repeats: PLD must accept drafts
     assert s.steps == 12 and s.verified_requests == 24 and s.restarts == 0
-    generated = sum(len(seq) - len(PROMPTS[rid]) - 1 for rid, seq in seqs.items())   # less prefill's token
+    generated = sum(len(seq) - len(PROMPTS[rid]) - 1 for rid, seq in seqs.items())  # less prefill's token
     assert s.accepted_tokens == generated and s.mean_accepted == generated / 24
     assert s.proposed_nodes > 0 and s.draft_s > 0 and s.observe_s > 0
 
@@ -189,7 +194,7 @@ def test_speculation_accepts_on_repetitive_text_and_stats_add_up():
 def test_request_view_of_an_sglang_req():
     v = request_view(sglang_req("r", [5, 6, 7, 8], prompt_len=3))
     assert (v.rid, v.length, v.last_token, list(v.context())) == ("r", 4, 8, [5, 6, 7, 8])
-    v = request_view(sglang_req("p", [5, 6, 7]))              # right after prefill: no output yet
+    v = request_view(sglang_req("p", [5, 6, 7]))  # right after prefill: no output yet
     assert (v.length, v.last_token) == (3, 7)
 
 
@@ -217,8 +222,9 @@ class Recorder(ContextDrafter):
         return out
 
     def observe(self, rid, tree, accepted, target_topk=None):
-        self.calls.append(("observe", rid, list(map(int, accepted)),
-                           None if target_topk is None else target_topk.ids.shape))
+        self.calls.append(
+            ("observe", rid, list(map(int, accepted)), None if target_topk is None else target_topk.ids.shape)
+        )
         self.observed[rid] = (tree, None if target_topk is None else target_topk.ids.copy())
         super().observe(rid, tree, accepted)
 
@@ -245,7 +251,7 @@ def test_propose_starts_once_batched_packs_and_observes_the_slices():
     observe_verified(s, step.rids, *device_feedback(logits, accept, torch.tensor([2, 1]), 2, 4, s.topk))
     assert d.calls[-2:] == [("observe", "x", [7, 9], (3, 4)), ("observe", "y", [4], (3, 4))]
     ref = torch.topk(logits, 4, dim=-1).indices.reshape(2, 4, 4)
-    assert d.observed["x"][1].tolist() == ref[0, :3].tolist()    # each tree's own rows, not the padding
+    assert d.observed["x"][1].tolist() == ref[0, :3].tolist()  # each tree's own rows, not the padding
     assert d.observed["y"][1].tolist() == ref[1, :3].tolist()
     # next step: lengths match what the drafter saw, so no restart
     d.calls.clear()
@@ -267,7 +273,7 @@ def test_length_mismatch_restarts_the_request():
 def test_broken_tree_is_replaced_by_root_and_request_restarted(bad, caplog):
     def tree_fn(ctx):
         root = int(ctx[-1])
-        if root == 4:            # request "ok" drafts a valid tree
+        if root == 4:  # request "ok" drafts a valid tree
             return DraftTree.chain(root, [7])
         if bad == "root":
             return DraftTree.chain(root + 1, [7])
@@ -285,7 +291,7 @@ def test_broken_tree_is_replaced_by_root_and_request_restarted(bad, caplog):
     assert mask.reshape(2, 4, 4)[0].sum() == 4  # only the diagonal: nothing to accept
     accept = torch.tensor([5, 0, 0, 0, 7, 6, 0, 0], dtype=torch.int32)
     observe_verified(s, step.rids, *device_feedback(torch.randn(8, VOCAB), accept, torch.tensor([1, 2]), 2, 4, 4))
-    assert [c[1] for c in d.calls if c[0] == "observe"] == ["ok"]   # the broken tree is not observed
+    assert [c[1] for c in d.calls if c[0] == "observe"] == ["ok"]  # the broken tree is not observed
     d.calls.clear()
     s.propose([request_view(sglang_req("x", [1, 2, 3, 5])), request_view(sglang_req("ok", [4, 7, 6]))], 4)
     assert ("start", "x", [1, 2, 3, 5]) in d.calls and not any(c[:2] == ("start", "ok") for c in d.calls)
@@ -307,18 +313,18 @@ def test_finish_retain_reset_release_drafter_state():
     d = Recorder(VOCAB)
     s = session_of(d)
     worker_step(s, [sglang_req("x", [1]), sglang_req("y", [2]), sglang_req("z", [3])], 4)
-    s.finish("x")        # note_request_finished / the corpus shim's erase_match_state
-    s.finish("x")        # idempotent
+    s.finish("x")  # note_request_finished / the corpus shim's erase_match_state
+    s.finish("x")  # idempotent
     assert d.calls.count(("finish", "x")) == 1
     assert s.retain(["y"]) == ["z"]
-    s.reset()            # clear_cache_pool
+    s.reset()  # clear_cache_pool
     assert s.active == 0 and d.active_requests() == 0
 
 
 def test_observe_checks_the_batch_and_skips_requests_without_a_tree():
     d = Recorder(VOCAB)
     s = session_of(d)
-    s.observe(["never-proposed"], np.array([5]), np.array([1]))      # nothing pending: skipped
+    s.observe(["never-proposed"], np.array([5]), np.array([1]))  # nothing pending: skipped
     assert not d.calls and s.stats.verified_requests == 1
     step = s.propose([request_view(sglang_req("x", [1]))], 4)
     with pytest.raises(ValueError, match="1 requests, 2 counts"):
@@ -361,8 +367,7 @@ def test_dynamic_trees_get_the_target_probabilities(algorithm):
     fb = seen[0]
     assert fb.topk.ids.shape == fb.topk.probs.shape == (int(fb.node_offsets[-1]), session.topk)
     assert fb.topk.probs.dtype == np.float32
-    np.testing.assert_allclose(fb.topk.probs[:, 0], np.exp(10) / (np.exp(RANK_LOGITS).sum() + VOCAB - 16),
-                               rtol=1e-5)
+    np.testing.assert_allclose(fb.topk.probs[:, 0], np.exp(10) / (np.exp(RANK_LOGITS).sum() + VOCAB - 16), rtol=1e-5)
     assert_lossless(seqs)
 
 
@@ -373,8 +378,7 @@ def _policy(tokens, seconds):
     return BudgetPolicy(CostModel(np.array(tokens), np.array(seconds), {}), padded=True)
 
 
-LOAD_AWARE = [("racer", {"tree": "dynamic"}), ("token-recycling", {"tree": "dynamic"}), ("pld", None),
-              ("suffix", None)]
+LOAD_AWARE = [("racer", {"tree": "dynamic"}), ("token-recycling", {"tree": "dynamic"}), ("pld", None), ("suffix", None)]
 
 
 @pytest.mark.parametrize("algorithm,options", LOAD_AWARE)
@@ -394,38 +398,43 @@ def test_load_aware_glue_is_lossless_at_every_chosen_width(algorithm, options):
 
 
 def test_load_aware_width_is_one_when_verification_is_dear_and_full_when_free():
-    dear = _policy([1, 2, 64], [1.0, 100.0, 10000.0])   # a second token per request costs 100x
+    dear = _policy([1, 2, 64], [1.0, 100.0, 10000.0])  # a second token per request costs 100x
     seqs, history, session = run_stream("pld", PROMPTS, steps=8, policy=dear)
-    assert all(len(toks) == 1 for step in history for toks, _ in step)   # root only: no speculation
+    assert all(len(toks) == 1 for step in history for toks, _ in step)  # root only: no speculation
     assert session.stats.mean_accepted == 1.0
     assert_lossless(seqs)
     free = _policy([1, 4096], [1.0, 1.0])
     _, h_free, s_free = run_stream("pld", PROMPTS, steps=8, policy=free)
     _, h_none, s_none = run_stream("pld", PROMPTS, steps=8)
-    assert h_free == h_none          # free verification: every drafted node is kept
+    assert h_free == h_none  # free verification: every drafted node is kept
     assert s_free.stats.mean_accepted == s_none.stats.mean_accepted > 1.5
 
 
 def test_worker_width_views_and_relayout():
     from specplug.adapters.sglang.widths import VIEW_LISTS, RowsOf, relayout, views_at
 
-    buf = torch.arange(4 * 8).view(4, 8)             # preallocated at launch width 8, 4 rows
-    rows = RowsOf(buf, 3, 3)[2]                      # width 3, batch of 2
+    buf = torch.arange(4 * 8).view(4, 8)  # preallocated at launch width 8, 4 rows
+    rows = RowsOf(buf, 3, 3)[2]  # width 3, batch of 2
     assert rows.shape == (2, 3) and rows.tolist() == [[0, 1, 2], [3, 4, 5]]
-    rows.fill_(-1)                                   # a view: writes land in the buffer
+    rows.fill_(-1)  # a view: writes land in the buffer
     assert buf.view(-1)[:6].tolist() == [-1] * 6 and buf.view(-1)[6] == 6
-    assert RowsOf(buf, 9)[2].shape == (18,)          # flat views (the 3x3 tree mask per request)
+    assert RowsOf(buf, 9)[2].shape == (18,)  # flat views (the 3x3 tree mask per request)
 
-    worker = types.SimpleNamespace(retrieve_indexes=torch.zeros(4, 8), retrieve_next_token=torch.zeros(4, 8),
-                                   retrieve_next_sibling=torch.zeros(4, 8), positions=torch.zeros(32),
-                                   draft_tokens=torch.zeros(32), tree_mask=torch.zeros(256, dtype=torch.bool))
+    worker = types.SimpleNamespace(
+        retrieve_indexes=torch.zeros(4, 8),
+        retrieve_next_token=torch.zeros(4, 8),
+        retrieve_next_sibling=torch.zeros(4, 8),
+        positions=torch.zeros(32),
+        draft_tokens=torch.zeros(32),
+        tree_mask=torch.zeros(256, dtype=torch.bool),
+    )
     views = views_at(worker, 3)
     assert set(views) == set(VIEW_LISTS)
     assert views["retrieve_indexes_batch"][2].shape == (2, 3) and views["tree_mask_batch"][2].shape == (18,)
     assert views["draft_tokens_batch"][4].shape == views["positions_batch"][4].shape == (12,)
 
     class Spec:
-        accept_tokens = torch.tensor([5, 6, 0, 7, 0, 0])   # 2 requests at width 3
+        accept_tokens = torch.tensor([5, 6, 0, 7, 0, 0])  # 2 requests at width 3
         draft_token_num = num_tokens_per_req = num_tokens_for_logprob_per_req = 3
 
     spec = Spec()
@@ -452,27 +461,38 @@ def test_tight_widths_pack_each_step_to_its_widest_tree():
 def test_load_aware_packs_the_cut_trees_as_observed_even_at_the_launch_width():
     """One tree keeps all its nodes (width stays W) while another is cut: the packed step
     must hold the cut trees, exactly the trees the drafter then observes."""
+
     def tree_fn(ctx):
         root = int(ctx[-1])
-        if root == 3:          # request "full": 3 confident nodes
-            return DraftTree(np.array([root, 7, 8, 9], np.int32), np.array([-1, 0, 1, 2], np.int32),
-                             np.array([1.0, 0.9, 0.9, 0.9], np.float32))
-        return DraftTree(np.array([root, 7, 8, 9], np.int32), np.array([-1, 0, 1, 2], np.int32),
-                         np.array([1.0, 0.9, 1e-6, 1e-6], np.float32))   # request "cut": 1 node pays
+        if root == 3:  # request "full": 3 confident nodes
+            return DraftTree(
+                np.array([root, 7, 8, 9], np.int32),
+                np.array([-1, 0, 1, 2], np.int32),
+                np.array([1.0, 0.9, 0.9, 0.9], np.float32),
+            )
+        return DraftTree(
+            np.array([root, 7, 8, 9], np.int32),
+            np.array([-1, 0, 1, 2], np.int32),
+            np.array([1.0, 0.9, 1e-6, 1e-6], np.float32),
+        )  # request "cut": 1 node pays
 
     d = Recorder(VOCAB, tree_fn)
-    s = session_of(d, policy=_policy([1, 4096], [1.0, 1.0]))     # verification is free: only min_gain cuts
+    s = session_of(d, policy=_policy([1, 4096], [1.0, 1.0]))  # verification is free: only min_gain cuts
     packed = {}
 
     def on_step(step, width, tokens, mask):
-        packed.update(width=width, sizes=[len(t) for t in step.trees], tokens=tokens.reshape(2, width),
-                      mask=mask.reshape(2, width, width))
+        packed.update(
+            width=width,
+            sizes=[len(t) for t in step.trees],
+            tokens=tokens.reshape(2, width),
+            mask=mask.reshape(2, width, width),
+        )
 
     worker_step(s, [sglang_req("full", [1, 2, 3]), sglang_req("cut", [5, 6])], 4, tight=True, on_step=on_step)
     assert packed["width"] == 4 and packed["sizes"] == [4, 2]
-    assert packed["tokens"][1].tolist() == [6, 7, 6, 6]        # the cut tree, padded with its root
+    assert packed["tokens"][1].tolist() == [6, 7, 6, 6]  # the cut tree, padded with its root
     assert packed["mask"][1].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
-    for row, rid in enumerate(["full", "cut"]):             # observed: the trees as packed, their own top-k rows
+    for row, rid in enumerate(["full", "cut"]):  # observed: the trees as packed, their own top-k rows
         tree, topk = d.observed[rid]
         n = packed["sizes"][row]
         assert tree.tokens.tolist() == packed["tokens"][row, :n].tolist() and topk.shape == (n, 4)

@@ -1,5 +1,6 @@
 """The SGLang early-exit runner's model checks (no engine; the engine runs are in
 integration_tests/sglang/test_sglang_engine.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,10 @@ ee = pytest.importorskip("specplug.adapters.sglang.early_exit")
 def test_architectures_check_names_the_supported_classes():
     ee.check_architectures(["LlamaForCausalLM"], "DEL")
     ee.check_architectures(["Qwen2ForCausalLM"], "EARLY_EXIT")
-    ee.check_architectures([], "DEL")            # unknown (hub id): the worker checks the loaded class
-    with pytest.raises(ConfigError, match="model classes LlamaForCausalLM, Qwen2ForCausalLM; this model is "
-                                          "GPT2LMHeadModel"):
+    ee.check_architectures([], "DEL")  # unknown (hub id): the worker checks the loaded class
+    with pytest.raises(
+        ConfigError, match="model classes LlamaForCausalLM, Qwen2ForCausalLM; this model is GPT2LMHeadModel"
+    ):
         ee.check_architectures(["GPT2LMHeadModel"], "DEL")
 
 
@@ -23,8 +25,10 @@ def test_other_model_classes_are_refused():
     class MistralForCausalLM(torch.nn.Module):
         pass
 
-    with pytest.raises(ConfigError, match="supports the model classes LlamaForCausalLM, Qwen2ForCausalLM; "
-                                          "the loaded model is .*MistralForCausalLM"):
+    with pytest.raises(
+        ConfigError,
+        match="supports the model classes LlamaForCausalLM, Qwen2ForCausalLM; the loaded model is .*MistralForCausalLM",
+    ):
         ee.check_sglang_model(MistralForCausalLM())
 
 
@@ -33,7 +37,11 @@ def test_supported_classes_are_the_pinned_decoders():
     specplug.patches.sglang (tests/test_sglang_patches.py checks them on the installed SGLang)."""
     from specplug.patches.sglang import DECODER_PINS
 
-    assert ee.SUPPORTED_MODELS == {"LlamaForCausalLM": ("sglang.srt.models.llama", "LlamaModel"),
-                                   "Qwen2ForCausalLM": ("sglang.srt.models.qwen2", "Qwen2Model")}
+    assert ee.SUPPORTED_MODELS == {
+        "LlamaForCausalLM": ("sglang.srt.models.llama", "LlamaModel"),
+        "Qwen2ForCausalLM": ("sglang.srt.models.qwen2", "Qwen2Model"),
+    }
     assert {name: pin.target for name, pin in DECODER_PINS.items()} == {
-        "LlamaForCausalLM": "LlamaModel.forward", "Qwen2ForCausalLM": "Qwen2Model.forward"}
+        "LlamaForCausalLM": "LlamaModel.forward",
+        "Qwen2ForCausalLM": "Qwen2Model.forward",
+    }

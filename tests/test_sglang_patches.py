@@ -1,6 +1,7 @@
 """SGLang's version gate and pins (patches/sglang): the fingerprints are those of the installed
 SGLang 0.5.23's code, they check in the real modules, and a changed source or another version
 fails loudly naming the supported range (fake modules; no engine needed for those)."""
+
 from __future__ import annotations
 
 import ast
@@ -23,7 +24,7 @@ KERNELS = pathlib.Path(__file__).resolve().parents[1] / "integration_tests" / "s
 
 def installed_sglang() -> pathlib.Path:
     """The installed SGLang's package directory (skip unless it is a supported version)."""
-    spec = importlib.util.find_spec("sglang")      # finds, does not import
+    spec = importlib.util.find_spec("sglang")  # finds, does not import
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("SGLang is not installed; pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt")
     try:
@@ -39,11 +40,17 @@ def file_fingerprint(root: pathlib.Path, module: str, target: str) -> str | None
     source = path.read_text(encoding="utf-8")
     node: ast.AST = ast.parse(source)
     for part in target.split("."):
-        node = next((n for n in ast.iter_child_nodes(node)
-                     if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part), None)
+        node = next(
+            (
+                n
+                for n in ast.iter_child_nodes(node)
+                if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part
+            ),
+            None,
+        )
         if node is None:
             return None
-    return source_fingerprint("\n".join(source.splitlines()[node.lineno - 1: node.end_lineno]))
+    return source_fingerprint("\n".join(source.splitlines()[node.lineno - 1 : node.end_lineno]))
 
 
 def test_every_pin_matches_the_installed_sglang_source():
@@ -63,8 +70,12 @@ def test_pins_check_in_the_real_modules():
     """What SpecplugWorker and the early-exit runner call at start-up, on the installed SGLang
     (a subprocess with the CPU start-up hook: SGLang's modules import sgl_kernel)."""
     installed_sglang()
-    env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(KERNELS)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(
+        os.environ,
+        SGLANG_USE_CPU_ENGINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(KERNELS)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    )
     code = textwrap.dedent("""
         import importlib, json
         from specplug.patches import sglang as sp
@@ -81,19 +92,19 @@ def test_pins_check_in_the_real_modules():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    out = json.loads(line[-1][len("RESULT"):])
+    out = json.loads(line[-1][len("RESULT") :])
     assert out["applied"] == sorted(p.__name__ for p in sp.SGLANG_PATCHES.patch_types)
     assert out["version"] == sv.sglang_version()
     assert out["classes"] == {name: True for name in sp.DECODER_PINS}
 
 
 # ------------------------------------------------------------------ negative cases on a fake module
-REAL = '''
+REAL = """
 class NGRAMWorker:
     def clear_cache_pool(self):
         self.ngram_corpus.reset()
         self._prev_decode_rids = set()
-'''
+"""
 
 
 @pytest.fixture
@@ -131,9 +142,12 @@ def test_pin_checks_and_replaces_nothing(fake_worker_module):
 
 def test_changed_sglang_code_fails_loudly_naming_the_supported_range(fake_worker_module):
     _, pin_type = fake_worker_module(REAL.replace("= set()", "= {}"))
-    with pytest.raises(PatchError, match=r"SGLang's fake_sglang_ngram_worker_0\.NGRAMWorker\.clear_cache_pool "
-                                         r"\(FakePin\): its code differs .*relies on it \(overridden: resets the "
-                                         r"drafting session\)\. specplug supports sglang>=0\.5\.23,<0\.5\.24"):
+    with pytest.raises(
+        PatchError,
+        match=r"SGLang's fake_sglang_ngram_worker_0\.NGRAMWorker\.clear_cache_pool "
+        r"\(FakePin\): its code differs .*relies on it \(overridden: resets the "
+        r"drafting session\)\. specplug supports sglang>=0\.5\.23,<0\.5\.24",
+    ):
         pin_type().apply()
 
 
@@ -160,5 +174,5 @@ def test_check_modules_checks_each_module_once(fake_worker_module, monkeypatch):
     pins = PatchSet("SGLang", sv.SUPPORTED, [pin_type], sv.detect_sglang_version, supported_text=sv.SUPPORTED_RANGE)
     monkeypatch.setattr(sp, "SGLANG_PATCHES", pins)
     sp._check_modules([mod.__name__])
-    sp._check_modules([mod.__name__])          # the second worker of a process: nothing refused
+    sp._check_modules([mod.__name__])  # the second worker of a process: nothing refused
     assert [type(p) for p in pins.applied] == [pin_type] and pins.version == "0.5.23"

@@ -5,6 +5,7 @@ Registration tests that need SGLang run its code for real (``SpeculativeAlgorith
 ``spec_registry``, ``load_plugins`` in a subprocess); install it for tests with
 ``pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt``.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,19 @@ from specplug.plugins import sglang as plug
 def sglang_available() -> bool:
     try:
         import sglang.srt.speculative.spec_info  # noqa: F401
+
         return True
     except Exception:
         return False
 
 
-needs_sglang = pytest.mark.skipif(not sglang_available(), reason=(
-    "SGLang is not importable; install it with "
-    "pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt"))
+needs_sglang = pytest.mark.skipif(
+    not sglang_available(),
+    reason=(
+        "SGLang is not importable; install it with "
+        "pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt"
+    ),
+)
 
 
 # ------------------------------------------------------------------ version gate
@@ -74,12 +80,17 @@ def test_options_from_env_json_file_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="SPECPLUG_SGLANG_OPTIONS: .*max_ngram.*integer"):
         plug.options_from_env("pld", {plug.OPTIONS_ENV: '{"max_ngram": "x"}'})
     with pytest.raises(ConfigError, match="SPECPLUG_SGLANG_OPTIONS: .*not valid JSON"):
-        plug.options_from_env("pld", {plug.OPTIONS_ENV: '{bad'})
+        plug.options_from_env("pld", {plug.OPTIONS_ENV: "{bad"})
 
 
 def args(**kw):
-    base = dict(disable_overlap_schedule=True, device="cpu", speculative_num_draft_tokens=16,
-                speculative_draft_model_path=None, pp_size=1)
+    base = dict(
+        disable_overlap_schedule=True,
+        device="cpu",
+        speculative_num_draft_tokens=16,
+        speculative_draft_model_path=None,
+        pp_size=1,
+    )
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -120,9 +131,10 @@ def test_early_exit_validator_limits(algo, monkeypatch, tmp_path):
     ok = dict(disable_cuda_graph=True, tp_size=1)
     validate(args(model_path=model("LlamaForCausalLM"), **ok))
     validate(args(model_path=model("Qwen2ForCausalLM"), **ok))
-    validate(args(model_path="some-org/hub-id", **ok))      # not local: the worker checks the loaded class
-    with pytest.raises(ConfigError, match=f"{name} .*model classes LlamaForCausalLM, Qwen2ForCausalLM; "
-                                          f"this model is Qwen3ForCausalLM"):
+    validate(args(model_path="some-org/hub-id", **ok))  # not local: the worker checks the loaded class
+    with pytest.raises(
+        ConfigError, match=f"{name} .*model classes LlamaForCausalLM, Qwen2ForCausalLM; this model is Qwen3ForCausalLM"
+    ):
         validate(args(model_path=model("Qwen3ForCausalLM"), **ok))
     with pytest.raises(ConfigError, match="supports --tp-size 1 only"):
         validate(args(model_path=model("LlamaForCausalLM"), disable_cuda_graph=True, tp_size=2))
@@ -187,8 +199,12 @@ def test_unsupported_version_registers_names_that_refuse(fresh_registry, monkeyp
 def test_handle_server_args_resolves_like_ngram(fresh_registry):
     plug.register()
     algo = fresh_registry.get_spec("TOKEN_RECYCLING")
-    sa = types.SimpleNamespace(max_running_requests=None, enable_mixed_chunk=True,
-                               speculative_num_draft_tokens=None, speculative_ngram_max_bfs_breadth=10)
+    sa = types.SimpleNamespace(
+        max_running_requests=None,
+        enable_mixed_chunk=True,
+        speculative_num_draft_tokens=None,
+        speculative_ngram_max_bfs_breadth=10,
+    )
     algo.handle_server_args(sa)
     assert sa.max_running_requests == 48 and sa.enable_mixed_chunk is False
     assert sa.speculative_num_draft_tokens == registry.get("token-recycling").default_budget
@@ -199,9 +215,11 @@ def test_handle_server_args_resolves_like_ngram(fresh_registry):
 @needs_sglang
 def test_entry_point_discovered_by_sglang_load_plugins():
     """SGLang's own load_plugins() finds specplug through the installed entry point."""
-    code = ("from sglang.srt.plugins import load_plugins; load_plugins(); "
-            "from sglang.srt.speculative.spec_info import SpeculativeAlgorithm as S; "
-            "a = S.from_string('TOKEN_RECYCLING'); print(type(a).__name__, a.is_ngram())")
+    code = (
+        "from sglang.srt.plugins import load_plugins; load_plugins(); "
+        "from sglang.srt.speculative.spec_info import SpeculativeAlgorithm as S; "
+        "a = S.from_string('TOKEN_RECYCLING'); print(type(a).__name__, a.is_ngram())"
+    )
     env = dict(os.environ, SGLANG_PLUGINS="specplug")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

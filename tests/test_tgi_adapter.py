@@ -3,6 +3,7 @@
 The same patch code runs against TGI's real chooser in integration_tests/tgi when a TGI
 source tree is available; here fake modules stand in for TGI.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,18 +26,20 @@ from specplug.plugins import env
 # ------------------------------------------------------------------ chain extraction
 def test_tgi_chain_takes_the_best_chain_of_a_tree():
     # root 1 -> {2 (0.9) -> {3 (0.5), 4 (0.8)}, 5 (0.95) -> 6 (0.1)}
-    tree = DraftTree(np.array([1, 2, 3, 4, 5, 6]), np.array([-1, 0, 1, 1, 0, 4]),
-                     np.array([1, .9, .5, .8, .95, .1]))
+    tree = DraftTree(
+        np.array([1, 2, 3, 4, 5, 6]), np.array([-1, 0, 1, 1, 0, 4]), np.array([1, 0.9, 0.5, 0.8, 0.95, 0.1])
+    )
     assert tgi_chain(tree, 4).tolist() == [5, 6, 6, 6]
     assert tgi_chain(tree, 1).tolist() == [5]
     assert tgi_chain(DraftTree.single(7), 2).tolist() == [7, 7]
-    assert tgi_chain(tree, 3, vocab_size=6).tolist() == [5, 5, 5]      # 6 is outside: the chain ends
+    assert tgi_chain(tree, 3, vocab_size=6).tolist() == [5, 5, 5]  # 6 is outside: the chain ends
     assert tgi_chain(tree, 2).dtype == np.int64
 
 
 # ------------------------------------------------------------------ request bookkeeping
 class Recorder(Drafter):
     """Proposes a fixed chain; records every call."""
+
     name = "recorder"
     uses_target_topk = True
 
@@ -55,8 +58,15 @@ class Recorder(Drafter):
         return [DraftTree.chain(self.ctx[r][-1], self.chain) for r in rids]
 
     def observe(self, rid, tree, accepted, target_topk=None):
-        self.calls.append(("observe", rid, tree.tokens.tolist(), list(accepted),
-                           None if target_topk is None else target_topk.ids.tolist()))
+        self.calls.append(
+            (
+                "observe",
+                rid,
+                tree.tokens.tolist(),
+                list(accepted),
+                None if target_topk is None else target_topk.ids.tolist(),
+            )
+        )
         self.ctx[rid] += list(accepted)
 
     def finish(self, rid):
@@ -81,17 +91,25 @@ def test_prefill_starts_decode_observes_and_pads():
     # decode: row a accepted 11 then bonus 7; row b rejected everything, bonus 6
     d.calls.clear()
     topk = np.arange(2 * 4 * 2).reshape(2, 4, 2)
-    rt.draft(["a", "b"], [[1, 2, 3, 9], [4, 5, 8]], [11, 7, 6], [2, 1], 3, vocab_size=100,
-             verified=[[11, 12, 12], [11, 12, 12]], topk=topk)
+    rt.draft(
+        ["a", "b"],
+        [[1, 2, 3, 9], [4, 5, 8]],
+        [11, 7, 6],
+        [2, 1],
+        3,
+        vocab_size=100,
+        verified=[[11, 12, 12], [11, 12, 12]],
+        topk=topk,
+    )
     assert d.calls[0] == ("observe", "a", [9, 11, 12, 12], [11, 7], topk[0].tolist())
     assert d.calls[1] == ("observe", "b", [8, 11, 12, 12], [6], topk[1].tolist())
-    assert d.calls[2] == ("propose", ["a", "b"], [4, 4])            # no restart: lengths agree
+    assert d.calls[2] == ("propose", ["a", "b"], [4, 4])  # no restart: lengths agree
     assert rt.mean_accepted() == 1.5 and rt.active_requests() == 2 and rt.resyncs == 0
 
 
 def test_budget_is_chain_length_plus_root_unless_asked():
     assert ChainSpeculation("pld").budget(5) == 6
-    assert ChainSpeculation("ar").budget(5) == 6                       # ar's default budget is 1
+    assert ChainSpeculation("ar").budget(5) == 6  # ar's default budget is 1
     assert ChainSpeculation("pld", tree_budget=32).budget(5) == 32
     assert ChainSpeculation("pld", tree_budget=2).budget(5) == 6
 
@@ -100,18 +118,17 @@ def test_step_without_verified_drafts_restarts_from_engine_context():
     rt, d = _rt()
     rt.draft([1], [[5, 6]], [7], [1], 2, vocab_size=100, prefill=True)
     d.calls.clear()
-    rt.draft([1], [[5, 6, 7]], [8], [1], 2, vocab_size=100, verified=None)   # TGI verified nothing
+    rt.draft([1], [[5, 6, 7]], [8], [1], 2, vocab_size=100, verified=None)  # TGI verified nothing
     assert d.calls[:2] == [("finish", 1), ("start", 1, [5, 6, 7, 8])]
     assert rt.stats.verified_requests == 0 and rt.resyncs == 1
 
 
 def test_chain_tgi_verified_instead_of_ours_restarts_the_request():
     rt, d = _rt()
-    rt.draft([1, 2], [[5, 6], [5, 6]], [7, 7], [1, 1], 2, vocab_size=100, prefill=True)   # drafts [11, 12]
+    rt.draft([1, 2], [[5, 6], [5, 6]], [7, 7], [1, 1], 2, vocab_size=100, prefill=True)  # drafts [11, 12]
     d.calls.clear()
     # a fallback step: TGI verified its own n-gram [11, 30] for request 2 and accepted both
-    rt.draft([1, 2], [[5, 6, 7]] * 2, [11, 8, 11, 30, 9], [2, 3], 2, vocab_size=100,
-             verified=[[11, 12], [11, 30]])
+    rt.draft([1, 2], [[5, 6, 7]] * 2, [11, 8, 11, 30, 9], [2, 3], 2, vocab_size=100, verified=[[11, 12], [11, 30]])
     assert d.calls[0] == ("observe", 1, [7, 11, 12], [11, 8], None)
     assert ("finish", 2) in d.calls and ("start", 2, [5, 6, 7, 11, 30, 9]) in d.calls
     assert rt.resyncs == 1 and rt.stats.verified_requests == 1
@@ -135,8 +152,8 @@ def test_inconsistent_outcome_resyncs_from_engine():
 
 def test_prefill_of_a_known_id_starts_afresh():
     rt, d = _rt()
-    rt.draft([0], [[1, 2]], [3], [1], 2, vocab_size=100, prefill=True)   # e.g. warm-up request 0
-    rt.draft([0], [[7, 8]], [9], [1], 2, vocab_size=100, prefill=True)   # a real request 0
+    rt.draft([0], [[1, 2]], [3], [1], 2, vocab_size=100, prefill=True)  # e.g. warm-up request 0
+    rt.draft([0], [[7, 8]], [9], [1], 2, vocab_size=100, prefill=True)  # a real request 0
     assert ("finish", 0) in d.calls and d.ctx[0] == [7, 8, 9]
 
 
@@ -147,9 +164,9 @@ def test_retain_finish_and_idle_eviction_bound_memory():
     rt.retain(list("abc"), ["a", "c"])
     assert rt.active_requests() == 2 and ("finish", "b") in d.calls
     rt.draft(list("de"), [[1]] * 2, [2, 2], [1, 1], 2, vocab_size=100, prefill=True)
-    rt.end_step()                         # 4 active > cap 3: the least recently seen goes
+    rt.end_step()  # 4 active > cap 3: the least recently seen goes
     assert rt.active_requests() == 3 and not rt.known("a")
-    for _ in range(4):                    # nobody seen for 4 > 3 steps
+    for _ in range(4):  # nobody seen for 4 > 3 steps
         rt.end_step()
     assert rt.active_requests() == 0 and d.active_requests() == 0
 
@@ -198,12 +215,12 @@ def test_racer_acceptance_calibration_learns_under_tgi():
     ``acceptance`` (hits / trials per cell) never learns under TGI."""
     vocab, speculate = 64, 4
     rt = ChainSpeculation("racer")
-    assert rt.ensure_drafter(vocab).tree == "dynamic"                    # the default
+    assert rt.ensure_drafter(vocab).tree == "dynamic"  # the default
     phrase = [5, 17, 33, 2, 41, 9, 28, 12]
     truth = phrase * 12
     n = 10
     rng = np.random.default_rng(0)
-    out = rt.draft(["r"], [truth[:n - 1]], [truth[n - 1]], [1], speculate, vocab_size=vocab, prefill=True)
+    out = rt.draft(["r"], [truth[: n - 1]], [truth[n - 1]], [1], speculate, vocab_size=vocab, prefill=True)
     trials = [rt.drafter.acceptance.trials.sum()]
     for _ in range(8):
         chain = out[0].tolist()
@@ -211,22 +228,32 @@ def test_racer_acceptance_calibration_learns_under_tgi():
         # the target's top-k at each verified position: its own choice first
         ids = rng.integers(0, vocab, (1, speculate + 1, 8))
         for j in range(speculate + 1):
-            ids[0, j, 0] = truth[n + j] if chain[:j] == truth[n:n + j] else ids[0, j, 0]
+            ids[0, j, 0] = truth[n + j] if chain[:j] == truth[n : n + j] else ids[0, j, 0]
         probs = np.sort(rng.dirichlet(np.ones(8), (1, speculate + 1)), -1)[..., ::-1]
-        out = rt.draft(["r"], [truth[:n]], acc, [len(acc)], speculate, vocab_size=vocab,
-                       verified=[chain], topk=ids, topk_probs=probs)
+        out = rt.draft(
+            ["r"],
+            [truth[:n]],
+            acc,
+            [len(acc)],
+            speculate,
+            vocab_size=vocab,
+            verified=[chain],
+            topk=ids,
+            topk_probs=probs,
+        )
         n += len(acc)
         trials.append(rt.drafter.acceptance.trials.sum())
     assert rt.resyncs == 0 and rt.stats.verified_requests == 8
-    assert rt.mean_accepted() > 2.0                           # retrieval finds the repeated phrase
-    assert trials[0] == 0 and (np.diff(trials) > 0).all()    # chain nodes counted at every step
+    assert rt.mean_accepted() > 2.0  # retrieval finds the repeated phrase
+    assert trials[0] == 0 and (np.diff(trials) > 0).all()  # chain nodes counted at every step
 
 
 # ------------------------------------------------------------------ version detection
 def test_checkout_version_reads_workspace_cargo(tmp_path):
     (tmp_path / "server" / "text_generation_server").mkdir(parents=True)
-    (tmp_path / "Cargo.toml").write_text('[workspace]\nmembers = []\n\n[workspace.package]\n'
-                                         'version = "3.3.6-dev0"\nedition = "2021"\n')
+    (tmp_path / "Cargo.toml").write_text(
+        '[workspace]\nmembers = []\n\n[workspace.package]\nversion = "3.3.6-dev0"\nedition = "2021"\n'
+    )
     init = tmp_path / "server" / "text_generation_server" / "__init__.py"
     init.write_text("")
     assert tgi_version.checkout_version(str(init)) == ("3.3.6-dev0", str(tmp_path / "Cargo.toml"))
@@ -255,8 +282,7 @@ def test_env_version_is_the_last_resort(monkeypatch):
 class FakeChooser:
     """Mimics HeterogeneousNextTokenChooser.__call__: greedy-verify chains, then draft."""
 
-    def __call__(self, input_ids, scores, speculate, speculated_ids=None, speculative_scores=None,
-                 verbose=False):
+    def __call__(self, input_ids, scores, speculate, speculated_ids=None, speculative_scores=None, verbose=False):
         b = input_ids.shape[0]
         s = 1 if speculated_ids is None else speculated_ids.shape[1] + 1
         choice = scores.view(b, s, -1).argmax(-1)
@@ -269,7 +295,8 @@ class FakeChooser:
             acc.append(n)
         next_ids, accepted_ids = torch.tensor(nxt), torch.tensor(acc)
         spec = sys.modules["fake_tgi_tokens"].create_n_gram_speculation(
-            input_ids, next_ids, accepted_ids, speculate, verbose)
+            input_ids, next_ids, accepted_ids, speculate, verbose
+        )
         return next_ids, None, None, accepted_ids, spec
 
 
@@ -315,15 +342,15 @@ class FakeLM:
         for i, (req, ctx) in enumerate(zip(batch.requests, batch.all_input_ids)):
             t, n = self.truth[req.id], len(ctx)
             spec = [] if batch.speculative_ids is None else batch.speculative_ids[i].tolist()
-            for j in range(len(spec) + 1):     # the target continues `truth` while the path follows it
-                rows.append(self._onehot(t[n + j] if spec[:j] == t[n:n + j] else 0))
+            for j in range(len(spec) + 1):  # the target continues `truth` while the path follows it
+                rows.append(self._onehot(t[n + j] if spec[:j] == t[n : n + j] else 0))
         width = max(len(c) for c in batch.all_input_ids)
         ids = torch.zeros((len(batch.requests), width), dtype=torch.int64)
         spec_in = None if batch.prefilling else batch.speculative_ids
         next_ids, _, _, acc, spec = self.chooser(ids, torch.stack(rows), self.speculate, spec_in)
         pos = 0
         for i, n in enumerate(acc.tolist()):
-            batch.all_input_ids[i] += next_ids[pos: pos + n].tolist()
+            batch.all_input_ids[i] += next_ids[pos : pos + n].tolist()
             pos += n
         batch.prefilling = False
         batch.speculative_ids = spec
@@ -342,15 +369,23 @@ def fake_tgi(monkeypatch):
     monkeypatch.setitem(sys.modules, "fake_tgi_flash", flash)
 
     def retarget(base, module, target):
-        return type(base.__name__, (base,), {"module": module, "target": target,
-                                             "fingerprints": frozenset(), "alias_prefix": None})
+        return type(
+            base.__name__,
+            (base,),
+            {"module": module, "target": target, "fingerprints": frozenset(), "alias_prefix": None},
+        )
 
-    ps = PatchSet("FakeTGI", ((3, 3, 5), (3, 3, 7)), [
-        retarget(tgi.NGramSpeculationPatch, "fake_tgi_tokens", "create_n_gram_speculation"),
-        retarget(tgi.ChooserCallPatch, "fake_tgi_tokens", "HeterogeneousNextTokenChooser.__call__"),
-        retarget(tgi.GenerateTokenPatch, "fake_tgi_flash", "FlashCausalLM.generate_token"),
-        retarget(tgi.BatchFilterPatch, "fake_tgi_flash", "FlashCausalLMBatch.filter"),
-    ], lambda: ("3.3.6-dev0", "test"))
+    ps = PatchSet(
+        "FakeTGI",
+        ((3, 3, 5), (3, 3, 7)),
+        [
+            retarget(tgi.NGramSpeculationPatch, "fake_tgi_tokens", "create_n_gram_speculation"),
+            retarget(tgi.ChooserCallPatch, "fake_tgi_tokens", "HeterogeneousNextTokenChooser.__call__"),
+            retarget(tgi.GenerateTokenPatch, "fake_tgi_flash", "FlashCausalLM.generate_token"),
+            retarget(tgi.BatchFilterPatch, "fake_tgi_flash", "FlashCausalLMBatch.filter"),
+        ],
+        lambda: ("3.3.6-dev0", "test"),
+    )
     ps.apply_for(tokens)
     ps.apply_for(flash)
     yield ps
@@ -369,17 +404,17 @@ def test_patched_loop_drafts_with_specplug_and_cleans_up(fake_tgi):
     ctl = tgi.enable("pld")
     lm = FakeLM(truth)
     batch = FakeBatch([7, 8], [truth[7][:10], truth[8][:10]])
-    _, batch, _ = lm.generate_token(batch)                   # prefill
+    _, batch, _ = lm.generate_token(batch)  # prefill
     assert ctl.runtime.active_requests() == 2
     for _ in range(3):
         _, batch, _ = lm.generate_token(batch)
-    assert ctl.runtime.mean_accepted() == 4.0                # repeated phrase: every draft accepted
-    assert [c == truth[r.id][:len(c)] for r, c in zip(batch.requests, batch.all_input_ids)] == [True, True]
-    batch = batch.filter([8])                                # router drops request 7
+    assert ctl.runtime.mean_accepted() == 4.0  # repeated phrase: every draft accepted
+    assert [c == truth[r.id][: len(c)] for r, c in zip(batch.requests, batch.all_input_ids)] == [True, True]
+    batch = batch.filter([8])  # router drops request 7
     assert not ctl.runtime.known(7) and ctl.runtime.known(8)
     while batch is not None:
         _, batch, _ = lm.generate_token(batch)
-    assert ctl.runtime.active_requests() == 0                # batch finished: state freed
+    assert ctl.runtime.active_requests() == 0  # batch finished: state freed
     assert ctl.errors == 0 and ctl.fallbacks == 0
 
 
@@ -389,7 +424,7 @@ def test_unpatched_behaviour_without_controller(fake_tgi):
     lm = FakeLM(truth)
     batch = FakeBatch([1], [truth[1][:10]])
     _, batch, _ = lm.generate_token(batch)
-    assert batch.speculative_ids.tolist() == [[0, 0, 0]]     # TGI's own drafting point ran
+    assert batch.speculative_ids.tolist() == [[0, 0, 0]]  # TGI's own drafting point ran
 
 
 def test_drafting_outside_generate_token_falls_back(fake_tgi):
@@ -405,6 +440,7 @@ def test_drafter_exception_falls_back_and_resets(fake_tgi):
     lm = FakeLM(truth)
     batch = FakeBatch([1], [truth[1][:10]])
     _, batch, _ = lm.generate_token(batch)
+
     def broken(*a, **k):
         raise RuntimeError("drafter bug")
 
@@ -413,7 +449,7 @@ def test_drafter_exception_falls_back_and_resets(fake_tgi):
     assert ctl.errors == 1 and ctl.runtime.active_requests() == 0
     assert batch.speculative_ids.tolist() == [[0, 0, 0]]
     del ctl.runtime.draft
-    _, batch, _ = lm.generate_token(batch)                   # rebuilt from the engine's context
+    _, batch, _ = lm.generate_token(batch)  # rebuilt from the engine's context
     assert ctl.runtime.active_requests() == 1 and ctl.runtime.resyncs == 0
 
 

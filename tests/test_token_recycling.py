@@ -1,8 +1,9 @@
 """Token Recycling: the static template, its truncation, adjacency learning, bookkeeping."""
+
 import numpy as np
 import pytest
-
 from model_free_helpers import VOCAB, simulate
+
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
 from specplug.drafters.feedback import TopK
@@ -24,10 +25,10 @@ def test_default_template_shape():
     depth = template_depths(parents)
     assert depth.max() == 6
     per_level = np.bincount(depth)
-    assert per_level.tolist() == [1, 8, 23, 28, 14, 6, 1]               # documented shape
-    assert np.all(parents[1:] < np.arange(1, 81))                     # parents first
-    assert np.all(np.diff(scores[1:]) <= 1e-7)                        # value order: prefixes are best
-    DraftTree(np.arange(81), parents).validate()                      # a valid tree shape
+    assert per_level.tolist() == [1, 8, 23, 28, 14, 6, 1]  # documented shape
+    assert np.all(parents[1:] < np.arange(1, 81))  # parents first
+    assert np.all(np.diff(scores[1:]) <= 1e-7)  # value order: prefixes are best
+    DraftTree(np.arange(81), parents).validate()  # a valid tree shape
 
 
 def full_table(d, vocab, rng):
@@ -45,8 +46,8 @@ def test_template_truncated_by_rank_order(budget):
     tree = d.propose(["r"], [budget])[0].validate(50, budget)
     n = min(budget, 81)
     assert len(tree) == n
-    np.testing.assert_array_equal(tree.parents, d.t_parent[:n])      # the template's first n nodes
-    for i in range(1, n):                                           # node = rank-th candidate of parent
+    np.testing.assert_array_equal(tree.parents, d.t_parent[:n])  # the template's first n nodes
+    for i in range(1, n):  # node = rank-th candidate of parent
         assert tree.tokens[i] == rows[tree.tokens[tree.parents[i]], d.t_rank[i]]
     assert tree.tokens[0] == 7
 
@@ -54,14 +55,14 @@ def test_template_truncated_by_rank_order(budget):
 def test_learns_from_verification_and_prefill():
     d = TokenRecyclingDrafter(100)
     d.start("r", [1, 2, 3], TopK.of([[2, 9, 8, 7, 6, 5, 4, 10], [3, 11, 12, 13, 14, 15, 16, 17]]))
-    assert len(d.propose(["r"], [81])[0]) == 1                      # nothing known after 3
-    d.start("s", [5, 1])                                            # another request: shared table
+    assert len(d.propose(["r"], [81])[0]) == 1  # nothing known after 3
+    d.start("s", [5, 1])  # another request: shared table
     tree = d.propose(["s"], [81])[0]
     assert tree.tokens[0] == 1 and tree.tokens[tree.best_child[0]] == 2
     d.observe("s", tree, [2, 3], TopK.of(np.tile(np.array([[3, 50, 51, 52, 53, 54, 55, 56]]), (len(tree), 1))))
     tree_r = d.propose(["r"], [81])[0]
     d.observe("r", tree_r, [40], TopK.of(np.tile(np.array([[40, 41, 42, 43, 44, 45, 46, 47]]), (len(tree_r), 1))))
-    tree = d.propose(["s"], [81])[0]                                # root 3 (s), row of 3 last written by r
+    tree = d.propose(["s"], [81])[0]  # root 3 (s), row of 3 last written by r
     assert tree.tokens[0] == 3 and tree.tokens[tree.best_child[0]] == 40
     for r in ("r", "s"):
         d.finish(r)
@@ -70,7 +71,7 @@ def test_learns_from_verification_and_prefill():
 
 def test_skips_unknown_rows_and_duplicate_candidates():
     d = TokenRecyclingDrafter(20)
-    d.adjacency.update([4], TopK.of([[5, 5, 6, -1, -1, -1, -1, -1]]))        # duplicate and empty entries
+    d.adjacency.update([4], TopK.of([[5, 5, 6, -1, -1, -1, -1, -1]]))  # duplicate and empty entries
     d.start("r", [4])
     tree = d.propose(["r"], [81])[0].validate(20, 81)
     assert sorted(tree.tokens[1:].tolist()) == [5, 6]
@@ -83,8 +84,15 @@ def test_trees_valid_and_state_freed(budgets):
     assert mat >= 1.0
 
 
-@pytest.mark.parametrize("opts, match", [({"topk": 0}, r"\[1, 32\]"), ({"template_nodes": 0}, r"\[1, 1023\]"),
-                                         ({"template_depth": 0}, r"\[1, 64\]"), ({"k": 3}, "valid options")])
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        ({"topk": 0}, r"\[1, 32\]"),
+        ({"template_nodes": 0}, r"\[1, 1023\]"),
+        ({"template_depth": 0}, r"\[1, 64\]"),
+        ({"k": 3}, "valid options"),
+    ],
+)
 def test_bad_options_rejected(opts, match):
     with pytest.raises(ConfigError, match=match):
         registry.create("token-recycling", VOCAB, opts)

@@ -1,10 +1,12 @@
 """Property tests of DraftTree: invariants, derived views against naive per-node walks,
 truncation, construction helpers and batch packing."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.drafters.errors import DraftTreeError
 from specplug.drafters.tree import DraftTree, pack_trees
@@ -20,7 +22,7 @@ def trees(draw, max_nodes=14, vocab=8):
     raw = [draw(st.integers(0, vocab - 1)) for _ in range(n)]
     used: set[tuple[int, int]] = set()
     tokens = []
-    for i in range(n):                       # bump a token until it is new among its siblings
+    for i in range(n):  # bump a token until it is new among its siblings
         t = raw[i]
         while (parents[i], t) in used:
             t += 1
@@ -35,7 +37,7 @@ def naive_ancestors(tree, i):
     out = [i]
     while tree.parents[out[-1]] >= 0:
         out.append(int(tree.parents[out[-1]]))
-    return out[::-1]                          # root first
+    return out[::-1]  # root first
 
 
 def children(tree, i):
@@ -73,7 +75,7 @@ def test_paths_cover_every_leaf_once(tree):
     ends = []
     for row in paths:
         nodes = [int(x) for x in row if x >= 0]
-        assert np.all(row[len(nodes):] == -1)  # padding only at the end
+        assert np.all(row[len(nodes) :] == -1)  # padding only at the end
         assert nodes == naive_ancestors(tree, nodes[-1])
         ends.append(nodes[-1])
     assert sorted(ends) == leaves
@@ -117,12 +119,11 @@ def test_truncate_keeps_best_closed_subtree(tree, budget):
     assert small.tokens[0] == tree.tokens[0]
     # nodes are identified by their token path (siblings are distinct)
     index = {token_path(tree, i): i for i in range(n)}
-    kept = [index[token_path(small, j)] for j in range(len(small))]   # KeyError: not a subtree
-    assert kept == sorted(kept)                                        # order preserved
+    kept = [index[token_path(small, j)] for j in range(len(small))]  # KeyError: not a subtree
+    assert kept == sorted(kept)  # order preserved
     assert np.array_equal(small.scores, tree.scores[kept])
     # effective score: min along the root path (root ranks first)
-    eff = np.array([min([np.inf] + [tree.scores[a] for a in naive_ancestors(tree, i)[1:]])
-                    for i in range(n)])
+    eff = np.array([min([np.inf] + [tree.scores[a] for a in naive_ancestors(tree, i)[1:]]) for i in range(n)])
     dropped = sorted(set(range(n)) - set(kept))
     if dropped:
         assert eff[kept].min() >= eff[dropped].max()
@@ -143,17 +144,20 @@ def test_truncate_prefers_high_scores():
 
 
 # ------------------------------------------------------------------ validate
-@pytest.mark.parametrize("tokens,parents,scores,match", [
-    ([0, 1, 1], [-1, 0, 0], None, "distinct"),                 # duplicate siblings
-    ([0, 1, 2], [-1, 0, 2], None, "parents"),                  # parent not before child
-    ([0, 1, 2], [-1, 0, 5], None, "parents"),                  # parent out of range
-    ([0, 1, 2], [-1, -1, 0], None, "parents"),                 # second root
-    ([0, 1], [0, 0], None, "root"),                            # root with a parent
-    ([], [], None, "root node"),                               # empty
-    ([0, -3], [-1, 0], None, "token"),                         # negative token
-    ([0, 1], [-1, 0], [1.0, np.nan], "finite"),                # bad score
-    ([0, 1], [-1, 0, 0], None, "equal length"),                # shapes
-])
+@pytest.mark.parametrize(
+    "tokens,parents,scores,match",
+    [
+        ([0, 1, 1], [-1, 0, 0], None, "distinct"),  # duplicate siblings
+        ([0, 1, 2], [-1, 0, 2], None, "parents"),  # parent not before child
+        ([0, 1, 2], [-1, 0, 5], None, "parents"),  # parent out of range
+        ([0, 1, 2], [-1, -1, 0], None, "parents"),  # second root
+        ([0, 1], [0, 0], None, "root"),  # root with a parent
+        ([], [], None, "root node"),  # empty
+        ([0, -3], [-1, 0], None, "token"),  # negative token
+        ([0, 1], [-1, 0], [1.0, np.nan], "finite"),  # bad score
+        ([0, 1], [-1, 0, 0], None, "equal length"),  # shapes
+    ],
+)
 def test_validate_rejects(tokens, parents, scores, match):
     with pytest.raises(DraftTreeError, match=match):
         DraftTree(np.array(tokens), np.array(parents), None if scores is None else np.array(scores))
@@ -184,8 +188,11 @@ def test_single_and_chain():
 
 
 @SETTINGS
-@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4), max_size=5),
-       st.one_of(st.none(), st.integers(1, 10)), st.randoms(use_true_random=False))
+@given(
+    st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4), max_size=5),
+    st.one_of(st.none(), st.integers(1, 10)),
+    st.randoms(use_true_random=False),
+)
 def test_from_paths_is_the_trie_of_prefixes(paths, budget, rnd):
     scores = [[rnd.random() for _ in p] for p in paths]
     t = DraftTree.from_paths(7, paths, scores, budget=budget)
@@ -202,11 +209,11 @@ def test_from_paths_is_the_trie_of_prefixes(paths, budget, rnd):
         assert set(got) == set(prefixes)
     else:
         assert len(t) == min(budget, len(prefixes) + 1)
-    for key, s in got.items():   # every path through a kept node passed it: max of all
+    for key, s in got.items():  # every path through a kept node passed it: max of all
         assert s == pytest.approx(prefixes[key])
     # first-come order: the first path is inserted first
     if paths and (budget is None or budget > len(paths[0])):
-        assert t.tokens[1:len(paths[0]) + 1].tolist() == list(paths[0])
+        assert t.tokens[1 : len(paths[0]) + 1].tolist() == list(paths[0])
 
 
 # ------------------------------------------------------------------ packing

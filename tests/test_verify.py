@@ -1,6 +1,7 @@
 """Verifiers: greedy against a brute-force walk; sampling checked exactly (every random
 outcome enumerated on tiny vocabularies) and statistically (chi-square), with negative
 controls that must be detected; logit warping against a naive reference."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -8,7 +9,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from specplug.drafters import verify as V
@@ -68,7 +70,7 @@ def test_greedy_matches_brute_force(tree_list, extra, seed):
         path, bonus = greedy_walk(t, table[i])
         assert res.accept_len[i] == len(path) - 1
         row = res.accepted_nodes[i]
-        assert row[:len(path)].tolist() == path and np.all(row[len(path):] == -1)
+        assert row[: len(path)].tolist() == path and np.all(row[len(path) :] == -1)
         assert res.bonus[i] == bonus
         assert res.committed(pk.tokens, i) == [int(t.tokens[j]) for j in path[1:]] + [bonus]
 
@@ -81,8 +83,9 @@ def test_greedy_never_accepts_padding():
     assert res.accept_len.tolist() == [0, 0] and res.bonus.tolist() == [3, 3]
     # a node marked invalid is never accepted, even where it hangs off a real node
     tokens, parents = np.array([[0, 1, 2]]), np.array([[-1, 0, 0]])
-    res = V.verify_greedy(tokens, parents, np.array([[0, 1, 1]]), np.array([[True, True, False]]),
-                          np.array([[2, 5, 5]]))
+    res = V.verify_greedy(
+        tokens, parents, np.array([[0, 1, 1]]), np.array([[True, True, False]]), np.array([[2, 5, 5]])
+    )
     assert res.accept_len.tolist() == [0] and res.bonus.tolist() == [2]
 
 
@@ -131,12 +134,13 @@ def enumerate_outcomes(fn):
 
 def scripted(choose):
     """coin / sample callables for the verifier core that route every draw through choose."""
+
     def coin(p):
         return torch.tensor([choose([(True, x), (False, 1.0 - x)]) for x in p.tolist()], dtype=torch.bool)
 
     def sample(r):  # like torch.multinomial, rows are weights (normalised here)
-        return torch.tensor([choose(list(enumerate(np.divide(row, sum(row))))) for row in r.tolist()],
-                            dtype=torch.long)
+        return torch.tensor([choose(list(enumerate(np.divide(row, sum(row))))) for row in r.tolist()], dtype=torch.long)
+
     return coin, sample
 
 
@@ -159,8 +163,8 @@ def markov(rng, v, zeros=0):
 
 
 # A tree template: parents of nodes 1.. (children of a node in ascending index).
-TEMPLATE_DET = [0, 0, 0, 1, 1, 2]        # root: 3 children; node 1: 2; node 2: 1
-TEMPLATE_Q = [0, 0, 1]                   # root: 2 children; node 1: 1
+TEMPLATE_DET = [0, 0, 0, 1, 1, 2]  # root: 3 children; node 1: 2; node 2: 1
+TEMPLATE_Q = [0, 0, 1]  # root: 2 children; node 1: 1
 
 
 def det_tree(root, m_draft, template):
@@ -233,11 +237,13 @@ def test_sampling_exact_sampled_drafts(seed, zeros):
     rng = np.random.default_rng(seed)
     v = 3
     target = markov(rng, v, zeros)
-    q = markov(rng, v, 1 if zeros == 0 else 0)   # q with and without zeros, support >= 2
+    q = markov(rng, v, 1 if zeros == 0 else 0)  # q with and without zeros, support >= 2
     for root in range(v):
+
         def run(ch):
             tree = q_tree(ch, root, q, TEMPLATE_Q)
             return one_step(ch, [tree], target, q)[0]
+
         dist = enumerate_outcomes(run)
         np.testing.assert_allclose(marginals(dist, v, 1), target[root], atol=1e-12)
         np.testing.assert_allclose(first_two(dist, v, target), target[root][:, None] * target, atol=1e-12)
@@ -268,8 +274,7 @@ def test_exact_check_detects_specinfer_with_replacement_rule(monkeypatch):
 
 
 def test_exact_check_detects_missing_renormalisation(monkeypatch):
-    monkeypatch.setattr(V, "_renorm", lambda r, fallback: torch.where(
-        r.sum(-1, keepdim=True) > 0, r, fallback))
+    monkeypatch.setattr(V, "_renorm", lambda r, fallback: torch.where(r.sum(-1, keepdim=True) > 0, r, fallback))
     rng = np.random.default_rng(0)
     target, drafter = markov(rng, 4), markov(rng, 4)
     dist = enumerate_outcomes(lambda ch: one_step(ch, [det_tree(0, drafter, TEMPLATE_DET)], target)[0])
@@ -301,10 +306,15 @@ def test_certain_target_always_accepts():
     tree = DraftTree.chain(0, [1, 2, 0])
     pk = pack([tree] * 50)
     probs = np.zeros((3, 3))
-    probs[0, 1] = probs[1, 2] = probs[2, 0] = 1.0      # the draft is the only possible text
-    res = V.verify_sampling(pk.tokens, pk.parents, pk.depth, pk.valid,
-                            torch.tensor(probs[pk.tokens], dtype=torch.float32),
-                            torch.Generator().manual_seed(1))
+    probs[0, 1] = probs[1, 2] = probs[2, 0] = 1.0  # the draft is the only possible text
+    res = V.verify_sampling(
+        pk.tokens,
+        pk.parents,
+        pk.depth,
+        pk.valid,
+        torch.tensor(probs[pk.tokens], dtype=torch.float32),
+        torch.Generator().manual_seed(1),
+    )
     assert res.accept_len.tolist() == [3] * 50 and res.bonus.tolist() == [1] * 50
 
 
@@ -314,11 +324,11 @@ def test_zero_mass_residual_falls_back(sampled):
     tree = DraftTree([0, 1, 2], [-1, 0, 0])
     pk = pack([tree])
     tp = torch.zeros(1, 3, 3, dtype=torch.float64)
-    tp[0, :, 1] = 1.0                                   # the target is certain of token 1
-    dp = tp.clone() if sampled else None                # q == R: nothing left after rejection
+    tp[0, :, 1] = 1.0  # the target is certain of token 1
+    dp = tp.clone() if sampled else None  # q == R: nothing left after rejection
     seen = []
 
-    def coin(p):                                        # force every rejection
+    def coin(p):  # force every rejection
         seen.append(p.tolist())
         return torch.zeros(p.shape, dtype=torch.bool)
 
@@ -328,7 +338,7 @@ def test_zero_mass_residual_falls_back(sampled):
 
     res = V._verify_sampling_core(pk.tokens, pk.parents, pk.depth, pk.valid, tp, dp, coin, sample)
     assert res.accept_len[0] == 0 and res.bonus[0] == 1
-    assert seen[0] == [1.0] and seen[1] == [0.0]         # child 2 has no mass under R
+    assert seen[0] == [1.0] and seen[1] == [0.0]  # child 2 has no mass under R
 
 
 def test_empty_batch_and_shape_errors():
@@ -339,8 +349,9 @@ def test_empty_batch_and_shape_errors():
     with pytest.raises(ValueError, match="target_probs"):
         V.verify_sampling(pk.tokens, pk.parents, pk.depth, pk.valid, torch.ones(1, 3, 4) / 4)
     with pytest.raises(ValueError, match="draft_probs"):
-        V.verify_sampling(pk.tokens, pk.parents, pk.depth, pk.valid, torch.ones(1, 2, 4) / 4,
-                          draft_probs=torch.ones(1, 2, 3) / 3)
+        V.verify_sampling(
+            pk.tokens, pk.parents, pk.depth, pk.valid, torch.ones(1, 2, 4) / 4, draft_probs=torch.ones(1, 2, 3) / 3
+        )
 
 
 def test_generator_makes_runs_reproducible():
@@ -374,7 +385,7 @@ def batch_trees(roots, target_v, gen, q=None):
         else:
             logq = np.log(q[tokens[:, p]])
             gumbel = -np.log(-np.log(gen.random(logq.shape)))
-            tokens[:, kids] = np.argsort(-(logq + gumbel), axis=1)[:, :len(kids)]
+            tokens[:, kids] = np.argsort(-(logq + gumbel), axis=1)[:, : len(kids)]
     parents = np.broadcast_to(TWO_LEVEL, (b, w)).copy()
     depth = np.broadcast_to(DraftTree(tokens[0], TWO_LEVEL).depth, (b, w)).copy()
     return tokens, parents, depth, np.ones((b, w), bool)
@@ -391,12 +402,13 @@ def draw_first_two(target, q, seed, root=0):
     need = np.arange(N_DRAWS)
     for _ in range(2):
         tok, par, dep, val = batch_trees(roots[need], v, gen, q)
-        res = V.verify_sampling(tok, par, dep, val, torch.tensor(target[tok]), g,
-                                None if q is None else torch.tensor(q[tok]))
+        res = V.verify_sampling(
+            tok, par, dep, val, torch.tensor(target[tok]), g, None if q is None else torch.tensor(q[tok])
+        )
         rows = np.arange(len(need))
         d = res.accepted_nodes.shape[1] - 1
         committed = np.full((len(need), d + 1), -1)
-        for k in range(d):           # accepted tokens below the root, then the bonus
+        for k in range(d):  # accepted tokens below the root, then the bonus
             acc = k < res.accept_len
             committed[acc, k] = tok[rows[acc], res.accepted_nodes[acc, k + 1]]
         committed[rows, res.accept_len] = res.bonus
@@ -421,14 +433,12 @@ def chi2_pvalue(pairs, target, root=0):
     return chisquare(counts[keep], expect[keep]).pvalue
 
 
-TARGET = np.array([[0.50, 0.30, 0.15, 0.05],
-                   [0.10, 0.20, 0.30, 0.40],
-                   [0.25, 0.25, 0.25, 0.25],
-                   [0.05, 0.05, 0.60, 0.30]])
-DRAFT_Q = np.array([[0.40, 0.40, 0.10, 0.10],
-                    [0.70, 0.10, 0.10, 0.10],
-                    [0.10, 0.20, 0.30, 0.40],
-                    [0.25, 0.25, 0.25, 0.25]])
+TARGET = np.array(
+    [[0.50, 0.30, 0.15, 0.05], [0.10, 0.20, 0.30, 0.40], [0.25, 0.25, 0.25, 0.25], [0.05, 0.05, 0.60, 0.30]]
+)
+DRAFT_Q = np.array(
+    [[0.40, 0.40, 0.10, 0.10], [0.70, 0.10, 0.10, 0.10], [0.10, 0.20, 0.30, 0.40], [0.25, 0.25, 0.25, 0.25]]
+)
 
 
 @pytest.mark.parametrize("q", [None, DRAFT_Q], ids=["deterministic", "sampled"])
@@ -437,8 +447,7 @@ def test_chi_square_first_two_tokens(q):
 
 
 def test_chi_square_detects_missing_renormalisation(monkeypatch):
-    monkeypatch.setattr(V, "_renorm", lambda r, fallback: torch.where(
-        r.sum(-1, keepdim=True) > 0, r, fallback))
+    monkeypatch.setattr(V, "_renorm", lambda r, fallback: torch.where(r.sum(-1, keepdim=True) > 0, r, fallback))
     assert chi2_pvalue(draw_first_two(TARGET, None, seed=1234), TARGET) < 1e-6
 
 
@@ -478,8 +487,10 @@ def test_warp_matches_naive(seed, temperature, top_k, top_p):
     want = naive_warp(logits.numpy(), temperature, top_k, top_p)
     # top-p boundary ties within float error are the only tolerated difference
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-12)
-    assert np.allclose(got, want, atol=1e-9) or np.isclose(
-        np.sort(want.reshape(-1, 10), -1).cumsum(-1), top_p, atol=1e-9).any()
+    assert (
+        np.allclose(got, want, atol=1e-9)
+        or np.isclose(np.sort(want.reshape(-1, 10), -1).cumsum(-1), top_p, atol=1e-9).any()
+    )
 
 
 def test_warp_examples():
@@ -488,24 +499,31 @@ def test_warp_examples():
     np.testing.assert_allclose(warp_logits(logits, 1.0, top_k=2).numpy(), [[0.625, 0.375, 0, 0]], rtol=1e-6)
     np.testing.assert_allclose(warp_logits(logits, 1.0, top_p=0.6).numpy(), [[0.625, 0.375, 0, 0]], rtol=1e-6)
     np.testing.assert_allclose(warp_logits(logits, 1.0, top_p=0.4).numpy(), [[1, 0, 0, 0]], rtol=1e-6)
-    assert warp_logits(logits, 1.0, top_p=1e-9)[0, 0] == 1.0           # at least one token
+    assert warp_logits(logits, 1.0, top_p=1e-9)[0, 0] == 1.0  # at least one token
     # mass exactly at top_p: the smallest set reaching it is enough
     half = warp_logits(torch.zeros(3, 2), 1.0, top_p=0.5)
     assert ((half == 1.0).sum(-1) == 1).all() and ((half == 0.0).sum(-1) == 1).all()
     p = warp_logits(logits, 2.0).numpy()[0]
-    np.testing.assert_allclose(p, np.sqrt([0.5, 0.3, 0.15, 0.05]) / np.sqrt([0.5, 0.3, 0.15, 0.05]).sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(p, np.sqrt([0.5, 0.3, 0.15, 0.05]) / np.sqrt([0.5, 0.3, 0.15, 0.05]).sum(), rtol=1e-5)
     assert warp_logits(logits.half(), 1.0).dtype == torch.float32
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=-0.5), "temperature"), (dict(temperature=float("nan")), "temperature"),
-    (dict(temperature=float("inf")), "temperature"), (dict(temperature="1"), "temperature"),
-    (dict(temperature=True), "temperature"), (dict(temperature=1.0, top_k=-1), "top_k"),
-    (dict(temperature=1.0, top_k=2.0), "top_k"), (dict(temperature=1.0, top_k=True), "top_k"),
-    (dict(temperature=1.0, top_p=0.0), "top_p"), (dict(temperature=1.0, top_p=1.5), "top_p"),
-    (dict(temperature=1.0, top_p=float("nan")), "top_p"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(temperature=-0.5), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(temperature="1"), "temperature"),
+        (dict(temperature=True), "temperature"),
+        (dict(temperature=1.0, top_k=-1), "top_k"),
+        (dict(temperature=1.0, top_k=2.0), "top_k"),
+        (dict(temperature=1.0, top_k=True), "top_k"),
+        (dict(temperature=1.0, top_p=0.0), "top_p"),
+        (dict(temperature=1.0, top_p=1.5), "top_p"),
+        (dict(temperature=1.0, top_p=float("nan")), "top_p"),
+    ],
+)
 def test_check_sampling_rejects(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         check_sampling(**kwargs)

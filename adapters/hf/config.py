@@ -1,5 +1,6 @@
 """What the embedded engine is asked to do, and what it reports per request (no torch here:
 the CLI validates settings before the heavy imports)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,16 +15,16 @@ FINISH_REASONS = ("eos", "stop", "length")
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.0      # 0 = greedy
-    top_k: int = 0                # 0 = off
-    top_p: float = 1.0            # 1 = off
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
     seed: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def validate(self) -> "SamplingConfig":
+    def validate(self) -> SamplingConfig:
         check_sampling(self.temperature, self.top_k, self.top_p)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
@@ -37,7 +38,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
-    def validate(self, vocab_size: int) -> "GenerationConfig":
+    def validate(self, vocab_size: int) -> GenerationConfig:
         n = self.max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {n!r}")
@@ -72,7 +73,7 @@ class GenerationResult:
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     total_time_s: float = 0.0
-    finish_reason: str = "length"   # "eos" | "stop" | "length"
+    finish_reason: str = "length"  # "eos" | "stop" | "length"
 
     @property
     def mat(self) -> float:

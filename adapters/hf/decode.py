@@ -6,6 +6,7 @@ positions = committed length + depth); the verifier picks the accepted path and 
 token per request; the accepted nodes' KV is compacted into place; the drafter observes.
 Finished requests leave the batch (their cache rows are dropped, their drafter state freed).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,10 +31,13 @@ _REQUEST_IDS = itertools.count()
 
 def _sampling_verifier():
     from specplug.drafters import verify
+
     fn = getattr(verify, "verify_sampling", None)
     if fn is None:
-        raise ConfigError("sampling (temperature > 0) needs specplug.drafters.verify.verify_sampling, "
-                          "which this installation lacks; use temperature 0 (greedy)")
+        raise ConfigError(
+            "sampling (temperature > 0) needs specplug.drafters.verify.verify_sampling, "
+            "which this installation lacks; use temperature 0 (greedy)"
+        )
     return fn
 
 
@@ -56,8 +60,9 @@ class DecodeBatch:
     #: prompt tokens per prefill forward pass (bounds the attention and logits memory)
     PREFILL_CHUNK = 512
 
-    def __init__(self, engine, prompts, drafter, budget: int, config: GenerationConfig, t_start: float,
-                 budget_policy=None):
+    def __init__(
+        self, engine, prompts, drafter, budget: int, config: GenerationConfig, t_start: float, budget_policy=None
+    ):
         self.engine, self.model, self.drafter = engine, engine.model, drafter
         self.budget, self.config, self.t_start = budget, config, t_start
         self.sampling = config.sampling
@@ -65,18 +70,18 @@ class DecodeBatch:
         self.prompts = [list(map(int, p)) for p in prompts]
         self.rids = [next(_REQUEST_IDS) for _ in range(n)]
         self.outputs: list[list[int]] = [[] for _ in range(n)]
-        self.limits = np.array([min(config.max_new_tokens, engine.max_context - len(p)) for p in self.prompts],
-                               np.int64)
-        self.stop_ids = np.array(sorted(set(engine.eos_token_ids) | set(map(int, config.stop_token_ids))),
-                                 np.int64)
+        self.limits = np.array(
+            [min(config.max_new_tokens, engine.max_context - len(p)) for p in self.prompts], np.int64
+        )
+        self.stop_ids = np.array(sorted(set(engine.eos_token_ids) | set(map(int, config.stop_token_ids))), np.int64)
         self.eos_ids = np.array(sorted(engine.eos_token_ids), np.int64)
         self.steps = np.zeros(n, np.int64)
         self.accepted: list[list[int]] = [[] for _ in range(n)]
         self.draft_time = np.zeros(n)
         self.verify_time = np.zeros(n)
         self.results: list[GenerationResult | None] = [None] * n
-        self.active = np.arange(n)               # request index of each cache row
-        self.lens = np.zeros(n, np.int64)        # committed KV length of each cache row
+        self.active = np.arange(n)  # request index of each cache row
+        self.lens = np.zeros(n, np.int64)  # committed KV length of each cache row
         self.topk, self.topk_probs = drafter.feedback_topk, drafter.feedback_probs
         self.device = next(self.model.parameters()).device
         self.dtype = next(self.model.parameters()).dtype
@@ -92,12 +97,18 @@ class DecodeBatch:
         need = longest + int(min(self.limits.max(), self.INITIAL_ROOM)) + budget
         self.cache = TreeKVCache.for_model(self.model, n, need)
         self.cache_kw = cache_kwarg(self.model)
-        self.session = DraftSession(drafter, engine.vocab_size, policy=budget_policy, engine="the embedded engine",
-                                    runners={"early_exit": self._early_exit_runner})
-        self.runner = self.session.runner   # the model interface of drafters with ``needs_runner``
+        self.session = DraftSession(
+            drafter,
+            engine.vocab_size,
+            policy=budget_policy,
+            engine="the embedded engine",
+            runners={"early_exit": self._early_exit_runner},
+        )
+        self.runner = self.session.runner  # the model interface of drafters with ``needs_runner``
 
     def _early_exit_runner(self):
         from .early_exit import HFEarlyExitRunner
+
         return HFEarlyExitRunner(self)
 
     def _view(self, i: int) -> RequestView:
@@ -120,14 +131,16 @@ class DecodeBatch:
             ids[i, : len(p)] = p
         ids_t = torch.from_numpy(ids).to(self.device)
         len_t = torch.from_numpy(lengths).to(self.device)
-        last_logits = torch.empty((len(self.prompts), self.engine.vocab_size), dtype=torch.float32,
-                                  device=self.device)
+        last_logits = torch.empty((len(self.prompts), self.engine.vocab_size), dtype=torch.float32, device=self.device)
         want_topk = self.topk > 0
         if want_topk:  # full logits per chunk: keep chunks small
             chunk = min(chunk, 128)
             ctx_topk = torch.empty((len(self.prompts), longest, self.topk), dtype=torch.long, device=self.device)
-            ctx_probs = (torch.empty((len(self.prompts), longest, self.topk), dtype=torch.float32, device=self.device)
-                         if self.topk_probs else None)
+            ctx_probs = (
+                torch.empty((len(self.prompts), longest, self.topk), dtype=torch.float32, device=self.device)
+                if self.topk_probs
+                else None
+            )
         for start in range(0, longest, chunk):
             stop = min(start + chunk, longest)
             q = torch.arange(start, stop, device=self.device)
@@ -145,12 +158,17 @@ class DecodeBatch:
                 keep = 1
             self.cache.end = start
             hidden = self.runner is not None and self.runner.prefill_wants(start, stop, lengths)
-            out = self.model(input_ids=ids_t[:, start:stop], attention_mask=mask[:, None],
-                             position_ids=q[None, :].expand(len(self.prompts), -1),
-                             use_cache=True, logits_to_keep=keep, output_hidden_states=hidden,
-                             **{self.cache_kw: self.cache})
+            out = self.model(
+                input_ids=ids_t[:, start:stop],
+                attention_mask=mask[:, None],
+                position_ids=q[None, :].expand(len(self.prompts), -1),
+                use_cache=True,
+                logits_to_keep=keep,
+                output_hidden_states=hidden,
+                **{self.cache_kw: self.cache},
+            )
             logits = out.logits
-            if hidden:   # early-exit drafters' prompt seed (shadow tokens)
+            if hidden:  # early-exit drafters' prompt seed (shadow tokens)
                 self.runner.capture_prefill(out.hidden_states, start, stop, lengths)
             if want_topk:
                 if ctx_probs is not None:
@@ -210,16 +228,28 @@ class DecodeBatch:
         mask = tree_attention_mask(lens_t, self.cache.end, torch.from_numpy(packed.mask).to(dev), self.dtype)
         positions = torch.from_numpy(self.lens[:, None] + packed.depth).to(dev)
         hidden = self.runner is not None and self.runner.wants_hidden()
-        out = self.model(input_ids=torch.from_numpy(packed.tokens.astype(np.int64)).to(dev),
-                         attention_mask=mask, position_ids=positions, use_cache=True,
-                         output_hidden_states=hidden, **{self.cache_kw: self.cache})
+        out = self.model(
+            input_ids=torch.from_numpy(packed.tokens.astype(np.int64)).to(dev),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=hidden,
+            **{self.cache_kw: self.cache},
+        )
         logits = out.logits
         if self.sampling.greedy:
-            res = verify_greedy(packed.tokens, packed.parents, packed.depth, packed.valid,
-                                logits.argmax(dim=-1).cpu().numpy())
+            res = verify_greedy(
+                packed.tokens, packed.parents, packed.depth, packed.valid, logits.argmax(dim=-1).cpu().numpy()
+            )
         else:
-            res = self.verify_sampling(packed.tokens, packed.parents, packed.depth, packed.valid,
-                                       warp_probs(logits, self.sampling), self.generator)
+            res = self.verify_sampling(
+                packed.tokens,
+                packed.parents,
+                packed.depth,
+                packed.valid,
+                warp_probs(logits, self.sampling),
+                self.generator,
+            )
         topk = probs_np = None
         if self.topk:
             top = torch.topk(logits, self.topk, dim=-1)
@@ -227,7 +257,7 @@ class DecodeBatch:
             if self.topk_probs:
                 probs_np = _topk_probs(logits, top.values).cpu().numpy()
         accept_len = np.asarray(res.accept_len, np.int64)
-        if hidden:   # shadow tokens of early-exit drafters: hidden states on the accepted paths
+        if hidden:  # shadow tokens of early-exit drafters: hidden states on the accepted paths
             self.runner.capture(out.hidden_states, logits, np.asarray(res.accepted_nodes), accept_len)
         self.cache.compact(self.lens, np.asarray(res.accepted_nodes), accept_len)
         self.lens = self.lens + accept_len + 1
@@ -247,8 +277,12 @@ class DecodeBatch:
         if obs_rows:
             rows = np.asarray(obs_rows, np.int64)
             t_observe = self.session.observe(
-                [rids[j] for j in obs_rows], np.asarray(obs_acc, np.int64), accept_len[rows] + 1,
-                None if topk is None else topk[rows], None if probs_np is None else probs_np[rows])
+                [rids[j] for j in obs_rows],
+                np.asarray(obs_acc, np.int64),
+                accept_len[rows] + 1,
+                None if topk is None else topk[rows],
+                None if probs_np is None else probs_np[rows],
+            )
         self.draft_time[req] += drafted.draft_s + t_observe
         self.verify_time[req] += t_verify
         self._drop(np.array(finished, np.int64))
@@ -270,9 +304,14 @@ class DecodeBatch:
         if reason is None:
             return False
         self.results[i] = GenerationResult(
-            output_ids=self.outputs[i], steps=int(self.steps[i]), accepted_per_step=self.accepted[i],
-            draft_time_s=0.0, verify_time_s=0.0,
-            total_time_s=time.perf_counter() - self.t_start, finish_reason=reason)
+            output_ids=self.outputs[i],
+            steps=int(self.steps[i]),
+            accepted_per_step=self.accepted[i],
+            draft_time_s=0.0,
+            verify_time_s=0.0,
+            total_time_s=time.perf_counter() - self.t_start,
+            finish_reason=reason,
+        )
         return True
 
     def _drop(self, rows: np.ndarray) -> None:

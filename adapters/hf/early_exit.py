@@ -20,6 +20,7 @@ The verification recomputes every layer for the root and the draft chain (the lo
 route); reusing the draft KV of layers < E in the verification (LayerSkip's KV reuse)
 is not implemented.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,16 +41,24 @@ def check_early_exit_model(model) -> tuple:
     layers = getattr(inner, "layers", None)
     norm = getattr(inner, "norm", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(layers, torch.nn.ModuleList) or norm is None or head is None or \
-            not isinstance(getattr(head, "weight", None), torch.Tensor):
-        raise ConfigError(f"early-exit drafting (del, early-exit) needs a decoder-only model with "
-                          f"model.model.layers, model.model.norm and an LM head (Llama, Mistral, Qwen2/3, "
-                          f"Gemma families); {name} has not that structure: use another algorithm")
+    if (
+        not isinstance(layers, torch.nn.ModuleList)
+        or norm is None
+        or head is None
+        or not isinstance(getattr(head, "weight", None), torch.Tensor)
+    ):
+        raise ConfigError(
+            f"early-exit drafting (del, early-exit) needs a decoder-only model with "
+            f"model.model.layers, model.model.norm and an LM head (Llama, Mistral, Qwen2/3, "
+            f"Gemma families); {name} has not that structure: use another algorithm"
+        )
     cfg = model.config
     n = int(getattr(cfg, "num_hidden_layers", len(layers)))
     if n != len(layers) or len(layers) < 2:
-        raise ConfigError(f"early-exit drafting needs >= 2 decoder layers with config.num_hidden_layers "
-                          f"matching model.model.layers; {name} has {len(layers)} layers, config says {n}")
+        raise ConfigError(
+            f"early-exit drafting needs >= 2 decoder layers with config.num_hidden_layers "
+            f"matching model.model.layers; {name} has {len(layers)} layers, config says {n}"
+        )
     return inner, layers, norm, head
 
 
@@ -64,10 +73,10 @@ class HFEarlyExitRunner:
         self.num_layers = len(self.layers)
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self._cut: dict[int, torch.nn.ModuleList] = {}
-        self._want: dict = {}          # rid -> layers (np.int64) for the next verification
-        self._kept: dict = {}          # rid -> (layers, hidden [K, P, H], final [P])
-        self._prompt_want = None       # (layers, n)
-        self._prompt_kept: dict = {}   # row index -> list of (positions, hidden [K, p, H], final hidden [p, H])
+        self._want: dict = {}  # rid -> layers (np.int64) for the next verification
+        self._kept: dict = {}  # rid -> (layers, hidden [K, P, H], final [P])
+        self._prompt_want = None  # (layers, n)
+        self._prompt_kept: dict = {}  # row index -> list of (positions, hidden [K, p, H], final hidden [p, H])
 
     # ------------------------------------------------------------------ cost
     def cost_profile(self) -> tuple[float, np.ndarray]:
@@ -109,8 +118,9 @@ class HFEarlyExitRunner:
         rows = self._rows(rids)
         exits = np.asarray(exit_layers, np.int64)
         if exits.shape[0] != rows.shape[0] or np.any((exits < 1) | (exits >= self.num_layers)):
-            raise ConfigError(f"early-exit runner: exit layers must lie in 1..{self.num_layers - 1}, "
-                              f"got {exits.tolist()}")
+            raise ConfigError(
+                f"early-exit runner: exit layers must lie in 1..{self.num_layers - 1}, got {exits.tolist()}"
+            )
         dev, cache = b.device, b.cache
         n = b.active.shape[0]
         ids = np.zeros((n, 1), np.int64)
@@ -120,7 +130,7 @@ class HFEarlyExitRunner:
         cache.ensure_capacity(slot + 1)
         lens = torch.from_numpy(b.lens).to(dev)
         k = torch.arange(slot + 1, device=dev)
-        allowed = (k[None, :] < lens[:, None]) | (k[None, :] >= end0)          # prefix + own draft slots
+        allowed = (k[None, :] < lens[:, None]) | (k[None, :] >= end0)  # prefix + own draft slots
         mask = torch.zeros((n, 1, 1, slot + 1), dtype=b.dtype, device=dev)
         mask.masked_fill_(~allowed[:, None, None, :], torch.finfo(b.dtype).min)
         positions = (lens + int(step))[:, None]
@@ -130,13 +140,19 @@ class HFEarlyExitRunner:
         cache.end = slot
         try:
             self.inner.layers = self._truncated(e_max)
-            out = self.inner(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask, position_ids=positions,
-                             use_cache=True, output_hidden_states=mixed, **{self._cache_kw: cache})
+            out = self.inner(
+                input_ids=torch.from_numpy(ids).to(dev),
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                output_hidden_states=mixed,
+                **{self._cache_kw: cache},
+            )
         finally:
             self.inner.layers = full
             cache.end = end0
         rows_t = torch.from_numpy(rows).to(dev)
-        h = out.last_hidden_state[rows_t, -1]                   # normed output of layer e_max
+        h = out.last_hidden_state[rows_t, -1]  # normed output of layer e_max
         if mixed:
             lower = np.flatnonzero(exits != e_max)
             raw = torch.stack([out.hidden_states[int(exits[j])][int(rows[j]), -1] for j in lower])
@@ -162,7 +178,7 @@ class HFEarlyExitRunner:
             if layers is None:
                 continue
             nodes = torch.from_numpy(np.asarray(accepted_nodes[j, : int(accept_len[j]) + 1], np.int64)).to(b.device)
-            hid = torch.stack([hidden_states[int(l)][j, nodes] for l in layers])       # [K, P, H]
+            hid = torch.stack([hidden_states[int(l)][j, nodes] for l in layers])  # [K, P, H]
             final = logits[j, nodes].argmax(dim=-1)
             self._kept[rid] = (layers, hid, final)
 
@@ -196,7 +212,7 @@ class HFEarlyExitRunner:
             if a >= z:
                 continue
             sl = slice(a - start, z - start)
-            hid = torch.stack([hidden_states[int(l)][row, sl] for l in layers])      # [K, p, H]
+            hid = torch.stack([hidden_states[int(l)][row, sl] for l in layers])  # [K, p, H]
             self._prompt_kept.setdefault(row, []).append((hid, hidden_states[-1][row, sl]))
 
     def prompt_shadow(self, rid) -> ShadowTokens | None:
@@ -210,7 +226,7 @@ class HFEarlyExitRunner:
             return None
         layers = self._prompt_want[0]
         hid = torch.cat([p[0] for p in parts], dim=1)
-        last = torch.cat([p[1] for p in parts], dim=0)            # final layer, already normed
+        last = torch.cat([p[1] for p in parts], dim=0)  # final layer, already normed
         with torch.inference_mode():
             ids, probs = self._top(self.norm(hid))
             final = self._logits(last).argmax(dim=-1)

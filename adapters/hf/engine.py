@@ -8,10 +8,11 @@ Greedy output is token-identical to autoregressive decoding (the AR baseline is
 ``registry.create("ar", vocab)`` with budget 1 through the same loop). See ``decode.py``
 for the step loop and ``kv.py`` for the cache.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,8 +40,9 @@ def _as_ids(value) -> set[int]:
 class HFEngine:
     """A loaded model + tokenizer; ``generate`` runs speculative decoding on a batch."""
 
-    def __init__(self, model, tokenizer=None, *, eos_token_ids: Sequence[int] | None = None,
-                 model_name: str | None = None):
+    def __init__(
+        self, model, tokenizer=None, *, eos_token_ids: Sequence[int] | None = None, model_name: str | None = None
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         cfg = model.config
@@ -60,7 +62,7 @@ class HFEngine:
         self.model_name = model_name or str(getattr(cfg, "_name_or_path", "") or type(model).__name__)
 
     @classmethod
-    def load(cls, model_path: str | None = None, device: str = "cpu", dtype=torch.float32) -> "HFEngine":
+    def load(cls, model_path: str | None = None, device: str = "cpu", dtype=torch.float32) -> HFEngine:
         """The default model (``model_path=None``) or a local Hugging Face model directory."""
         try:
             dev = torch.device(device)
@@ -80,8 +82,7 @@ class HFEngine:
         if self.tokenizer is None:
             raise ConfigError("this engine has no tokenizer; pass token ids to generate()")
         if messages is not None:
-            if not messages or not all(isinstance(m, dict) and str(m.get("content", "")).strip()
-                                       for m in messages):
+            if not messages or not all(isinstance(m, dict) and str(m.get("content", "")).strip() for m in messages):
                 raise ConfigError("chat messages must be non-empty dicts with a 'role' and a non-empty 'content'")
             if not getattr(self.tokenizer, "chat_template", None):
                 raise ConfigError(f"model {self.model_name} has no chat template; pass a plain prompt instead")
@@ -104,15 +105,23 @@ class HFEngine:
         if len(ids) == 0:
             raise ConfigError("the prompt is empty (no tokens)")
         if len(ids) >= self.max_context:
-            raise ConfigError(f"the prompt has {len(ids)} tokens; the model's context is {self.max_context} "
-                              f"tokens, leaving no room to generate: shorten the prompt")
+            raise ConfigError(
+                f"the prompt has {len(ids)} tokens; the model's context is {self.max_context} "
+                f"tokens, leaving no room to generate: shorten the prompt"
+            )
         arr = np.asarray(ids)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= self.vocab_size:
             raise ConfigError(f"prompt token ids must be integers in [0, {self.vocab_size})")
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: list[list[int]], drafter: Drafter, budget: int,
-                 config: GenerationConfig | None = None, budget_policy=None) -> list[GenerationResult]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        drafter: Drafter,
+        budget: int,
+        config: GenerationConfig | None = None,
+        budget_policy=None,
+    ) -> list[GenerationResult]:
         """Decode a batch of prompts (token ids) with speculative decoding.
 
         ``budget`` caps the tree size (root included) per request and step. Every request's
@@ -129,9 +138,11 @@ class HFEngine:
         for p in prompts:
             self._check_prompt(list(p))
         if drafter.vocab_size > self.vocab_size:
-            raise ConfigError(f"the drafter was built for a vocabulary of {drafter.vocab_size} tokens, "
-                              f"the model has {self.vocab_size}: create it with the engine's vocab_size")
-        if self.tokenizer is not None:          # model drafters: the same tokenizer as ours
+            raise ConfigError(
+                f"the drafter was built for a vocabulary of {drafter.vocab_size} tokens, "
+                f"the model has {self.vocab_size}: create it with the engine's vocab_size"
+            )
+        if self.tokenizer is not None:  # model drafters: the same tokenizer as ours
             drafter.check_target(self.tokenizer)
         with torch.inference_mode():
             batch = DecodeBatch(self, prompts, drafter, budget, config, t_start, budget_policy)
@@ -150,4 +161,3 @@ class HFEngine:
 def load_engine(model_path: str | None = None, device: str = "cpu", dtype=torch.float32) -> HFEngine:
     """Alias of :meth:`HFEngine.load`."""
     return HFEngine.load(model_path, device=device, dtype=dtype)
-

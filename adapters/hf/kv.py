@@ -10,6 +10,7 @@ nodes of every row to ``lens[b] + depth`` in one gather/scatter over all layers 
 The model only sees the transformers ``Cache`` interface (``update(k, v, layer_idx)``), so
 any decoder that routes attention through a ``Cache`` and accepts a 4D mask works.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ class _SlotLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, owner: "TreeKVCache", index: int):
+    def __init__(self, owner: TreeKVCache, index: int):
         super().__init__()
         self.owner, self.index = owner, index
         self.is_initialized = True
@@ -79,17 +80,24 @@ class _SlotLayer(CacheLayerMixin):
 class TreeKVCache(Cache):
     """KV of a batch of requests with ragged committed lengths (see the module docstring)."""
 
-    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
         # zeros, not empty: stale slots are masked, but NaN garbage would still leak through
         # the attention-weighted sum (0 * NaN = NaN)
-        self.storage = torch.zeros((num_layers, 2, batch, kv_heads, capacity, head_dim),
-                                   dtype=dtype, device=device)
+        self.storage = torch.zeros((num_layers, 2, batch, kv_heads, capacity, head_dim), dtype=dtype, device=device)
         self.end = 0
         super().__init__(layers=[_SlotLayer(self, i) for i in range(num_layers)])
 
     @classmethod
-    def for_model(cls, model, batch: int, capacity: int) -> "TreeKVCache":
+    def for_model(cls, model, batch: int, capacity: int) -> TreeKVCache:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -139,7 +147,7 @@ class TreeKVCache(Cache):
         rows = torch.arange(b, device=dev)[:, None].expand(b, dm)
         src_t = torch.as_tensor(src, dtype=torch.long, device=dev)
         dst_t = torch.as_tensor(dst, dtype=torch.long, device=dev)
-        moved = self.storage[:, :, rows, :, src_t, :]      # [b, dm, layers, 2, heads, dim]
+        moved = self.storage[:, :, rows, :, src_t, :]  # [b, dm, layers, 2, heads, dim]
         self.storage[:, :, rows, :, dst_t, :] = moved
 
     def row_kv(self, layer: int, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,13 +156,12 @@ class TreeKVCache(Cache):
         return kv[0], kv[1]
 
 
-def tree_attention_mask(lens: torch.Tensor, end: int, tree_mask: torch.Tensor,
-                        dtype: torch.dtype) -> torch.Tensor:
+def tree_attention_mask(lens: torch.Tensor, end: int, tree_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive 4D mask ``[B, 1, W, end + W]``: each query sees its row's committed prefix
     (slots < lens[b]) and its tree ancestors (and itself) among the W new slots."""
     b, w, _ = tree_mask.shape
     device = tree_mask.device
-    committed = torch.arange(end, device=device)[None, :] < lens[:, None]          # [B, end]
+    committed = torch.arange(end, device=device)[None, :] < lens[:, None]  # [B, end]
     allowed = torch.cat([committed[:, None, :].expand(b, w, end), tree_mask], dim=2)
     mask = torch.zeros((b, 1, w, end + w), dtype=dtype, device=device)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)

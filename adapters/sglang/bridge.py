@@ -11,6 +11,7 @@ The step loop (lifecycle, batched propose, tree checks, budget cut, feedback) is
 - :func:`observe_verified`: what verification committed (``device_feedback``'s host
   arrays: tokens [B, W] and counts [B], top-k [B, W, k]) as the session's flat feedback.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,13 @@ def verify_inputs(step: Step, width: int) -> tuple[np.ndarray, np.ndarray]:
     return packed.tokens.astype(np.int64).reshape(-1), packed.mask.reshape(-1)
 
 
-def observe_verified(session: DraftSession, rids, tokens: np.ndarray, counts: np.ndarray,
-                     topk: np.ndarray | None = None, probs: np.ndarray | None = None) -> float:
+def observe_verified(
+    session: DraftSession,
+    rids,
+    tokens: np.ndarray,
+    counts: np.ndarray,
+    topk: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+) -> float:
     """Row b committed ``tokens[b, :counts[b]]`` (accepted drafts, then the bonus)."""
     return session.observe(rids, flat_rows(tokens, counts), counts, topk, probs)

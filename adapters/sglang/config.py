@@ -3,10 +3,12 @@
 Read by the plugin's server-args check (a bad value stops the server) and by the worker
 (:mod:`specplug.plugins.env` declares the variables). No SGLang import.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from specplug.drafters import registry
 from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model

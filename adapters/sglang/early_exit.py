@@ -35,6 +35,7 @@ run when the drafter reads them. The prompt seed (``request_prompt_shadow``) is 
 the prefill forward (extend batch) the same way, over the last n prompt positions of each
 new request, with the final layer's prediction from the decoder's final normed output.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,13 @@ from specplug.drafters.early_exit import ShadowTokens, shadow_layers
 from specplug.drafters.errors import ConfigError
 from specplug.patches.sglang import DECODER_PINS, check_decoder
 
-__all__ = ["SglangEarlyExitRunner", "SUPPORTED_MODELS", "check_architectures", "check_sglang_model",
-           "validate_server_args"]
+__all__ = [
+    "SglangEarlyExitRunner",
+    "SUPPORTED_MODELS",
+    "check_architectures",
+    "check_sglang_model",
+    "validate_server_args",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +68,12 @@ def check_architectures(architectures, algorithm: str) -> None:
     """Server-args check from the checkpoint's ``config.json`` architectures."""
     archs = list(architectures or [])
     if archs and not any(a in SUPPORTED_MODELS for a in archs):
-        raise ConfigError(f"--speculative-algorithm {algorithm} drafts with the target's own first layers, "
-                          f"which specplug implements on SGLang for the model classes {_SUPPORTED_TEXT}; "
-                          f"this model is {', '.join(archs)}: use another algorithm, or the embedded engine "
-                          f"(docs/del.md)")
+        raise ConfigError(
+            f"--speculative-algorithm {algorithm} drafts with the target's own first layers, "
+            f"which specplug implements on SGLang for the model classes {_SUPPORTED_TEXT}; "
+            f"this model is {', '.join(archs)}: use another algorithm, or the embedded engine "
+            f"(docs/del.md)"
+        )
 
 
 def _model_architectures(server_args) -> list[str]:
@@ -73,7 +81,7 @@ def _model_architectures(server_args) -> list[str]:
     path = getattr(server_args, "model_path", None)
     cfg = os.path.join(str(path), "config.json") if path else ""
     if not cfg or not os.path.isfile(cfg):
-        return []       # a hub id: the worker checks the loaded model class instead
+        return []  # a hub id: the worker checks the loaded model class instead
     try:
         with open(cfg) as f:
             return list(json.load(f).get("architectures") or [])
@@ -86,8 +94,10 @@ def validate_server_args(server_args, algorithm: str) -> None:
     if int(getattr(server_args, "tp_size", 1) or 1) != 1:
         raise ConfigError(f"--speculative-algorithm {algorithm} (early-exit drafting) supports --tp-size 1 only")
     if not getattr(server_args, "disable_cuda_graph", False):
-        raise ConfigError(f"--speculative-algorithm {algorithm} runs partial-layer forwards eagerly (a replayed "
-                          f"graph runs every layer): pass --disable-cuda-graph")
+        raise ConfigError(
+            f"--speculative-algorithm {algorithm} runs partial-layer forwards eagerly (a replayed "
+            f"graph runs every layer): pass --disable-cuda-graph"
+        )
     check_architectures(_model_architectures(server_args), algorithm)
 
 
@@ -96,13 +106,15 @@ def check_sglang_model(model):
     name = type(model).__name__
     entry = SUPPORTED_MODELS.get(name)
     if entry is None or type(model).__module__ != entry[0]:
-        raise ConfigError(f"early-exit drafting (DEL, EARLY_EXIT) on SGLang supports the model classes "
-                          f"{_SUPPORTED_TEXT}; the loaded model is {type(model).__module__}.{name}: use another "
-                          f"algorithm, or the embedded engine (docs/del.md)")
+        raise ConfigError(
+            f"early-exit drafting (DEL, EARLY_EXIT) on SGLang supports the model classes "
+            f"{_SUPPORTED_TEXT}; the loaded model is {type(model).__module__}.{name}: use another "
+            f"algorithm, or the embedded engine (docs/del.md)"
+        )
     inner = getattr(model, "model", None)
     if type(inner).__name__ != entry[1]:
         raise ConfigError(f"early-exit drafting: {name}.model is {type(inner).__name__}, expected {entry[1]}")
-    check_decoder(name)       # PatchError when the decoder loop is not the code the runner steers
+    check_decoder(name)  # PatchError when the decoder loop is not the code the runner steers
     if int(getattr(inner, "start_layer", 0)) != 0 or int(inner.end_layer) != len(inner.layers):
         raise ConfigError("early-exit drafting on SGLang needs the whole model on one rank (--pp-size 1)")
     return inner
@@ -117,8 +129,10 @@ class _Capture:
 
     def check(self) -> None:
         if self.capture and (self.aux is None or len(self.aux) != len(self.capture)):
-            raise RuntimeError(f"early-exit runner: captured {0 if self.aux is None else len(self.aux)} hidden "
-                               f"states, asked for {len(self.capture)}")
+            raise RuntimeError(
+                f"early-exit runner: captured {0 if self.aux is None else len(self.aux)} hidden "
+                f"states, asked for {len(self.capture)}"
+            )
 
 
 class SglangEarlyExitRunner:
@@ -136,18 +150,19 @@ class SglangEarlyExitRunner:
         self.inner = check_sglang_model(self.model)
         tp = int(getattr(model_runner, "tp_size", 1) or 1)
         if tp != 1:
-            raise ConfigError("early-exit drafting on SGLang supports --tp-size 1 only (the runner applies "
-                              "the LM head itself)")
+            raise ConfigError(
+                "early-exit drafting on SGLang supports --tp-size 1 only (the runner applies the LM head itself)"
+            )
         self.num_layers = len(self.inner.layers)
         self.vocab = int(model_runner.model_config.vocab_size)
         self.launch_width = int(launch_width)
         self.batch = None
-        self._rec: _Capture | None = None   # what the decoder hook records now
-        self._want: dict = {}          # rid -> layers for the next verification
-        self._kept: dict = {}          # rid -> (layers, hidden [K, P, H], final [P])
-        self._prompt_want = None       # (layers, n)
-        self._prompt_kept: dict = {}   # rid -> (layers, hidden [K, p, H], final ids [p])
-        self._step_rec: tuple | None = None   # (prefill?, _Capture) armed around this step's target forward
+        self._rec: _Capture | None = None  # what the decoder hook records now
+        self._want: dict = {}  # rid -> layers for the next verification
+        self._kept: dict = {}  # rid -> (layers, hidden [K, P, H], final [P])
+        self._prompt_want = None  # (layers, n)
+        self._prompt_kept: dict = {}  # rid -> (layers, hidden [K, p, H], final ids [p])
+        self._step_rec: tuple | None = None  # (prefill?, _Capture) armed around this step's target forward
         self._hook = self.inner.register_forward_hook(self._on_decoder_output)
         #: draft forwards run, shadow positions kept at verifications, prompt seeds kept
         self.stats = {"draft_forwards": 0, "shadow_positions": 0, "prompt_seeds": 0}
@@ -183,8 +198,9 @@ class SglangEarlyExitRunner:
             else:
                 rec.check()
                 nxt = result.next_draft_input
-                self.keep_verified(step.rids, step.trees, rec.aux, rec.capture, nxt.accept_tokens, nxt.accept_lens,
-                                   width)
+                self.keep_verified(
+                    step.rids, step.trees, rec.aux, rec.capture, nxt.accept_tokens, nxt.accept_lens, width
+                )
         except Exception as e:  # noqa: BLE001
             logger.warning("specplug: early-exit shadow tokens not kept this step (%s: %s)", type(e).__name__, e)
 
@@ -200,7 +216,7 @@ class SglangEarlyExitRunner:
             rec.hidden = output
         return output
 
-    def arm(self, capture=(), end_layer: int | None = None, final: bool = False) -> "_Capture":
+    def arm(self, capture=(), end_layer: int | None = None, final: bool = False) -> _Capture:
         """Until :meth:`disarm`: the decoder loop ends at ``end_layer`` (None: all layers) and
         the states after each layer in ``capture`` (and with ``final`` the decoder's normed
         output) are recorded in the returned object."""
@@ -212,7 +228,7 @@ class SglangEarlyExitRunner:
         self._rec = rec
         return rec
 
-    def disarm(self, rec: "_Capture") -> None:
+    def disarm(self, rec: _Capture) -> None:
         self.inner.end_layer, self.inner.layers_to_capture, self._rec = rec.saved
 
     def _forward(self, fb, end_layer: int | None = None, capture=()):
@@ -253,8 +269,17 @@ class SglangEarlyExitRunner:
             raise ConfigError(f"early-exit runner: request {e.args[0]!r} is not in the running batch") from None
 
     # ------------------------------------------------------------------ drafting
-    _SWAPPED = ("forward_mode", "input_ids", "seq_lens", "seq_lens_cpu", "orig_seq_lens", "seq_lens_sum",
-                "out_cache_loc", "spec_info", "return_logprob")
+    _SWAPPED = (
+        "forward_mode",
+        "input_ids",
+        "seq_lens",
+        "seq_lens_cpu",
+        "orig_seq_lens",
+        "seq_lens_sum",
+        "out_cache_loc",
+        "spec_info",
+        "return_logprob",
+    )
 
     def _decode_batch(self, ids: torch.Tensor, step: int):
         """A DECODE ForwardBatch of the whole batch at draft offset ``step``."""
@@ -276,8 +301,9 @@ class SglangEarlyExitRunner:
             b.out_cache_loc = rtt[b.req_pool_indices, (seq + step).to(torch.int64)].to(torch.int64)
             b.spec_info = None
             b.return_logprob = False
-            return ForwardBatch.init_new(b, self.model_runner, capture_hidden_mode=CaptureHiddenMode.NULL,
-                                         return_hidden_states_before_norm=False)
+            return ForwardBatch.init_new(
+                b, self.model_runner, capture_hidden_mode=CaptureHiddenMode.NULL, return_hidden_states_before_norm=False
+            )
         finally:
             for f, v in saved.items():
                 setattr(b, f, v)
@@ -291,8 +317,10 @@ class SglangEarlyExitRunner:
         if exits.shape[0] != rows.shape[0] or np.any((exits < 1) | (exits >= L)):
             raise ConfigError(f"early-exit runner: exit layers must lie in 1..{L - 1}, got {exits.tolist()}")
         if not 0 <= int(step) < self.launch_width - 1:
-            raise ConfigError(f"early-exit runner: draft offset {step} needs a verify width above {step + 1} "
-                              f"(--speculative-num-draft-tokens {self.launch_width})")
+            raise ConfigError(
+                f"early-exit runner: draft offset {step} needs a verify width above {step + 1} "
+                f"(--speculative-num-draft-tokens {self.launch_width})"
+            )
         b = self.batch
         dev = b.seq_lens.device
         ids = np.zeros(len(b.reqs), np.int64)
@@ -324,7 +352,7 @@ class SglangEarlyExitRunner:
         """After a verification with ``capture`` layers kept in ``aux`` ([B*W, H] each):
         keep the committed positions' states of the requests that asked."""
         want, self._want = self._want, {}
-        self._kept = {}                  # what the last step's observe did not read is stale
+        self._kept = {}  # what the last step's observe did not read is stale
         if not want or aux is None:
             return
         lens = accept_lens.cpu().numpy().astype(np.int64)
@@ -336,10 +364,10 @@ class SglangEarlyExitRunner:
                 continue
             tree = trees[i]
             if np.any(np.asarray(tree.parents)[1:] != np.arange(len(tree) - 1)):
-                continue        # not a chain: committed nodes are not 0..n-1 (early-exit drafters chain)
+                continue  # not a chain: committed nodes are not 0..n-1 (early-exit drafters chain)
             n = int(lens[i])
             nodes = torch.arange(i * width, i * width + n, device=aux[0].device)
-            hid = torch.stack([aux[index[int(l)]][nodes] for l in layers])       # [K, P, H]
+            hid = torch.stack([aux[index[int(l)]][nodes] for l in layers])  # [K, P, H]
             self._kept[rid] = (layers, hid, toks[i, :n].to(torch.int64))
             self.stats["shadow_positions"] += n
 
@@ -354,8 +382,9 @@ class SglangEarlyExitRunner:
         with torch.inference_mode():
             ids, probs = self._top(self._head(self._norm(hid.reshape(-1, hid.shape[-1]))))
         k, p = hid.shape[0], hid.shape[1]
-        return ShadowTokens(layers, ids.reshape(k, p).cpu().numpy(), probs.reshape(k, p).cpu().numpy(),
-                            final.cpu().numpy())
+        return ShadowTokens(
+            layers, ids.reshape(k, p).cpu().numpy(), probs.reshape(k, p).cpu().numpy(), final.cpu().numpy()
+        )
 
     # ------------------------------------------------------------------ prompt seed at prefill
     def request_prompt_shadow(self, layers, n: int) -> None:
@@ -369,7 +398,7 @@ class SglangEarlyExitRunner:
     def prefill_capture(self) -> list[int]:
         return [] if self._prompt_want is None else sorted(int(x) for x in self._prompt_want[0])
 
-    def keep_prompt(self, rids, extend_lens, rec: "_Capture") -> None:
+    def keep_prompt(self, rids, extend_lens, rec: _Capture) -> None:
         """After a prefill (extend) forward armed with :meth:`prefill_capture` and ``final``:
         keep the last n prompt positions of each request (packed row-major by ``extend_lens``)."""
         if self._prompt_want is None or rec.hidden is None:
@@ -387,7 +416,7 @@ class SglangEarlyExitRunner:
                     fin = self._head(rec.hidden[a:z]).argmax(dim=-1)
                 self._prompt_kept[rid] = (layers, hid, fin)
                 self.stats["prompt_seeds"] += 1
-                while len(self._prompt_kept) > self.PROMPT_CAP:      # requests that never started
+                while len(self._prompt_kept) > self.PROMPT_CAP:  # requests that never started
                     self._prompt_kept.pop(next(iter(self._prompt_kept)))
             start += length
 

@@ -16,6 +16,7 @@ with specplug's algorithms on the same prompts and budget:
 Defaults are SGLang 0.5.23 server defaults. SGLang fixes ``draft_token_num`` per corpus, so one drafter serves the first budget it
 sees; smaller budgets (e.g. near ``max_new_tokens``) keep the BFS-ordered prefix. It is a benchmark peer only: engines do not register it (SGLang has NGRAM).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,8 @@ def _load_corpus_class():
         raise ConfigError(
             "algorithm 'sglang-ngram' drives SGLang's own NGRAM corpus and needs sglang 0.5.23 "
             "importable (pip install --no-deps sglang==0.5.23 plus "
-            f"integration_tests/sglang/requirements-cpu.txt): {type(e).__name__}: {e}") from None
+            f"integration_tests/sglang/requirements-cpu.txt): {type(e).__name__}: {e}"
+        ) from None
     return NgramCorpus
 
 
@@ -73,7 +75,7 @@ def _merge_duplicates(tok: np.ndarray, par: np.ndarray) -> DraftTree:
     for j in range(1, tok.shape[0]):
         p = int(par[j])
         if p < 0 or alias[p] < 0:
-            continue                               # orphan: dropped with its subtree
+            continue  # orphan: dropped with its subtree
         key = (int(alias[p]), int(tok[j]))
         if key not in seen:
             seen[key] = len(keep_tok)
@@ -86,34 +88,47 @@ def _merge_duplicates(tok: np.ndarray, par: np.ndarray) -> DraftTree:
 class SGLangNgramDrafter(Drafter):
     name = "sglang-ngram"
 
-    def __init__(self, vocab_size, max_trie_depth=18, min_bfs_breadth=1, max_bfs_breadth=10,
-                 match_type="BFS", capacity=10_000_000):
+    def __init__(
+        self,
+        vocab_size,
+        max_trie_depth=18,
+        min_bfs_breadth=1,
+        max_bfs_breadth=10,
+        match_type="BFS",
+        capacity=10_000_000,
+    ):
         super().__init__(vocab_size)
         self._corpus_class = _load_corpus_class()
-        self._kwargs = dict(max_trie_depth=int(max_trie_depth), min_bfs_breadth=int(min_bfs_breadth),
-                            max_bfs_breadth=int(max_bfs_breadth), match_type=str(match_type),
-                            capacity=int(capacity))
+        self._kwargs = dict(
+            max_trie_depth=int(max_trie_depth),
+            min_bfs_breadth=int(min_bfs_breadth),
+            max_bfs_breadth=int(max_bfs_breadth),
+            match_type=str(match_type),
+            capacity=int(capacity),
+        )
         self.depth = int(max_trie_depth)
         self.corpus = None
         self.draft_tokens: int | None = None
-        self._tail: dict = {}       # rid -> last max_trie_depth committed tokens
-        self._total: dict = {}      # rid -> committed length
+        self._tail: dict = {}  # rid -> last max_trie_depth committed tokens
+        self._total: dict = {}  # rid -> committed length
 
     def _corpus_for(self, width: int):
         if self.corpus is None:
             self.draft_tokens = width
             self.corpus = self._corpus_class(draft_token_num=width, **self._kwargs)
         elif width > self.draft_tokens:
-            raise ConfigError(f"sglang-ngram drafts a fixed number of tokens per corpus "
-                              f"({self.draft_tokens}, the first budget it saw); got budget {width}. "
-                              f"Use one --budget per drafter.")
+            raise ConfigError(
+                f"sglang-ngram drafts a fixed number of tokens per corpus "
+                f"({self.draft_tokens}, the first budget it saw); got budget {width}. "
+                f"Use one --budget per drafter."
+            )
         return self.corpus
 
     def start(self, rid, context_ids, context_topk=None):
         ids = as_token_array(context_ids, self.vocab_size, "context_ids")
         if ids.shape[0] == 0:
             raise ConfigError("context_ids must hold at least one token (the root of the next tree)")
-        self._tail[rid] = ids[-self.depth:].tolist()
+        self._tail[rid] = ids[-self.depth :].tolist()
         self._total[rid] = int(ids.shape[0])
 
     def propose(self, rids, budgets):
@@ -130,8 +145,9 @@ class SGLangNgramDrafter(Drafter):
             width = int(b[spec].max())
             corpus = self._corpus_for(width)
             corpus.synchronize()
-            ids, mask = corpus.batch_get([str(rids[i]) for i in spec], [self._tail[rids[i]] for i in spec],
-                                         [self._total[rids[i]] for i in spec])
+            ids, mask = corpus.batch_get(
+                [str(rids[i]) for i in spec], [self._tail[rids[i]] for i in spec], [self._total[rids[i]] for i in spec]
+            )
             made = trees_from_mask(np.asarray(ids), np.asarray(mask), b[spec])
             for i, t in zip(spec, made):
                 trees[i] = t
@@ -139,7 +155,7 @@ class SGLangNgramDrafter(Drafter):
 
     def observe(self, rid, tree, accepted, target_topk=None):
         acc = as_token_array(accepted, self.vocab_size, "accepted")
-        tail = (self._tail[rid] + acc.tolist())[-self.depth:]
+        tail = (self._tail[rid] + acc.tolist())[-self.depth :]
         self._tail[rid] = tail
         self._total[rid] += int(acc.shape[0])
         if self.corpus is not None:

@@ -6,6 +6,7 @@ draft KV cache), and server args are resolved as SGLang resolves them for NGRAM.
 also supplies the methods SGLang 0.5.23's scheduler calls but ``CustomSpecAlgo`` lacks
 (``create_future_map``, ``carries_draft_hidden_states``, ``need_topk``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,12 +34,12 @@ class SpecplugSpecAlgo(CustomSpecAlgo):
     def need_topk(self) -> bool:
         return False
 
-    def create_future_map(self, device, req_to_token_pool, needs_cpu_seq_lens: bool = True,
-                          needs_confidence_relay: bool = False):
+    def create_future_map(
+        self, device, req_to_token_pool, needs_cpu_seq_lens: bool = True, needs_confidence_relay: bool = False
+    ):
         from sglang.srt.managers.overlap_utils import FutureMap
 
-        return FutureMap(device, self, req_to_token_pool, needs_cpu_seq_lens,
-                         needs_confidence_relay)
+        return FutureMap(device, self, req_to_token_pool, needs_cpu_seq_lens, needs_confidence_relay)
 
     @property
     def specplug_name(self) -> str:
@@ -58,8 +59,9 @@ class SpecplugSpecAlgo(CustomSpecAlgo):
         if n is None:
             n = max(1, int(spec.default_budget))
             server_args.speculative_num_draft_tokens = n
-            logger.warning("specplug: --speculative-num-draft-tokens not given; using %s's "
-                           "default budget %d", self.name, n)
+            logger.warning(
+                "specplug: --speculative-num-draft-tokens not given; using %s's default budget %d", self.name, n
+            )
         # Same tree shape parameters as SGLang gives NGRAM (its verify path, backends and
         # KV sizing, max(steps * topk, n) per request, are tested with these): topk > 1
         # keeps backends off their chain-only fast paths, trees are irregular anyway.

@@ -4,6 +4,7 @@ SGLang preallocates its verify buffers at the launch width W and hands out per-b
 views (``positions_batch[bs]`` ...). A step at width w <= W uses views of the same storage
 reshaped to w (:class:`RowsOf`); the batch's kept speculative input goes back to width W
 after the step (:func:`relayout`)."""
+
 from __future__ import annotations
 
 __all__ = ["RowsOf", "VIEW_LISTS", "views_at", "relayout"]
@@ -23,18 +24,26 @@ class RowsOf:
 
 
 #: NGRAMWorker's per-batch-size views (``_init_preallocated_tensors``, pinned in specplug.patches.sglang)
-VIEW_LISTS = ("retrieve_indexes_batch", "retrieve_next_token_batch", "retrieve_next_sibling_batch",
-              "positions_batch", "draft_tokens_batch", "tree_mask_batch")
+VIEW_LISTS = (
+    "retrieve_indexes_batch",
+    "retrieve_next_token_batch",
+    "retrieve_next_sibling_batch",
+    "positions_batch",
+    "draft_tokens_batch",
+    "tree_mask_batch",
+)
 
 
 def views_at(worker, width: int) -> dict:
     """Every one of :data:`VIEW_LISTS` for ``worker``'s buffers at ``width`` nodes per request."""
-    return {"retrieve_indexes_batch": RowsOf(worker.retrieve_indexes, width, width),
-            "retrieve_next_token_batch": RowsOf(worker.retrieve_next_token, width, width),
-            "retrieve_next_sibling_batch": RowsOf(worker.retrieve_next_sibling, width, width),
-            "positions_batch": RowsOf(worker.positions, width),
-            "draft_tokens_batch": RowsOf(worker.draft_tokens, width),
-            "tree_mask_batch": RowsOf(worker.tree_mask, width * width)}
+    return {
+        "retrieve_indexes_batch": RowsOf(worker.retrieve_indexes, width, width),
+        "retrieve_next_token_batch": RowsOf(worker.retrieve_next_token, width, width),
+        "retrieve_next_sibling_batch": RowsOf(worker.retrieve_next_sibling, width, width),
+        "positions_batch": RowsOf(worker.positions, width),
+        "draft_tokens_batch": RowsOf(worker.draft_tokens, width),
+        "tree_mask_batch": RowsOf(worker.tree_mask, width * width),
+    }
 
 
 def relayout(spec_input, bs: int, width: int, launch_width: int) -> None:

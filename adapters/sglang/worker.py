@@ -13,6 +13,7 @@ before SGLang sizes the step, which then runs at the widest tree (``widths.py`` 
 preallocated buffers); else at the launch width. No overlap scheduling: the drafter must see
 step t's result before proposing step t+1.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,7 +59,7 @@ class SpecplugWorker(NGRAMWorker):
     def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker):
         from sglang.srt.runtime_context import get_device, get_schedule, get_spec
 
-        check_worker()                 # SGLang's version and the NGRAMWorker code this class relies on
+        check_worker()  # SGLang's version and the NGRAMWorker code this class relies on
         BaseSpecWorker.__init__(self)  # NGRAMWorker.__init__ would build the n-gram corpus
         spec_cfg = get_spec()
         self.server_args = server_args
@@ -80,20 +81,33 @@ class SpecplugWorker(NGRAMWorker):
         spec = registry.get(spec_cfg.speculative_algorithm)
         vocab = int(self.model_runner.model_config.vocab_size)
         drafter = registry.create(spec.name, vocab, options_from_env(spec.name))
-        self.session = DraftSession(drafter, vocab, policy=budget_policy_from_env(), engine="SGLang",
-                                    runners={"early_exit": self._early_exit_runner})
-        self.runner = self.session.runner   # the model interface of DEL / EARLY_EXIT, else None
+        self.session = DraftSession(
+            drafter,
+            vocab,
+            policy=budget_policy_from_env(),
+            engine="SGLang",
+            runners={"early_exit": self._early_exit_runner},
+        )
+        self.runner = self.session.runner  # the model interface of DEL / EARLY_EXIT, else None
         # draft before SGLang sizes the step and run it at the widest tree: under the budget policy, and
         # without CUDA graphs (nothing gained by padding; a step where nothing is drafted verifies the roots)
-        self.tight = (self.session.policy is not None or bool(getattr(server_args, "disable_cuda_graph", False))
-                      or str(self.device) == "cpu")
-        self._staged: Step | None = None    # drafted early (tight widths), verified this step
-        self._step: Step | None = None      # the step being verified
+        self.tight = (
+            self.session.policy is not None
+            or bool(getattr(server_args, "disable_cuda_graph", False))
+            or str(self.device) == "cpu"
+        )
+        self._staged: Step | None = None  # drafted early (tight widths), verified this step
+        self._step: Step | None = None  # the step being verified
         self._launch_views: dict | None = None
         self.ngram_corpus = _CorpusShim(self.session)
         self.algorithm = spec.name
-        logger.info("specplug: %s drafting %d-node trees (vocab %d, target top-%d feedback)",
-                    spec.engine_name, self.draft_token_num, vocab, self.session.topk)
+        logger.info(
+            "specplug: %s drafting %d-node trees (vocab %d, target top-%d feedback)",
+            spec.engine_name,
+            self.draft_token_num,
+            vocab,
+            self.session.topk,
+        )
 
     def _early_exit_runner(self):
         from .early_exit import SglangEarlyExitRunner
@@ -106,8 +120,10 @@ class SpecplugWorker(NGRAMWorker):
         self._prev_decode_rids = set()
 
     def _no_external_corpus(self, *args):
-        raise ValueError(f"external corpora are an NGRAM feature; --speculative-algorithm "
-                         f"{self.algorithm.upper()} does not load them")
+        raise ValueError(
+            f"external corpora are an NGRAM feature; --speculative-algorithm "
+            f"{self.algorithm.upper()} does not load them"
+        )
 
     add_external_corpus = commit_corpus_load = remove_external_corpus = _no_external_corpus
 
@@ -116,7 +132,7 @@ class SpecplugWorker(NGRAMWorker):
 
     def _propose(self, batch) -> Step:
         if self.runner is not None:
-            self.runner.batch = batch        # draft steps run on this batch's KV slots
+            self.runner.batch = batch  # draft steps run on this batch's KV slots
         try:
             return self.session.propose([request_view(req) for req in batch.reqs], self.launch_width)
         finally:
@@ -126,10 +142,10 @@ class SpecplugWorker(NGRAMWorker):
     def _prepare_draft_tokens(self, batch):
         step, self._staged = self._staged, None
         self._step = step = step or self._propose(batch)
-        if self.runner is not None:      # shadow tokens asked for: keep those layers in the verify forward
+        if self.runner is not None:  # shadow tokens asked for: keep those layers in the verify forward
             self.runner.arm_verify()
         self.prev_token_ids, self.prev_accept_lens = [], [0] * len(batch.reqs)
-        return verify_inputs(step, self.draft_token_num)      # at the width this step runs at
+        return verify_inputs(step, self.draft_token_num)  # at the width this step runs at
 
     def _use_width(self, width: int) -> None:
         """Run the next verify step at ``width`` nodes per request (<= the launch width)."""
@@ -152,19 +168,20 @@ class SpecplugWorker(NGRAMWorker):
 
     def forward_batch_generation(self, batch, on_publish=None, pp_proxy_tensors=None):
         verifying = batch.forward_mode.is_decode() and bool(batch.reqs)
-        if verifying and self.tight:     # draft first: the step's width is known before SGLang sizes it
+        if verifying and self.tight:  # draft first: the step's width is known before SGLang sizes it
             self._staged = self._propose(batch)
             self._use_width(self._staged.width)
         if self.runner is not None and batch.forward_mode.is_extend() and bool(batch.reqs):
             self.runner.arm_prefill(self.session.drafter)
         try:
             try:
-                result = super().forward_batch_generation(batch, on_publish=on_publish,
-                                                          pp_proxy_tensors=pp_proxy_tensors)
+                result = super().forward_batch_generation(
+                    batch, on_publish=on_publish, pp_proxy_tensors=pp_proxy_tensors
+                )
             finally:
                 if self.runner is not None:
                     self.runner.disarm_step()
-            if self.runner is not None:      # DEL's prompt seeds and shadow tokens
+            if self.runner is not None:  # DEL's prompt seeds and shadow tokens
                 self.runner.keep_step(batch, result, self._step, self.draft_token_num)
             if verifying:
                 self._observe(batch, result)
@@ -176,8 +193,19 @@ class SpecplugWorker(NGRAMWorker):
     def _observe(self, batch, result) -> None:
         s, step, nxt = self.session, self._step, result.next_draft_input
         bs, width = len(batch.reqs), self.draft_token_num
-        observe_verified(s, step.rids, *device_feedback(result.logits_output.next_token_logits, nxt.accept_tokens,
-                                                         nxt.accept_lens, bs, width, s.topk, s.topk_probs))
+        observe_verified(
+            s,
+            step.rids,
+            *device_feedback(
+                result.logits_output.next_token_logits,
+                nxt.accept_tokens,
+                nxt.accept_lens,
+                bs,
+                width,
+                s.topk,
+                s.topk_probs,
+            ),
+        )
         if width != self.launch_width:
             relayout(nxt, bs, width, self.launch_width)
         logger.debug("specplug: %s%s", s.stats, "" if self.runner is None else f", early exit {self.runner.stats}")

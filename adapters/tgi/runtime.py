@@ -17,9 +17,11 @@ learns under TGI too). Budget: ``speculate + 1`` nodes (TGI verifies only the ch
 ``tree_budget``. The session bounds state (``max_idle_steps``, ``max_requests``: TGI drops
 batches without telling at warm-up and ``ClearCache``).
 """
+
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,18 +48,29 @@ def tgi_chain(tree: DraftTree, speculate: int, vocab_size: int | None = None) ->
 class ChainSpeculation:
     """A specplug drafter behind TGI's chain speculation, keyed by request id."""
 
-    def __init__(self, algorithm: str, options: Mapping[str, Any] | None = None, *,
-                 max_idle_steps: int = 1024, max_requests: int = 4096, drafter=None,
-                 tree_budget: int | None = None):
+    def __init__(
+        self,
+        algorithm: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        max_idle_steps: int = 1024,
+        max_requests: int = 4096,
+        drafter=None,
+        tree_budget: int | None = None,
+    ):
         self.spec = registry.get(algorithm)
         if self.spec.peer:
-            raise ConfigError(f"algorithm {self.spec.name!r} is a benchmark peer (another engine's drafter), "
-                              f"not a TGI speculation algorithm; choose one of "
-                              f"{', '.join(n for n in registry.names() if not registry.get(n).peer)}")
-        if self.spec.needs_runner:   # refused now: the session (which would refuse too) waits for the vocab
-            raise ConfigError(f"algorithm {self.spec.name!r} drafts with the target's own first layers; TGI's "
-                              f"speculator hook sees only final hidden states and verifies fixed-width chains, "
-                              f"so specplug cannot run it in TGI (docs/del.md); use the embedded engine")
+            raise ConfigError(
+                f"algorithm {self.spec.name!r} is a benchmark peer (another engine's drafter), "
+                f"not a TGI speculation algorithm; choose one of "
+                f"{', '.join(n for n in registry.names() if not registry.get(n).peer)}"
+            )
+        if self.spec.needs_runner:  # refused now: the session (which would refuse too) waits for the vocab
+            raise ConfigError(
+                f"algorithm {self.spec.name!r} drafts with the target's own first layers; TGI's "
+                f"speculator hook sees only final hidden states and verifies fixed-width chains, "
+                f"so specplug cannot run it in TGI (docs/del.md); use the embedded engine"
+            )
         self.options = registry.validate_options(self.spec.name, options)
         if max_idle_steps < 1 or max_requests < 1:
             raise ConfigError("max_idle_steps and max_requests must be >= 1")
@@ -120,10 +133,20 @@ class ChainSpeculation:
             self.session.end_step()
 
     # ------------------------------------------------------------------ one engine step
-    def draft(self, rids: Sequence[Hashable], contexts: Sequence[Sequence[int]],
-              next_ids: Sequence[int], accepted_counts: Sequence[int], speculate: int, *,
-              vocab_size: int, verified: Sequence[Sequence[int]] | None = None, prefill: bool = False,
-              topk: np.ndarray | None = None, topk_probs: np.ndarray | None = None) -> np.ndarray:
+    def draft(
+        self,
+        rids: Sequence[Hashable],
+        contexts: Sequence[Sequence[int]],
+        next_ids: Sequence[int],
+        accepted_counts: Sequence[int],
+        speculate: int,
+        *,
+        vocab_size: int,
+        verified: Sequence[Sequence[int]] | None = None,
+        prefill: bool = False,
+        topk: np.ndarray | None = None,
+        topk_probs: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Observe this step's outcome and return the next drafts, int64 ``[B, speculate]``."""
         b = len(rids)
         counts = np.asarray(accepted_counts, np.int64).reshape(-1)
@@ -145,9 +168,15 @@ class ChainSpeculation:
         elif verified is not None:
             self._observe(rids, ids, counts, np.asarray(verified, np.int64).reshape(b, -1), topk, topk_probs)
         ends = np.cumsum(counts)
-        views = [RequestView(rid, len(contexts[i]) + int(counts[i]), int(ids[ends[i] - 1]),
-                             lambda i=i: [*contexts[i], *ids[ends[i] - counts[i]: ends[i]].tolist()])
-                 for i, rid in enumerate(rids)]
+        views = [
+            RequestView(
+                rid,
+                len(contexts[i]) + int(counts[i]),
+                int(ids[ends[i] - 1]),
+                lambda i=i: [*contexts[i], *ids[ends[i] - counts[i] : ends[i]].tolist()],
+            )
+            for i, rid in enumerate(rids)
+        ]
         return self.session.propose_chains(views, self.budget(speculate), int(speculate))[1]
 
     def _observe(self, rids, ids, counts, verified, topk, topk_probs) -> None:
@@ -161,11 +190,15 @@ class ChainSpeculation:
         width = max(n + 1, int(counts.max()))
         placed = np.arange(width)[None, :] < counts[:, None]
         acc = np.full((b, width), -1, np.int64)
-        acc[placed] = ids                                    # row after row, as TGI lays them out
+        acc[placed] = ids  # row after row, as TGI lays them out
         drafts = np.arange(n)[None, :] < (counts - 1)[:, None]
         ok = (pending == verified).all(1) & (counts <= n + 1) & ((acc[:, :n] == verified) | ~drafts).all(1)
         rows = np.flatnonzero(ok)
         if rows.size:
-            pick = (lambda a: None if a is None else np.asarray(a)[rows])
-            self.session.observe([rids[i] for i in rows.tolist()], acc[rows][placed[rows]], counts[rows],
-                                 pick(topk), pick(topk_probs))
+
+            def pick(a):
+                return None if a is None else np.asarray(a)[rows]
+
+            self.session.observe(
+                [rids[i] for i in rows.tolist()], acc[rows][placed[rows]], counts[rows], pick(topk), pick(topk_probs)
+            )

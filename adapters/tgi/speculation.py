@@ -11,13 +11,15 @@ A step that cannot be drafted here (no batch to key rows by, or an error outside
 drafter) uses TGI's own n-gram drafts, lossless as well; drafter errors themselves are
 handled, logged and counted by the session (those requests verify their roots and restart).
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import sys
 import traceback
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from specplug.adapters.tgi.runtime import ChainSpeculation
 from specplug.drafters import registry
@@ -26,8 +28,16 @@ from specplug.drafters.session import MAX_ERROR_LOGS
 from specplug.patches.base import log
 from specplug.plugins import env
 
-__all__ = ["TgiSpeculation", "enable", "enable_from_env", "disable", "controller", "batch_step",
-           "chooser_scores", "STATS_EVERY"]
+__all__ = [
+    "TgiSpeculation",
+    "enable",
+    "enable_from_env",
+    "disable",
+    "controller",
+    "batch_step",
+    "chooser_scores",
+    "STATS_EVERY",
+]
 
 #: log acceptance statistics every this many engine steps (0: never)
 STATS_EVERY = 1000
@@ -64,8 +74,8 @@ class TgiSpeculation:
         self.runtime = ChainSpeculation(algorithm, options, **runtime_kw)
         self.algorithm = self.runtime.spec.name
         self.steps = 0
-        self.fallbacks = 0       # steps drafted by TGI's n-gram: no batch context
-        self.errors = 0          # ... or an error outside the drafter (the session handles the drafter's)
+        self.fallbacks = 0  # steps drafted by TGI's n-gram: no batch context
+        self.errors = 0  # ... or an error outside the drafter (the session handles the drafter's)
         self._warned: set[str] = set()
 
     def warn_once(self, key: str, message: str) -> None:
@@ -78,22 +88,31 @@ class TgiSpeculation:
         step, scores = _step.get(), _scores.get()
         if step is None or scores is None:
             self.fallbacks += 1
-            self.warn_once("context", "specplug: TGI drafted outside FlashCausalLM.generate_token (no batch "
-                                      "to key requests by); using TGI's own n-gram speculation there")
+            self.warn_once(
+                "context",
+                "specplug: TGI drafted outside FlashCausalLM.generate_token (no batch "
+                "to key requests by); using TGI's own n-gram speculation there",
+            )
             return original(input_ids, next_ids, accepted_ids, speculate, verbose)
         batch, prefill = step
         if len(batch.requests) != int(accepted_ids.shape[0]):
             self.fallbacks += 1
-            self.warn_once("rows", f"specplug: TGI's chooser has {int(accepted_ids.shape[0])} rows but the "
-                                   f"batch has {len(batch.requests)} requests; using TGI's n-gram this step")
+            self.warn_once(
+                "rows",
+                f"specplug: TGI's chooser has {int(accepted_ids.shape[0])} rows but the "
+                f"batch has {len(batch.requests)} requests; using TGI's n-gram this step",
+            )
             return original(input_ids, next_ids, accepted_ids, speculate, verbose)
         try:
             return self._draft(batch, prefill, scores, input_ids, next_ids, accepted_ids, int(speculate))
         except Exception:  # noqa: BLE001 -- a glue bug must not take TGI's batch down
             self.errors += 1
             if self.errors <= MAX_ERROR_LOGS:
-                log("error", f"specplug: TGI speculation by {self.algorithm} failed; this step uses TGI's "
-                             f"n-gram draft and drafter state is rebuilt:\n{traceback.format_exc()}")
+                log(
+                    "error",
+                    f"specplug: TGI speculation by {self.algorithm} failed; this step uses TGI's "
+                    f"n-gram draft and drafter state is rebuilt:\n{traceback.format_exc()}",
+                )
             self.runtime.reset()
             return original(input_ids, next_ids, accepted_ids, speculate, verbose)
 
@@ -110,26 +129,38 @@ class TgiSpeculation:
             flat = scores.reshape(b, -1, vocab)
             vals, idx = torch.topk(flat, min(rt.topk, vocab), dim=-1)
             topk = idx.cpu().numpy()
-            if rt.topk_probs:      # of the distribution TGI chose from
+            if rt.topk_probs:  # of the distribution TGI chose from
                 lse = torch.logsumexp(flat, -1, keepdim=True)
                 probs = (vals.float() - lse.float()).exp().cpu().numpy()
-        drafts = rt.draft([r.id for r in batch.requests], batch.all_input_ids, next_ids.tolist(),
-                          accepted_ids.tolist(), speculate, vocab_size=vocab, prefill=prefill,
-                          verified=None if spec is None else spec.tolist(), topk=topk, topk_probs=probs)
+        drafts = rt.draft(
+            [r.id for r in batch.requests],
+            batch.all_input_ids,
+            next_ids.tolist(),
+            accepted_ids.tolist(),
+            speculate,
+            vocab_size=vocab,
+            prefill=prefill,
+            verified=None if spec is None else spec.tolist(),
+            topk=topk,
+            topk_probs=probs,
+        )
         return torch.from_numpy(drafts).to(device=input_ids.device, dtype=input_ids.dtype)
 
     # -- batch lifecycle
     def after_step(self, batch, next_batch) -> None:
         rt = self.runtime
-        if next_batch is None:                  # every request of the batch stopped
+        if next_batch is None:  # every request of the batch stopped
             rt.finish([r.id for r in batch.requests])
         rt.end_step()
         self.steps += 1
         st = rt.stats
         if STATS_EVERY and self.steps % STATS_EVERY == 0 and st.verified_requests:
-            log("info", f"specplug: {self.algorithm}: {st.mean_accepted:.2f} tokens per verify step over "
-                        f"{st.verified_requests} row-steps; {rt.active_requests()} active requests; "
-                        f"{st.restarts} restarts, {st.drafter_errors} drafter errors, {st.evicted} evicted")
+            log(
+                "info",
+                f"specplug: {self.algorithm}: {st.mean_accepted:.2f} tokens per verify step over "
+                f"{st.verified_requests} row-steps; {rt.active_requests()} active requests; "
+                f"{st.restarts} restarts, {st.drafter_errors} drafter errors, {st.evicted} evicted",
+            )
 
     def check_speculate(self) -> None:
         if "speculate" in self._warned:
@@ -137,8 +168,11 @@ class TgiSpeculation:
         self._warned.add("speculate")
         get = getattr(sys.modules.get("text_generation_server.utils.speculate"), "get_speculate", None)
         if get is not None and not (get() or 0):
-            log("warning", f"specplug: {env.TGI_ALGORITHM}={self.algorithm} is set but TGI runs without "
-                           f"speculation; start the launcher with --speculate N")
+            log(
+                "warning",
+                f"specplug: {env.TGI_ALGORITHM}={self.algorithm} is set but TGI runs without "
+                f"speculation; start the launcher with --speculate N",
+            )
 
 
 _controller: TgiSpeculation | None = None

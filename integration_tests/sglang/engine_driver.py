@@ -10,6 +10,7 @@ in docs/sglang.md::
 ``--algorithm NONE`` runs without speculation; ``NGRAM`` is SGLang's own. The prompts
 file is a JSON list of token-id lists. Greedy decoding throughout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,23 +18,50 @@ import json
 import sys
 import time
 
-CPU_FLAGS = dict(device="cpu", attention_backend="intel_amx", sampling_backend="pytorch",
-                 disable_cuda_graph=True, disable_overlap_schedule=True)
+CPU_FLAGS = dict(
+    device="cpu",
+    attention_backend="intel_amx",
+    sampling_backend="pytorch",
+    disable_cuda_graph=True,
+    disable_overlap_schedule=True,
+)
 
 
-def engine_kwargs(model: str, algorithm: str, draft_tokens: int, dtype: str = "float32",
-                  max_running: int = 8, max_total_tokens: int = 16384) -> dict:
-    kw = dict(model_path=model, skip_tokenizer_init=True, dtype=dtype, log_level="error",
-              mem_fraction_static=0.3, max_total_tokens=max_total_tokens,
-              max_running_requests=max_running, random_seed=0, **CPU_FLAGS)
+def engine_kwargs(
+    model: str,
+    algorithm: str,
+    draft_tokens: int,
+    dtype: str = "float32",
+    max_running: int = 8,
+    max_total_tokens: int = 16384,
+) -> dict:
+    kw = dict(
+        model_path=model,
+        skip_tokenizer_init=True,
+        dtype=dtype,
+        log_level="error",
+        mem_fraction_static=0.3,
+        max_total_tokens=max_total_tokens,
+        max_running_requests=max_running,
+        random_seed=0,
+        **CPU_FLAGS,
+    )
     if algorithm.upper() != "NONE":
         kw.update(speculative_algorithm=algorithm, speculative_num_draft_tokens=draft_tokens)
     return kw
 
 
-def run(model: str, algorithm: str, draft_tokens: int, prompts: list[list[int]],
-        max_new_tokens: int, batched: bool, dtype: str = "float32", warmup: bool = True,
-        also_single: bool = False) -> dict:
+def run(
+    model: str,
+    algorithm: str,
+    draft_tokens: int,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batched: bool,
+    dtype: str = "float32",
+    warmup: bool = True,
+    also_single: bool = False,
+) -> dict:
     import sglang
 
     t0 = time.perf_counter()
@@ -58,8 +86,14 @@ def run(model: str, algorithm: str, draft_tokens: int, prompts: list[list[int]],
     gen = sum(len(t) for t in tokens)
     verify = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
     return {
-        "algorithm": algorithm, "draft_tokens": draft_tokens, "batched": batched,
-        "outputs": tokens, "outputs_single": also, "generated": gen, "wall_s": wall, "startup_s": startup,
+        "algorithm": algorithm,
+        "draft_tokens": draft_tokens,
+        "batched": batched,
+        "outputs": tokens,
+        "outputs_single": also,
+        "generated": gen,
+        "wall_s": wall,
+        "startup_s": startup,
         "tokens_per_s": gen / wall if wall > 0 else 0.0,
         # mean accepted tokens per verify step (bonus included); 1.0 without speculation
         "mat": gen / verify if verify else 1.0,
@@ -75,15 +109,24 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", required=True, help="JSON file: list of token-id lists")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batched", action="store_true", help="one generate call for all prompts")
-    ap.add_argument("--also-single", action="store_true",
-                    help="with --batched: then send each prompt alone too (outputs_single)")
+    ap.add_argument(
+        "--also-single", action="store_true", help="with --batched: then send each prompt alone too (outputs_single)"
+    )
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default="-")
     args = ap.parse_args(argv)
     with open(args.prompts) as f:
         prompts = json.load(f)
-    res = run(args.model, args.algorithm, args.draft_tokens, prompts, args.max_new_tokens,
-              args.batched, args.dtype, also_single=args.also_single)
+    res = run(
+        args.model,
+        args.algorithm,
+        args.draft_tokens,
+        prompts,
+        args.max_new_tokens,
+        args.batched,
+        args.dtype,
+        also_single=args.also_single,
+    )
     text = json.dumps(res)
     if args.out == "-":
         sys.stdout.write(text + "\n")

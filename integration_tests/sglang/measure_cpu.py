@@ -13,6 +13,7 @@ Each algorithm runs in its own engine (a subprocess of engine_driver.py); reques
 sent one at a time (tokens/s = generated tokens / wall time of the generate calls).
 Outputs are also compared with the no-speculation run (greedy: they must be identical).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def tokenized_prompts(model: str, name: str, limit: int) -> list[list[int]]:
         if p.text is not None:
             out.append(tok(p.text)["input_ids"])
         else:
-            out.append(tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=False))
+            out.append(
+                tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            )
     return out
 
 
@@ -77,9 +79,22 @@ def main(argv=None) -> int:
             if args.options and algo not in ("NONE", "NGRAM"):
                 env["SPECPLUG_SGLANG_OPTIONS"] = args.options
             out = os.path.join(tmp, f"{label}.json")
-            cmd = [sys.executable, str(HERE / "engine_driver.py"), "--model", model, "--algorithm", algo,
-                   "--draft-tokens", str(args.draft_tokens), "--prompts", pfile,
-                   "--max-new-tokens", str(args.max_new_tokens), "--out", out]
+            cmd = [
+                sys.executable,
+                str(HERE / "engine_driver.py"),
+                "--model",
+                model,
+                "--algorithm",
+                algo,
+                "--draft-tokens",
+                str(args.draft_tokens),
+                "--prompts",
+                pfile,
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--out",
+                out,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{algo}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -93,10 +108,16 @@ def main(argv=None) -> int:
     for r in rows:
         r["identical_to_no_spec"] = None if base is None else r["outputs"] == base["outputs"]
         r["speedup_vs_no_spec"] = None if base is None else r["tokens_per_s"] / base["tokens_per_s"]
-    summary = {"model": model, "prompts": args.prompts, "n_prompts": len(prompts),
-               "max_new_tokens": args.max_new_tokens, "draft_tokens": args.draft_tokens,
-               "cost_model": args.cost_model, "options": args.options,
-               "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
+    summary = {
+        "model": model,
+        "prompts": args.prompts,
+        "n_prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "draft_tokens": args.draft_tokens,
+        "cost_model": args.cost_model,
+        "options": args.options,
+        "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in rows],
+    }
     text = json.dumps(summary, indent=1)
     if args.out == "-":
         print(text)
@@ -106,8 +127,11 @@ def main(argv=None) -> int:
     print("\n| algorithm | MAT | tok/s | speedup | identical |\n|---|---|---|---|---|", file=sys.stderr)
     for r in summary["runs"]:
         sp = r["speedup_vs_no_spec"]
-        print(f"| {r['algorithm']} | {r['mat']:.2f} | {r['tokens_per_s']:.1f} | "
-              f"{'' if sp is None else f'{sp:.2f}x'} | {r['identical_to_no_spec']} |", file=sys.stderr)
+        print(
+            f"| {r['algorithm']} | {r['mat']:.2f} | {r['tokens_per_s']:.1f} | "
+            f"{'' if sp is None else f'{sp:.2f}x'} | {r['identical_to_no_spec']} |",
+            file=sys.stderr,
+        )
     return 0
 
 

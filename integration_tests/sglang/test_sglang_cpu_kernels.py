@@ -4,6 +4,7 @@ Each op is checked against a direct per-request reference written from its contr
 they run without SGLang. The attention ops are the ones SGLang's intel_amx backend
 calls for prefill, decode and tree verification.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ KERNELS = HERE / "cpu_kernels"
 def sk():
     try:
         import sgl_kernel  # noqa: F401
+
         if not getattr(sgl_kernel, "IS_STAND_IN", False):
             pytest.skip("a real sgl_kernel is installed; the stand-in is not loaded over it")
     except ImportError:
@@ -134,16 +136,23 @@ def test_verify_tree_greedy_matches_reference_walk(sk, seed):
     predicts = torch.zeros(bs * n, dtype=torch.int32)
     accept_index = torch.full((bs, n), -1, dtype=torch.int32)
     num = torch.empty(bs, dtype=torch.int32)
-    sk.verify_tree_greedy_cpu(predicts=predicts, accept_index=accept_index, accept_token_num=num,
-                              candidates=cands, retrive_index=ri, retrive_next_token=nt,
-                              retrive_next_sibling=ns, target_predict=target)
+    sk.verify_tree_greedy_cpu(
+        predicts=predicts,
+        accept_index=accept_index,
+        accept_token_num=num,
+        candidates=cands,
+        retrive_index=ri,
+        retrive_next_token=nt,
+        retrive_next_sibling=ns,
+        target_predict=target,
+    )
     ref = _reference_greedy(cands.tolist(), nt.tolist(), ns.tolist(), target.tolist())
     for b in range(bs):
         path = ref[b]
         assert num[b].item() == len(path) - 1
         assert accept_index[b, : len(path)].tolist() == [b * n + i for i in path]
-        assert (accept_index[b, len(path):] == -1).all()
-        for k, node in enumerate(path):  # predict at each accepted node = target there
+        assert (accept_index[b, len(path) :] == -1).all()
+        for node in path:  # predict at each accepted node = target there
             assert predicts[b * n + node].item() == target[b, node].item()
 
 
@@ -165,7 +174,7 @@ def _setup_cache(rng, bs, lens, hkv, d, pool=64):
     perm = rng.permutation(pool)[: sum(lens)]
     off = 0
     for b, n in enumerate(lens):
-        req_to_token[b + 1, :n] = torch.from_numpy(perm[off: off + n].astype(np.int32))
+        req_to_token[b + 1, :n] = torch.from_numpy(perm[off : off + n].astype(np.int32))
         off += n
     return k_buf, v_buf, req_to_token, torch.arange(1, bs + 1)
 
@@ -179,33 +188,73 @@ def test_extend_attention_prefix_plus_causal_or_tree(sk, use_tree):
     k_buf, v_buf, r2t, rpi = _setup_cache(rng, 2, total, hkv, d)
     T = sum(ext)
     q = torch.from_numpy(rng.standard_normal((T, H, d)).astype(np.float32))
-    k_ext = torch.cat([k_buf[r2t[b + 1, pre[b]: total[b]].long()] for b in range(2)])
-    v_ext = torch.cat([v_buf[r2t[b + 1, pre[b]: total[b]].long()] for b in range(2)])
+    k_ext = torch.cat([k_buf[r2t[b + 1, pre[b] : total[b]].long()] for b in range(2)])
+    v_ext = torch.cat([v_buf[r2t[b + 1, pre[b] : total[b]].long()] for b in range(2)])
     masks = [_tree_mask([-1, 0, 0, 1]), _tree_mask([-1, 0])] if use_tree else None
     tree = torch.from_numpy(np.concatenate([m.reshape(-1) for m in masks])) if use_tree else None
     o = torch.zeros_like(q)
-    ops().extend_attention_cpu(q, k_ext, v_ext, o, k_buf, v_buf, 1.0, 1.0, r2t, rpi,
-                               torch.tensor(total), torch.tensor(ext, dtype=torch.int32),
-                               torch.tensor([0, ext[0]], dtype=torch.int32), max(ext), 0.3, 0.0,
-                               False, 0, None, None, tree, True)
+    ops().extend_attention_cpu(
+        q,
+        k_ext,
+        v_ext,
+        o,
+        k_buf,
+        v_buf,
+        1.0,
+        1.0,
+        r2t,
+        rpi,
+        torch.tensor(total),
+        torch.tensor(ext, dtype=torch.int32),
+        torch.tensor([0, ext[0]], dtype=torch.int32),
+        max(ext),
+        0.3,
+        0.0,
+        False,
+        0,
+        None,
+        None,
+        tree,
+        True,
+    )
     start = 0
     for b in range(2):
         keys = r2t[b + 1, : total[b]].long()
         allowed = torch.ones((ext[b], total[b]), dtype=torch.bool)
         vis = torch.from_numpy(masks[b]) if use_tree else torch.tril(torch.ones(ext[b], ext[b], dtype=torch.bool))
-        allowed[:, pre[b]:] = vis
-        ref = _ref_attention(q[start: start + ext[b]], k_buf[keys], v_buf[keys], allowed, 0.3)
-        assert torch.allclose(o[start: start + ext[b]].double(), ref, atol=1e-5)
+        allowed[:, pre[b] :] = vis
+        ref = _ref_attention(q[start : start + ext[b]], k_buf[keys], v_buf[keys], allowed, 0.3)
+        assert torch.allclose(o[start : start + ext[b]].double(), ref, atol=1e-5)
         start += ext[b]
 
 
 def test_extend_attention_rejects_misshaped_tree_mask(sk):
     q = torch.zeros((2, 2, 4))
     with pytest.raises(Exception, match="tree_mask"):
-        ops().extend_attention_cpu(q, q[:, :1], q[:, :1], torch.zeros_like(q), torch.zeros((8, 1, 4)),
-                                   torch.zeros((8, 1, 4)), 1.0, 1.0, torch.zeros((2, 8), dtype=torch.int32),
-                                   torch.tensor([1]), torch.tensor([2]), torch.tensor([2]), torch.tensor([0]),
-                                   2, 1.0, 0.0, False, 0, None, None, torch.ones(3, dtype=torch.bool), True)
+        ops().extend_attention_cpu(
+            q,
+            q[:, :1],
+            q[:, :1],
+            torch.zeros_like(q),
+            torch.zeros((8, 1, 4)),
+            torch.zeros((8, 1, 4)),
+            1.0,
+            1.0,
+            torch.zeros((2, 8), dtype=torch.int32),
+            torch.tensor([1]),
+            torch.tensor([2]),
+            torch.tensor([2]),
+            torch.tensor([0]),
+            2,
+            1.0,
+            0.0,
+            False,
+            0,
+            None,
+            None,
+            torch.ones(3, dtype=torch.bool),
+            True,
+        )
 
 
 def test_decode_attention_writes_kv_then_attends(sk):
@@ -218,14 +267,32 @@ def test_decode_attention_writes_kv_then_attends(sk):
     v_new = torch.from_numpy(rng.standard_normal((2, hkv, d)).astype(np.float32))
     loc = torch.stack([r2t[b + 1, lens[b] - 1] for b in range(2)]).long()
     o = torch.zeros_like(q)
-    ops().decode_attention_cpu(q, k_buf, v_buf, 1.0, 1.0, o, k_new, v_new, loc,
-                               torch.zeros((2, H, 8, d + 1)), r2t, rpi, torch.tensor(lens), 0.5, 0.0,
-                               False, 0, None, None)
+    ops().decode_attention_cpu(
+        q,
+        k_buf,
+        v_buf,
+        1.0,
+        1.0,
+        o,
+        k_new,
+        v_new,
+        loc,
+        torch.zeros((2, H, 8, d + 1)),
+        r2t,
+        rpi,
+        torch.tensor(lens),
+        0.5,
+        0.0,
+        False,
+        0,
+        None,
+        None,
+    )
     assert torch.equal(k_buf[loc], k_new) and torch.equal(v_buf[loc], v_new)
     for b in range(2):
         keys = r2t[b + 1, : lens[b]].long()
-        ref = _ref_attention(q[b: b + 1], k_buf[keys], v_buf[keys], torch.ones((1, lens[b]), dtype=torch.bool), 0.5)
-        assert torch.allclose(o[b: b + 1].double(), ref, atol=1e-5)
+        ref = _ref_attention(q[b : b + 1], k_buf[keys], v_buf[keys], torch.ones((1, lens[b]), dtype=torch.bool), 0.5)
+        assert torch.allclose(o[b : b + 1].double(), ref, atol=1e-5)
 
 
 def test_unimplemented_names_raise_clearly(sk):

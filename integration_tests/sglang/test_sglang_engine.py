@@ -11,6 +11,7 @@ costs about a minute on 2 cores, so the engine tests are marked slow:
 The fast ones (bad options, unsupported version, missing overlap flag) stop at
 server-args time and run by default.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,14 +39,17 @@ def _sglang_status() -> str | None:
         return str(e) + "; install with pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt"
     try:
         import sgl_kernel  # noqa: F401
+
         if not getattr(sgl_kernel, "IS_STAND_IN", False):
             return "a real sgl_kernel is installed; these tests target the CPU stand-in"
     except ImportError:
         pass
     missing = [req for req in _requirements() if not _installed(req)]
     if missing:
-        return (f"sglang {ver} is installed but its CPU test dependencies are not: {missing}; "
-                f"pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt")
+        return (
+            f"sglang {ver} is installed but its CPU test dependencies are not: {missing}; "
+            f"pip install --no-deps -r integration_tests/sglang/requirements-cpu.txt"
+        )
     return None
 
 
@@ -90,9 +94,24 @@ def run_engine(tmp_path, model, algorithm, prompts, max_new_tokens=24, draft_tok
     pfile = tmp_path / f"prompts_{abs(hash(json.dumps(prompts)))}.json"
     pfile.write_text(json.dumps(prompts))
     out = tmp_path / f"out_{algorithm}_{abs(hash(json.dumps(env, sort_keys=True)))}.json"
-    cmd = [sys.executable, str(DRIVER), "--model", str(model), "--algorithm", algorithm,
-           "--draft-tokens", str(draft_tokens), "--prompts", str(pfile),
-           "--max-new-tokens", str(max_new_tokens), "--batched", "--also-single", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(DRIVER),
+        "--model",
+        str(model),
+        "--algorithm",
+        algorithm,
+        "--draft-tokens",
+        str(draft_tokens),
+        "--prompts",
+        str(pfile),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--batched",
+        "--also-single",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=cpu_env(**env), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"{algorithm} engine failed:\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text())
@@ -110,9 +129,17 @@ def _tiny_llama_model(layers: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -143,9 +170,11 @@ def smollm2_path():
     return target
 
 
-TINY_PROMPTS = [[17, 33, 250, 9, 17, 33, 250, 9, 17, 33, 250, 9, 17],
-                [7, 8, 9, 10, 11] * 4,
-                [401, 3, 77, 150, 29, 301, 12, 88, 64, 5, 199, 42]]
+TINY_PROMPTS = [
+    [17, 33, 250, 9, 17, 33, 250, 9, 17, 33, 250, 9, 17],
+    [7, 8, 9, 10, 11] * 4,
+    [401, 3, 77, 150, 29, 301, 12, 88, 64, 5, 199, 42],
+]
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +191,12 @@ def test_tiny_llama_output_identical_to_no_speculation(algorithm, tiny_llama, ti
     if algorithm == "DIFFUSION":  # a model drafter: a tiny random masked diffusion checkpoint, same vocabulary
         sys.path.insert(0, str(HERE.parents[1] / "tests"))
         from diffusion_helpers import save_tiny
+
         ckpt = save_tiny(tmp_path / "tiny_diffusion", 512, seed=0, eos=2)
         env[plug.OPTIONS_ENV] = json.dumps({"model_path": str(ckpt), "k_min": 4, "k_max": 8})
     res = run_engine(tmp_path, tiny_llama, algorithm, TINY_PROMPTS, **env)
-    assert res["outputs"] == tiny_baseline["outputs"]                 # batched
-    assert res["outputs_single"] == tiny_baseline["outputs_single"]   # one request at a time
+    assert res["outputs"] == tiny_baseline["outputs"]  # batched
+    assert res["outputs_single"] == tiny_baseline["outputs_single"]  # one request at a time
     assert res["verify_steps"] > 0  # it really ran speculative verify steps
     if algorithm != "AR":
         assert res["mat"] > 1.0, res  # and accepted drafts on the repetitive prompts
@@ -176,8 +206,13 @@ def test_tiny_llama_output_identical_to_no_speculation(algorithm, tiny_llama, ti
 def test_early_exit_output_identical_to_no_speculation(tiny_llama, tiny_baseline, tmp_path):
     """EARLY_EXIT: layer 1 of 2 drafts 3-token chains through SGLang's own decoder (end_layer)
     with the shared KV cache; drafts are accepted and output is unchanged."""
-    res = run_engine(tmp_path, tiny_llama, "EARLY_EXIT", TINY_PROMPTS,
-                     **{plug.OPTIONS_ENV: json.dumps({"exit_layer": 1, "draft_len": 3})})
+    res = run_engine(
+        tmp_path,
+        tiny_llama,
+        "EARLY_EXIT",
+        TINY_PROMPTS,
+        **{plug.OPTIONS_ENV: json.dumps({"exit_layer": 1, "draft_len": 3})},
+    )
     assert res["outputs"] == tiny_baseline["outputs"]
     assert res["outputs_single"] == tiny_baseline["outputs_single"]
     assert res["mat"] > 1.0, res
@@ -219,8 +254,14 @@ def _cost_model_file(tmp_path, seconds, name):
     import json as _json
 
     path = tmp_path / f"{name}.json"
-    path.write_text(_json.dumps({"device": "test", "points": [
-        {"tokens": t, "seconds": s} for t, s in zip([1, 2, 4, 8, 16, 32, 64, 128], seconds)]}))
+    path.write_text(
+        _json.dumps(
+            {
+                "device": "test",
+                "points": [{"tokens": t, "seconds": s} for t, s in zip([1, 2, 4, 8, 16, 32, 64, 128], seconds)],
+            }
+        )
+    )
     return str(path)
 
 
@@ -230,10 +271,16 @@ def test_load_aware_widths_output_identical_to_no_speculation(load, tiny_llama, 
     """SPECPLUG_SGLANG_LOAD_AWARE: each step runs at the width the budget policy picks.
     'dear': any extra verified token costs more than it can return, so every step runs at
     width 1 through SGLang's verify path (one token per step); 'moderate': widths between."""
-    seconds = {"dear": [1, 50, 100, 200, 400, 800, 1600, 3200],
-               "moderate": [1.0, 1.02, 1.05, 1.1, 1.3, 1.8, 3.0, 6.0]}[load]
-    res = run_engine(tmp_path, tiny_llama, "RACER", TINY_PROMPTS,
-                     SPECPLUG_SGLANG_LOAD_AWARE=_cost_model_file(tmp_path, seconds, load))
+    seconds = {"dear": [1, 50, 100, 200, 400, 800, 1600, 3200], "moderate": [1.0, 1.02, 1.05, 1.1, 1.3, 1.8, 3.0, 6.0]}[
+        load
+    ]
+    res = run_engine(
+        tmp_path,
+        tiny_llama,
+        "RACER",
+        TINY_PROMPTS,
+        SPECPLUG_SGLANG_LOAD_AWARE=_cost_model_file(tmp_path, seconds, load),
+    )
     assert res["outputs"] == tiny_baseline["outputs"]
     assert res["outputs_single"] == tiny_baseline["outputs_single"]
     assert res["verify_steps"] > 0
@@ -246,8 +293,7 @@ def test_load_aware_widths_output_identical_to_no_speculation(load, tiny_llama, 
 @pytest.mark.slow
 def test_negative_control_broken_tree_mask_changes_output(tiny_llama, tiny_baseline, tmp_path):
     """With the tree mask ignored (branches see each other), the same comparison fails."""
-    res = run_engine(tmp_path, tiny_llama, "TOKEN_RECYCLING", TINY_PROMPTS,
-                     SPECPLUG_CPU_KERNELS_BREAK_TREE_MASK="1")
+    res = run_engine(tmp_path, tiny_llama, "TOKEN_RECYCLING", TINY_PROMPTS, SPECPLUG_CPU_KERNELS_BREAK_TREE_MASK="1")
     assert res["outputs"] != tiny_baseline["outputs"]
 
 
@@ -258,9 +304,11 @@ def smol(tmp_path_factory):
 
     path = smollm2_path()
     tok = AutoTokenizer.from_pretrained(path)
-    texts = ["def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-             "The capital of France is Paris. The capital of France is",
-             "1, 2, 3, 4, 5, 6, 7, 8,"]
+    texts = [
+        'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+        "The capital of France is Paris. The capital of France is",
+        "1, 2, 3, 4, 5, 6, 7, 8,",
+    ]
     prompts = [tok(t)["input_ids"] for t in texts]
     base = run_engine(tmp_path_factory.mktemp("smol"), path, "NONE", prompts, max_new_tokens=32)
     return path, prompts, base
@@ -314,20 +362,36 @@ def start_errors(tiny_llama, tmp_path_factory):
     require_engine()
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    qwen3 = tmp_path_factory.mktemp("tiny_qwen3")   # a model class the early-exit runner does not drive
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                 max_position_embeddings=1024)).save_pretrained(qwen3)
-    proc = subprocess.run([sys.executable, "-c", ERROR_SNIPPET, str(tiny_llama), str(qwen3)], env=cpu_env(),
-                          capture_output=True, text=True, timeout=900)
+    qwen3 = tmp_path_factory.mktemp("tiny_qwen3")  # a model class the early-exit runner does not drive
+    Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+        )
+    ).save_pretrained(qwen3)
+    proc = subprocess.run(
+        [sys.executable, "-c", ERROR_SNIPPET, str(tiny_llama), str(qwen3)],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads(line[-1][len("RESULT"):])
+    return json.loads(line[-1][len("RESULT") :])
 
 
 def test_bad_option_rejected_at_server_args(start_errors):
-    assert ("SPECPLUG_SGLANG_OPTIONS: unknown option(s) ['no_such_option'] for algorithm 'racer'"
-            in start_errors["bad_option"])
+    assert (
+        "SPECPLUG_SGLANG_OPTIONS: unknown option(s) ['no_such_option'] for algorithm 'racer'"
+        in start_errors["bad_option"]
+    )
 
 
 def test_overlap_schedule_needs_the_flag(start_errors):
@@ -335,9 +399,11 @@ def test_overlap_schedule_needs_the_flag(start_errors):
 
 
 def test_early_exit_refuses_unsupported_model_class(start_errors):
-    assert ("EARLY_EXIT drafts with the target's own first layers, which specplug implements on SGLang for "
-            "the model classes LlamaForCausalLM, Qwen2ForCausalLM; this model is Qwen3ForCausalLM"
-            in start_errors["early_exit_arch"]), start_errors["early_exit_arch"]
+    assert (
+        "EARLY_EXIT drafts with the target's own first layers, which specplug implements on SGLang for "
+        "the model classes LlamaForCausalLM, Qwen2ForCausalLM; this model is Qwen3ForCausalLM"
+        in start_errors["early_exit_arch"]
+    ), start_errors["early_exit_arch"]
 
 
 def test_unsupported_sglang_version_refused(start_errors):

@@ -4,6 +4,7 @@ Runs when TGI_SERVER_SRC points to a prepared TGI ``server/`` tree (README.md be
 this file); skipped otherwise, with the reason saying how to enable it. CI has no TGI
 source (TGI's server is not on PyPI), so CI skips this file.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,17 +13,16 @@ import os
 import pathlib
 
 import pytest
-
 import tgi_src
 
 REASON = tgi_src.prepare()
 if REASON:
     pytest.skip(REASON, allow_module_level=True)
 
-import torch  # noqa: E402
 import text_generation_server.utils.tokens as tokens  # noqa: E402
-
 import tgi_loop  # noqa: E402
+import torch  # noqa: E402
+
 from specplug.drafters import registry  # noqa: E402
 from specplug.patches import tgi  # noqa: E402
 from specplug.patches.base import PatchError, PatchSet, applied_patch, source_fingerprint  # noqa: E402
@@ -41,12 +41,13 @@ def _ast_def(path: pathlib.Path, dotted: str):
     return node, text.splitlines()
 
 
-@pytest.mark.parametrize("patch", [tgi.NGramSpeculationPatch, tgi.ChooserCallPatch,
-                                   tgi.GenerateTokenPatch, tgi.BatchFilterPatch])
+@pytest.mark.parametrize(
+    "patch", [tgi.NGramSpeculationPatch, tgi.ChooserCallPatch, tgi.GenerateTokenPatch, tgi.BatchFilterPatch]
+)
 def test_patch_fingerprints_match_tgi_source(patch):
     rel = patch.module.split(".", 1)[1].replace(".", "/") + ".py"
     node, lines = _ast_def(PKG / rel, patch.target)
-    fp = source_fingerprint("\n".join(lines[node.lineno - 1: node.end_lineno]))
+    fp = source_fingerprint("\n".join(lines[node.lineno - 1 : node.end_lineno]))
     assert fp in patch.fingerprints, f"{patch.__name__}: TGI's {patch.target} changed ({fp})"
 
 
@@ -56,10 +57,10 @@ def test_flash_batch_has_the_fields_the_patches_read():
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     assert {"requests", "all_input_ids", "speculative_ids", "prefilling", "requests_idx_mapping"} <= fields
     gen, lines = _ast_def(PKG / "models" / "flash_causal_lm.py", "FlashCausalLM.generate_token")
-    body = "\n".join(lines[gen.lineno - 1: gen.end_lineno])
+    body = "\n".join(lines[gen.lineno - 1 : gen.end_lineno])
     # the chooser call sees the batch's committed ids and last step's drafts, before they change
     call = body.index("batch.next_token_chooser(")
-    assert "batch.speculative_ids," in body[call: call + 300]
+    assert "batch.speculative_ids," in body[call : call + 300]
     assert body.index("batch.all_input_ids[i] = all_input_ids") > call
     assert body.index("batch.speculative_ids = speculative_ids") > call
 
@@ -84,8 +85,7 @@ class LoopFilterPatch(tgi.BatchFilterPatch):
 @contextlib.contextmanager
 def _patched():
     """TGI's real tokens module patched (version from the checkout), the loop's batch hooks too."""
-    ps = PatchSet("TGI", SUPPORTED, [tgi.NGramSpeculationPatch, tgi.ChooserCallPatch],
-                  _version, SUPPORTED_TEXT)
+    ps = PatchSet("TGI", SUPPORTED, [tgi.NGramSpeculationPatch, tgi.ChooserCallPatch], _version, SUPPORTED_TEXT)
     ps.apply_for(tokens)
     loop = [LoopGenerateTokenPatch().apply(tgi_loop), LoopFilterPatch().apply(tgi_loop)]
     try:
@@ -115,8 +115,15 @@ def tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -167,14 +174,14 @@ def test_greedy_patched_equals_no_speculation(patched, tiny_model, algorithm):
     if algorithm not in registry.names():
         pytest.skip(f"{algorithm} is not registered yet")
     reqs = _requests(tiny_model.config.vocab_size)
-    arrive = {100: 0, 101: 0, 102: 3, 103: 7}            # later arrivals: prefill + concatenate
+    arrive = {100: 0, 101: 0, 102: 3, 103: 7}  # later arrivals: prefill + concatenate
     plain, _ = _run(tiny_model, 0, reqs, arrive)
     ctl = tgi.enable(algorithm)
     spec, acc = _run(tiny_model, 5, reqs, arrive)
-    assert spec == plain                                  # token for token, every request
+    assert spec == plain  # token for token, every request
     assert ctl.errors == 0 and ctl.fallbacks == 0 and ctl.runtime.resyncs == 0
     assert ctl.runtime.stats.drafter_errors == 0 and ctl.runtime.stats.bad_trees == 0
-    assert ctl.runtime.active_requests() == 0             # filter / batch end finished them all
+    assert ctl.runtime.active_requests() == 0  # filter / batch end finished them all
     assert acc > 1.0
 
 
@@ -208,8 +215,7 @@ def test_drafter_error_falls_back_to_tgi_ngram_losslessly(patched, tiny_model, m
 
 def test_sampling_with_penalty_and_topk_feedback_runs(patched, tiny_model):
     algorithm = "racer" if "racer" in registry.names() else "pld"
-    reqs = _requests(tiny_model.config.vocab_size, n=3, do_sample=True, seed=7, repetition_penalty=1.2,
-                     temperature=0.8)
+    reqs = _requests(tiny_model.config.vocab_size, n=3, do_sample=True, seed=7, repetition_penalty=1.2, temperature=0.8)
     seen = []
     ctl = tgi.enable(algorithm)
     ctl.runtime.ensure_drafter(tiny_model.config.vocab_size)
@@ -227,7 +233,7 @@ def test_sampling_with_penalty_and_topk_feedback_runs(patched, tiny_model):
         fed = [f for f in seen if f.topk is not None]
         assert fed and all(f.topk.k == ctl.runtime.topk and len(f.topk) == 4 * len(f) for f in fed)
         assert all((f.topk.probs is not None) == ctl.runtime.topk_probs for f in fed)
-        assert all(f.node_data is not None for f in fed) == (algorithm == "racer")   # cells kept
+        assert all(f.node_data is not None for f in fed) == (algorithm == "racer")  # cells kept
         if algorithm == "racer":
             assert ctl.runtime.drafter.acceptance.trials.sum() > 0
 
@@ -237,6 +243,7 @@ def _smollm2():
     try:
         from specplug.adapters.hf.models import load_model
         from specplug.prompts import load_prompt_set
+
         model, tok = load_model()
         prompts = load_prompt_set("humaneval", limit=int(os.environ.get("TGI_COMPARE_PROMPTS", "4")))
     except Exception as e:  # model or prompt package not installed
@@ -254,7 +261,7 @@ def test_specplug_accepts_more_than_tgi_ngram():
         return [tgi_loop.Request(id=i, prompt=p, max_new_tokens=new) for i, p in enumerate(prompts)]
 
     plain, _ = _run(model, 0, reqs())
-    ngram, ngram_acc = _run(model, speculate, reqs())        # TGI's own create_n_gram_speculation
+    ngram, ngram_acc = _run(model, speculate, reqs())  # TGI's own create_n_gram_speculation
     results = {"tgi-ngram": ngram_acc}
     for algorithm in ("pld", "racer"):
         if algorithm not in registry.names():
@@ -266,7 +273,8 @@ def test_specplug_accepts_more_than_tgi_ngram():
         assert ctl.errors == 0 and ctl.fallbacks == 0
         results[algorithm] = acc
     assert ngram == plain
-    print(f"\naccepted tokens per verify step (SmolLM2-135M, {len(prompts)} HumanEval prompts, "
-          f"{new} new tokens, --speculate {speculate}): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
+    print(
+        f"\naccepted tokens per verify step (SmolLM2-135M, {len(prompts)} HumanEval prompts, "
+        f"{new} new tokens, --speculate {speculate}): " + ", ".join(f"{k} {v:.3f}" for k, v in results.items())
+    )
     assert results["pld"] > results["tgi-ngram"]

@@ -15,6 +15,7 @@ concatenation, as in TGI).
 of ``FlashCausalLM.generate_token`` and ``FlashCausalLMBatch.filter``, so the same
 specplug patch code wraps them here (patch subclasses retargeted at this module).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,9 +41,18 @@ class Request:
     @property
     def parameters(self):
         return generate_pb2.NextTokenChooserParameters(
-            temperature=self.temperature, repetition_penalty=self.repetition_penalty,
-            frequency_penalty=0.0, top_k=self.top_k, top_p=1.0, typical_p=1.0,
-            do_sample=self.do_sample, seed=self.seed, watermark=False, grammar="", grammar_type=0)
+            temperature=self.temperature,
+            repetition_penalty=self.repetition_penalty,
+            frequency_penalty=0.0,
+            top_k=self.top_k,
+            top_p=1.0,
+            typical_p=1.0,
+            do_sample=self.do_sample,
+            seed=self.seed,
+            watermark=False,
+            grammar="",
+            grammar_type=0,
+        )
 
 
 @dataclass
@@ -57,19 +67,27 @@ class LoopBatch:
     requests_idx_mapping: dict = field(default_factory=dict)
 
     @classmethod
-    def from_requests(cls, requests: list[Request]) -> "LoopBatch":
+    def from_requests(cls, requests: list[Request]) -> LoopBatch:
         from transformers import DynamicCache
 
         chooser = HeterogeneousNextTokenChooser.from_pb(
-            [r.parameters for r in requests], torch.float32, torch.device("cpu"), None)
-        return cls(list(requests), [list(r.prompt) for r in requests], [DynamicCache() for _ in requests],
-                   [[] for _ in requests], chooser, None, True,
-                   {r.id: i for i, r in enumerate(requests)})
+            [r.parameters for r in requests], torch.float32, torch.device("cpu"), None
+        )
+        return cls(
+            list(requests),
+            [list(r.prompt) for r in requests],
+            [DynamicCache() for _ in requests],
+            [[] for _ in requests],
+            chooser,
+            None,
+            True,
+            {r.id: i for i, r in enumerate(requests)},
+        )
 
     def __len__(self):
         return len(self.requests)
 
-    def filter(self, request_ids: list[int]) -> "LoopBatch":
+    def filter(self, request_ids: list[int]) -> LoopBatch:
         idx = [self.requests_idx_mapping[r] for r in request_ids]
         self.requests = [self.requests[i] for i in idx]
         self.all_input_ids = [self.all_input_ids[i] for i in idx]
@@ -81,17 +99,28 @@ class LoopBatch:
         return self
 
     @classmethod
-    def concatenate(cls, batches: list["LoopBatch"]) -> "LoopBatch":
+    def concatenate(cls, batches: list[LoopBatch]) -> LoopBatch:
         reqs = [r for b in batches for r in b.requests]
-        chooser = HeterogeneousNextTokenChooser.from_pb(   # as TGI: chooser state is rebuilt
-            [r.parameters for r in reqs], torch.float32, torch.device("cpu"), None,
-            fsm_grammar_states=[s for b in batches for s in b.next_token_chooser.fsm_grammar_states])
+        chooser = HeterogeneousNextTokenChooser.from_pb(  # as TGI: chooser state is rebuilt
+            [r.parameters for r in reqs],
+            torch.float32,
+            torch.device("cpu"),
+            None,
+            fsm_grammar_states=[s for b in batches for s in b.next_token_chooser.fsm_grammar_states],
+        )
         spec = None
         if all(b.speculative_ids is not None for b in batches):
             spec = torch.cat([b.speculative_ids for b in batches], dim=0)
-        return cls(reqs, [x for b in batches for x in b.all_input_ids], [c for b in batches for c in b.caches],
-                   [g for b in batches for g in b.generated], chooser, spec, False,
-                   {r.id: i for i, r in enumerate(reqs)})
+        return cls(
+            reqs,
+            [x for b in batches for x in b.all_input_ids],
+            [c for b in batches for c in b.caches],
+            [g for b in batches for g in b.generated],
+            chooser,
+            spec,
+            False,
+            {r.id: i for i, r in enumerate(reqs)},
+        )
 
 
 def _crop(cache, keep: int) -> None:
@@ -106,8 +135,8 @@ class LoopLM:
     def __init__(self, model, speculate: int):
         self.model = model
         self.speculate = speculate
-        self.decode_rows = 0       # row-steps that verified a draft chain
-        self.decode_tokens = 0     # tokens committed in those row-steps
+        self.decode_rows = 0  # row-steps that verified a draft chain
+        self.decode_tokens = 0  # tokens committed in those row-steps
 
     @torch.no_grad()
     def _logits(self, batch: LoopBatch) -> torch.Tensor:
@@ -115,14 +144,14 @@ class LoopLM:
         for i, cache in enumerate(batch.caches):
             if batch.prefilling:
                 ids = batch.all_input_ids[i]
-                rows.append(self.model(input_ids=torch.tensor([ids]), past_key_values=cache,
-                                       use_cache=True).logits[0, -1:])
+                rows.append(
+                    self.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[0, -1:]
+                )
             else:
                 ids = [batch.all_input_ids[i][-1]]
                 if batch.speculative_ids is not None:
                     ids = ids + batch.speculative_ids[i].tolist()
-                rows.append(self.model(input_ids=torch.tensor([ids]), past_key_values=cache,
-                                       use_cache=True).logits[0])
+                rows.append(self.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[0])
         return torch.cat(rows, dim=0).float()
 
     def generate_token(self, batch: LoopBatch):
@@ -134,18 +163,19 @@ class LoopLM:
             input_ids[i, : len(row)] = torch.tensor(row)
         verified = batch.speculative_ids
         next_ids, _, _, accepted_ids, speculative_ids = batch.next_token_chooser(
-            input_ids, scores, self.speculate, verified, None)
+            input_ids, scores, self.speculate, verified, None
+        )
         counts = accepted_ids.tolist()
         ids = next_ids.tolist()
         out, done, pos = {}, set(), 0
         for i, req in enumerate(batch.requests):
-            acc = ids[pos: pos + counts[i]]
+            acc = ids[pos : pos + counts[i]]
             pos += counts[i]
             if not prefill and verified is not None:
                 self.decode_rows += 1
                 self.decode_tokens += len(acc)
             room = req.max_new_tokens - len(batch.generated[i])
-            acc = acc[:room]                       # TGI drops tokens past the stop
+            acc = acc[:room]  # TGI drops tokens past the stop
             batch.generated[i].extend(acc)
             out[req.id] = acc
             n = lengths[i]

@@ -1,4 +1,5 @@
 """Locate TGI's server source tree for the TGI integration tests (no TGI import here)."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,9 +7,11 @@ import os
 import sys
 
 ENV = "TGI_SERVER_SRC"
-HOW = ("these tests drive TGI's real text_generation_server code: get a TGI v3.3.5-v3.3.7 checkout, "
-       "run `bash integration_tests/tgi/setup_tgi_src.sh <checkout>` and set "
-       f"{ENV}=<checkout>/server (integration_tests/tgi/README.md)")
+HOW = (
+    "these tests drive TGI's real text_generation_server code: get a TGI v3.3.5-v3.3.7 checkout, "
+    "run `bash integration_tests/tgi/setup_tgi_src.sh <checkout>` and set "
+    f"{ENV}=<checkout>/server (integration_tests/tgi/README.md)"
+)
 
 
 def prepare() -> str | None:

@@ -39,17 +39,36 @@ pin                                 what the adapter relies on
 :func:`check_worker` checks the worker's pins (``SpecplugWorker.__init__`` calls it);
 :func:`check_decoder` those of one supported causal LM class (the early-exit runner).
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import ClassVar
 
 from specplug.patches.base import Patch, PatchError, PatchSet
-from specplug.patches.sglang.version import (SUPPORTED, SUPPORTED_RANGE, SglangVersionError, check_version,
-                                             detect_sglang_version, sglang_version)
+from specplug.patches.sglang.version import (
+    SUPPORTED,
+    SUPPORTED_RANGE,
+    SglangVersionError,
+    check_version,
+    detect_sglang_version,
+    sglang_version,
+)
 
-__all__ = ["Pin", "SGLANG_PATCHES", "WORKER_MODULES", "DECODER_PINS", "check_worker", "check_decoder",
-           "SUPPORTED", "SUPPORTED_RANGE", "SglangVersionError", "check_version", "sglang_version", "PatchError"]
+__all__ = [
+    "Pin",
+    "SGLANG_PATCHES",
+    "WORKER_MODULES",
+    "DECODER_PINS",
+    "check_worker",
+    "check_decoder",
+    "SUPPORTED",
+    "SUPPORTED_RANGE",
+    "SglangVersionError",
+    "check_version",
+    "sglang_version",
+    "PatchError",
+]
 
 NGRAM_WORKER = "sglang.srt.speculative.ngram_worker"
 NGRAM_INFO = "sglang.srt.speculative.ngram_info"
@@ -65,10 +84,12 @@ class Pin(Patch):
     reason: ClassVar[str] = ""
 
     def _fail(self, why: str) -> PatchError:
-        return PatchError(f"SGLang's {self.qualname} ({type(self).__name__}): {why}; specplug's SGLang adapter "
-                          f"relies on it ({self.reason}). specplug supports {self.supported_text or SUPPORTED_RANGE}")
+        return PatchError(
+            f"SGLang's {self.qualname} ({type(self).__name__}): {why}; specplug's SGLang adapter "
+            f"relies on it ({self.reason}). specplug supports {self.supported_text or SUPPORTED_RANGE}"
+        )
 
-    def apply(self, module=None) -> "Pin":
+    def apply(self, module=None) -> Pin:
         if self.applied:
             raise self._fail("this pin is already checked")
         self.check(module)
@@ -120,8 +141,10 @@ class NgramWorkerUpdateCorpus(Pin):
 class NgramWorkerForward(Pin):
     module, target = NGRAM_WORKER, "NGRAMWorker.forward_batch_generation"
     fingerprints = frozenset({"065a790dacf09ab7"})
-    reason = ("wrapped: the result's accept_tokens [B*W] / accept_lens, the verify logits, and departures "
-              "through ngram_corpus.erase_match_state")
+    reason = (
+        "wrapped: the result's accept_tokens [B*W] / accept_lens, the verify logits, and departures "
+        "through ngram_corpus.erase_match_state"
+    )
 
 
 class NgramWorkerClearCachePool(Pin):
@@ -178,12 +201,28 @@ WORKER_MODULES = (NGRAM_WORKER, NGRAM_INFO, BASE_SPEC_WORKER)
 DECODER_PINS: dict[str, type[Pin]] = {"LlamaForCausalLM": LlamaModelForward, "Qwen2ForCausalLM": Qwen2ModelForward}
 
 SGLANG_PATCHES = PatchSet(
-    "SGLang", SUPPORTED,
-    [NgramWorkerInit, NgramWorkerAllocMemoryPool, NgramWorkerPreallocated, NgramWorkerPrepareVerify,
-     NgramWorkerPrepareDraftTokens, NgramWorkerUpdateCorpus, NgramWorkerForward, NgramWorkerClearCachePool,
-     NgramVerifyInputInit, NgramVerifyInputFilter, NgramVerifyInputMerge, SpecWorkerNoteFinished,
-     LlamaModelForward, Qwen2ModelForward, ForwardBatchInitNew],
-    detect_sglang_version, supported_text=SUPPORTED_RANGE)
+    "SGLang",
+    SUPPORTED,
+    [
+        NgramWorkerInit,
+        NgramWorkerAllocMemoryPool,
+        NgramWorkerPreallocated,
+        NgramWorkerPrepareVerify,
+        NgramWorkerPrepareDraftTokens,
+        NgramWorkerUpdateCorpus,
+        NgramWorkerForward,
+        NgramWorkerClearCachePool,
+        NgramVerifyInputInit,
+        NgramVerifyInputFilter,
+        NgramVerifyInputMerge,
+        SpecWorkerNoteFinished,
+        LlamaModelForward,
+        Qwen2ModelForward,
+        ForwardBatchInitNew,
+    ],
+    detect_sglang_version,
+    supported_text=SUPPORTED_RANGE,
+)
 
 
 def _check_modules(names) -> None:

@@ -25,20 +25,43 @@ here: :func:`enable`, :func:`controller`, ...) over :class:`specplug.adapters.tg
 The patches apply from a post-import hook (:mod:`specplug.plugins.tgi_hook`) when
 ``SPECPLUG_TGI_ALGORITHM`` is set; tests call :func:`enable` and :func:`apply` directly.
 """
+
 from __future__ import annotations
 
 import types
 
-from specplug.adapters.tgi.speculation import (TgiSpeculation, batch_step, chooser_scores, controller, disable,
-                                               enable, enable_from_env)
+from specplug.adapters.tgi.speculation import (
+    TgiSpeculation,
+    batch_step,
+    chooser_scores,
+    controller,
+    disable,
+    enable,
+    enable_from_env,
+)
 from specplug.patches.base import Patch, PatchError, PatchSet, log
 from specplug.patches.tgi.version import SUPPORTED, SUPPORTED_TEXT, detect_tgi_version
 
-__all__ = ["TOKENS_MODULE", "FLASH_MODULE", "TGI_PATCHES",
-           "NGramSpeculationPatch", "ChooserCallPatch", "GenerateTokenPatch", "BatchFilterPatch",
-           "apply", "revert", "on_module_imported", "PatchError",
-           # the controller lives with the adapter (specplug.adapters.tgi.speculation); re-exported
-           "TgiSpeculation", "enable", "enable_from_env", "disable", "controller", "batch_step"]
+__all__ = [
+    "TOKENS_MODULE",
+    "FLASH_MODULE",
+    "TGI_PATCHES",
+    "NGramSpeculationPatch",
+    "ChooserCallPatch",
+    "GenerateTokenPatch",
+    "BatchFilterPatch",
+    "apply",
+    "revert",
+    "on_module_imported",
+    "PatchError",
+    # the controller lives with the adapter (specplug.adapters.tgi.speculation); re-exported
+    "TgiSpeculation",
+    "enable",
+    "enable_from_env",
+    "disable",
+    "controller",
+    "batch_step",
+]
 
 TOKENS_MODULE = "text_generation_server.utils.tokens"
 FLASH_MODULE = "text_generation_server.models.flash_causal_lm"
@@ -57,6 +80,7 @@ class NGramSpeculationPatch(Patch):
             if ctl is None:
                 return original(input_ids, next_ids, accepted_ids, speculate, verbose)
             return ctl.draft(original, input_ids, next_ids, accepted_ids, speculate, verbose)
+
         return create_n_gram_speculation
 
 
@@ -66,11 +90,10 @@ class ChooserCallPatch(Patch):
     fingerprints = frozenset({"d2cf0c8e7249e80b"})
 
     def replacement(self, original):
-        def __call__(self, input_ids, scores, speculate, speculated_ids=None, speculative_scores=None,
-                     verbose=False):
+        def __call__(self, input_ids, scores, speculate, speculated_ids=None, speculative_scores=None, verbose=False):
             with chooser_scores(scores):
-                return original(self, input_ids, scores, speculate, speculated_ids, speculative_scores,
-                                verbose)
+                return original(self, input_ids, scores, speculate, speculated_ids, speculative_scores, verbose)
+
         return __call__
 
 
@@ -89,6 +112,7 @@ class GenerateTokenPatch(Patch):
                 result = original(self, batch)
             ctl.after_step(batch, result[1])
             return result
+
         return generate_token
 
 
@@ -105,12 +129,17 @@ class BatchFilterPatch(Patch):
             if ctl is not None:
                 ctl.runtime.retain(before, request_ids)
             return out
+
         return filter
 
 
-TGI_PATCHES = PatchSet("TGI", SUPPORTED,
-                       [NGramSpeculationPatch, ChooserCallPatch, GenerateTokenPatch, BatchFilterPatch],
-                       detect_tgi_version, supported_text=SUPPORTED_TEXT)
+TGI_PATCHES = PatchSet(
+    "TGI",
+    SUPPORTED,
+    [NGramSpeculationPatch, ChooserCallPatch, GenerateTokenPatch, BatchFilterPatch],
+    detect_tgi_version,
+    supported_text=SUPPORTED_TEXT,
+)
 
 
 def apply(module: types.ModuleType) -> list[Patch]:
@@ -126,7 +155,10 @@ def on_module_imported(module: types.ModuleType) -> None:
     """Post-import hook callback: configure from the environment once, then patch."""
     if controller() is None:
         ctl = enable_from_env()
-        log("info", f"specplug: TGI speculation by {ctl.algorithm} "
-                    f"(options {ctl.runtime.options}) replaces TGI's n-gram drafting; "
-                    f"--speculate N sets the chain length")
+        log(
+            "info",
+            f"specplug: TGI speculation by {ctl.algorithm} "
+            f"(options {ctl.runtime.options}) replaces TGI's n-gram drafting; "
+            f"--speculate N sets the chain length",
+        )
     apply(module)

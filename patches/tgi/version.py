@@ -13,6 +13,7 @@ release, so the version comes from the TGI build itself, first found of:
 The tags v3.3.6 and v3.3.7 both carry the workspace version ``3.3.6-dev0`` (so do the
 binaries built from them); a ``-devN`` build counts as its release.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,20 +25,28 @@ import sys
 
 from specplug.plugins import env
 
-__all__ = ["ENV_VERSION", "LAUNCHER", "SUPPORTED", "SUPPORTED_TEXT", "detect_tgi_version",
-           "launcher_version", "checkout_version"]
+__all__ = [
+    "ENV_VERSION",
+    "LAUNCHER",
+    "SUPPORTED",
+    "SUPPORTED_TEXT",
+    "detect_tgi_version",
+    "launcher_version",
+    "checkout_version",
+]
 
 ENV_VERSION = env.TGI_VERSION
 LAUNCHER = "text-generation-launcher"
 SUPPORTED = ((3, 3, 5), (3, 3, 7))
-SUPPORTED_TEXT = ("TGI 3.3.5, 3.3.6 and 3.3.7 (images ghcr.io/huggingface/text-generation-inference:"
-                  "3.3.5 and :3.3.6; builds of the v3.3.6 and v3.3.7 tags report 3.3.6-dev0)")
+SUPPORTED_TEXT = (
+    "TGI 3.3.5, 3.3.6 and 3.3.7 (images ghcr.io/huggingface/text-generation-inference:"
+    "3.3.5 and :3.3.6; builds of the v3.3.6 and v3.3.7 tags report 3.3.6-dev0)"
+)
 
 
 def _run_version(binary: str) -> str | None:
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
-                             check=False)
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     text = (out.stdout or out.stderr).strip()
@@ -73,8 +82,11 @@ def checkout_version(server_package_file: str | None) -> tuple[str, str] | None:
     cargo = root / "Cargo.toml"
     if not (root / "server").is_dir() or not cargo.is_file():
         return None
-    m = re.search(r"\[workspace\.package\][^\[]*?^version\s*=\s*\"([^\"]+)\"",
-                  cargo.read_text(encoding="utf-8", errors="replace"), re.M | re.S)
+    m = re.search(
+        r"\[workspace\.package\][^\[]*?^version\s*=\s*\"([^\"]+)\"",
+        cargo.read_text(encoding="utf-8", errors="replace"),
+        re.M | re.S,
+    )
     return None if m is None else (m.group(1), f"{cargo}")
 
 
@@ -89,7 +101,9 @@ def detect_tgi_version() -> tuple[str, str]:
     if found is None and env.read(ENV_VERSION):
         found = env.read(ENV_VERSION), f"${ENV_VERSION}"
     if found is None:
-        raise PatchError(f"cannot tell which TGI version is running (no {LAUNCHER} as parent or on "
-                         f"PATH, no TGI source checkout); set {ENV_VERSION} to it. specplug supports "
-                         f"{SUPPORTED_TEXT}")
+        raise PatchError(
+            f"cannot tell which TGI version is running (no {LAUNCHER} as parent or on "
+            f"PATH, no TGI source checkout); set {ENV_VERSION} to it. specplug supports "
+            f"{SUPPORTED_TEXT}"
+        )
     return found

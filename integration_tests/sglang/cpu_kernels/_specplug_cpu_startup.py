@@ -1,4 +1,5 @@
 """Installs the CPU test stand-ins; see sitecustomize.py."""
+
 from __future__ import annotations
 
 import importlib.abc
@@ -79,6 +80,7 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             sys.meta_path.remove(self)
             try:
                 import torchvision  # noqa: F401
+
                 self._real_torchvision = True
             except Exception:
                 for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:

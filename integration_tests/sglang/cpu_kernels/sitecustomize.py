@@ -11,6 +11,7 @@ runs in SGLang's scheduler and detokenizer subprocesses).
 
 Set SPECPLUG_CPU_KERNELS=0 to disable.
 """
+
 import os
 
 if os.environ.get("SPECPLUG_CPU_KERNELS", "1") != "0":

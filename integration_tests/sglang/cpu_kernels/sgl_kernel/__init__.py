@@ -7,11 +7,12 @@ this path) are stubs that raise, naming themselves. ``convert_weight_packed`` is
 deliberately absent, so SGLang's ``cpu_has_amx_support()`` stays false and linear /
 norm layers keep their native torch paths.
 """
+
 from __future__ import annotations
 
 import torch
 
-from . import ops as _ops  # registers torch.ops.sgl_kernel.*
+from . import ops as _ops  # noqa: F401 -- registers torch.ops.sgl_kernel.*
 
 __version__ = "0.0.0+specplug.cpu.stand.in"
 IS_STAND_IN = True
@@ -21,26 +22,42 @@ def _op(name):
     return getattr(torch.ops.sgl_kernel, name)
 
 
-def assign_req_to_token_pool_cpu(req_pool_indices, req_to_token, start_offset, end_offset,
-                                 out_cache_loc, pool_len):
-    _op("assign_req_to_token_pool_cpu")(req_pool_indices, req_to_token, start_offset, end_offset,
-                                        out_cache_loc, int(pool_len))
+def assign_req_to_token_pool_cpu(req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, pool_len):
+    _op("assign_req_to_token_pool_cpu")(
+        req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, int(pool_len)
+    )
 
 
-def assign_extend_cache_locs_cpu(req_pool_indices, req_to_token, start_offset, end_offset,
-                                 out_cache_loc, pool_len):
-    _op("assign_extend_cache_locs_cpu")(req_pool_indices, req_to_token, start_offset, end_offset,
-                                        out_cache_loc, int(pool_len))
+def assign_extend_cache_locs_cpu(req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, pool_len):
+    _op("assign_extend_cache_locs_cpu")(
+        req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, int(pool_len)
+    )
 
 
 def copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt_loc, src_loc):
     _op("copy_all_layer_kv_cache_cpu")(data_ptrs, strides, tgt_loc, src_loc)
 
 
-def verify_tree_greedy_cpu(predicts, accept_index, accept_token_num, candidates, retrive_index,
-                           retrive_next_token, retrive_next_sibling, target_predict):
-    _op("verify_tree_greedy_cpu")(predicts, accept_index, accept_token_num, candidates, retrive_index,
-                                  retrive_next_token, retrive_next_sibling, target_predict)
+def verify_tree_greedy_cpu(
+    predicts,
+    accept_index,
+    accept_token_num,
+    candidates,
+    retrive_index,
+    retrive_next_token,
+    retrive_next_sibling,
+    target_predict,
+):
+    _op("verify_tree_greedy_cpu")(
+        predicts,
+        accept_index,
+        accept_token_num,
+        candidates,
+        retrive_index,
+        retrive_next_token,
+        retrive_next_sibling,
+        target_predict,
+    )
 
 
 def fill_accept_out_cache_loc_cpu(accept_index, out_cache_loc, accept_out_cache_loc):
@@ -55,15 +72,20 @@ def _unimplemented(name):
     def stub(*args, **kwargs):
         raise NotImplementedError(
             f"sgl_kernel.{name} is not implemented by specplug's CPU test stand-in "
-            f"(integration_tests/sglang/cpu_kernels); only the NGRAM-path ops are")
+            f"(integration_tests/sglang/cpu_kernels); only the NGRAM-path ops are"
+        )
+
     stub.__name__ = name
     return stub
 
 
 # imported by SGLang modules on the CPU path, never called by the tested configuration
 IMPORT_ONLY = (
-    "assign_draft_cache_locs_contiguous_cpu", "build_tree_kernel_efficient_cpu",
-    "rotate_input_ids_cpu", "build_draft_decode_metadata_cpu", "store_cache_cpu",
+    "assign_draft_cache_locs_contiguous_cpu",
+    "build_tree_kernel_efficient_cpu",
+    "rotate_input_ids_cpu",
+    "build_draft_decode_metadata_cpu",
+    "store_cache_cpu",
 )
 for _name in IMPORT_ONLY:
     globals()[_name] = _unimplemented(_name)

@@ -4,6 +4,7 @@ Each op is registered with ``torch.library`` under the ``sgl_kernel`` namespace,
 the schema SGLang 0.5.23's call sites use; implementations are vectorised over the
 batch (loops run over tree depth only). Test fixture: correctness over speed.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,38 +16,29 @@ import torch
 LIB = torch.library.Library("sgl_kernel", "DEF")
 
 SCHEMAS = {
-    "assign_req_to_token_pool_cpu":
-        "(Tensor req_pool_indices, Tensor(a!) req_to_token, Tensor start_offset, Tensor end_offset, "
-        "Tensor out_cache_loc, int pool_len) -> ()",
-    "assign_extend_cache_locs_cpu":
-        "(Tensor req_pool_indices, Tensor req_to_token, Tensor start_offset, Tensor end_offset, "
-        "Tensor(a!) out_cache_loc, int pool_len) -> ()",
-    "copy_all_layer_kv_cache_cpu":
-        "(Tensor data_ptrs, Tensor strides, Tensor tgt_loc, Tensor src_loc) -> ()",
-    "verify_tree_greedy_cpu":
-        "(Tensor(a!) predicts, Tensor(b!) accept_index, Tensor(c!) accept_token_num, Tensor candidates, "
-        "Tensor retrive_index, Tensor retrive_next_token, Tensor retrive_next_sibling, "
-        "Tensor target_predict) -> ()",
-    "fill_accept_out_cache_loc_cpu":
-        "(Tensor accept_index, Tensor out_cache_loc, Tensor(a!) accept_out_cache_loc) -> ()",
-    "fill_bonus_tokens_cpu":
-        "(Tensor accept_tokens, Tensor accept_lens, Tensor(a!) bonus_tokens, int accept_stride) -> ()",
-    "reconstruct_indices_from_tree_mask":
-        "(Tensor tree_mask, Tensor verified_seq_len, Tensor(a!) positions, Tensor(b!) retrive_index, "
-        "Tensor(c!) retrive_next_token, Tensor(d!) retrive_next_sibling, int batch_size, "
-        "int draft_token_num) -> ()",
-    "decode_attention_cpu":
-        "(Tensor query, Tensor(a!) k_cache, Tensor(b!) v_cache, float k_scale, float v_scale, "
-        "Tensor(c!) output, Tensor? key, Tensor? value, Tensor loc, Tensor attn_logits, "
-        "Tensor req_to_token, Tensor req_pool_indices, Tensor seq_lens, float sm_scale, "
-        "float logit_cap, bool is_cross_attention, int sliding_window, Tensor? encoder_lens, "
-        "Tensor? sinks) -> ()",
-    "extend_attention_cpu":
-        "(Tensor q_extend, Tensor? k_extend, Tensor? v_extend, Tensor(a!) o_extend, Tensor k_buffer, "
-        "Tensor v_buffer, float k_scale, float v_scale, Tensor req_to_token, Tensor req_pool_indices, "
-        "Tensor seq_lens, Tensor extend_seq_lens, Tensor extend_start_loc, int? max_len_extend, "
-        "float sm_scale, float logit_cap, bool is_cross_attention, int sliding_window, "
-        "Tensor? encoder_lens, Tensor? sinks, Tensor? tree_mask, bool is_causal) -> ()",
+    "assign_req_to_token_pool_cpu": "(Tensor req_pool_indices, Tensor(a!) req_to_token, Tensor start_offset, Tensor end_offset, "
+    "Tensor out_cache_loc, int pool_len) -> ()",
+    "assign_extend_cache_locs_cpu": "(Tensor req_pool_indices, Tensor req_to_token, Tensor start_offset, Tensor end_offset, "
+    "Tensor(a!) out_cache_loc, int pool_len) -> ()",
+    "copy_all_layer_kv_cache_cpu": "(Tensor data_ptrs, Tensor strides, Tensor tgt_loc, Tensor src_loc) -> ()",
+    "verify_tree_greedy_cpu": "(Tensor(a!) predicts, Tensor(b!) accept_index, Tensor(c!) accept_token_num, Tensor candidates, "
+    "Tensor retrive_index, Tensor retrive_next_token, Tensor retrive_next_sibling, "
+    "Tensor target_predict) -> ()",
+    "fill_accept_out_cache_loc_cpu": "(Tensor accept_index, Tensor out_cache_loc, Tensor(a!) accept_out_cache_loc) -> ()",
+    "fill_bonus_tokens_cpu": "(Tensor accept_tokens, Tensor accept_lens, Tensor(a!) bonus_tokens, int accept_stride) -> ()",
+    "reconstruct_indices_from_tree_mask": "(Tensor tree_mask, Tensor verified_seq_len, Tensor(a!) positions, Tensor(b!) retrive_index, "
+    "Tensor(c!) retrive_next_token, Tensor(d!) retrive_next_sibling, int batch_size, "
+    "int draft_token_num) -> ()",
+    "decode_attention_cpu": "(Tensor query, Tensor(a!) k_cache, Tensor(b!) v_cache, float k_scale, float v_scale, "
+    "Tensor(c!) output, Tensor? key, Tensor? value, Tensor loc, Tensor attn_logits, "
+    "Tensor req_to_token, Tensor req_pool_indices, Tensor seq_lens, float sm_scale, "
+    "float logit_cap, bool is_cross_attention, int sliding_window, Tensor? encoder_lens, "
+    "Tensor? sinks) -> ()",
+    "extend_attention_cpu": "(Tensor q_extend, Tensor? k_extend, Tensor? v_extend, Tensor(a!) o_extend, Tensor k_buffer, "
+    "Tensor v_buffer, float k_scale, float v_scale, Tensor req_to_token, Tensor req_pool_indices, "
+    "Tensor seq_lens, Tensor extend_seq_lens, Tensor extend_start_loc, int? max_len_extend, "
+    "float sm_scale, float logit_cap, bool is_cross_attention, int sliding_window, "
+    "Tensor? encoder_lens, Tensor? sinks, Tensor? tree_mask, bool is_causal) -> ()",
 }
 
 
@@ -55,6 +47,7 @@ def _impl(name):
         LIB.define(name + SCHEMAS[name])
         LIB.impl(name, fn, "CPU")
         return fn
+
     return deco
 
 
@@ -69,15 +62,13 @@ def _segments(start: torch.Tensor, end: torch.Tensor):
 
 # ------------------------------------------------------------------ KV bookkeeping
 @_impl("assign_req_to_token_pool_cpu")
-def assign_req_to_token_pool(req_pool_indices, req_to_token, start_offset, end_offset,
-                             out_cache_loc, pool_len):
+def assign_req_to_token_pool(req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, pool_len):
     b, col = _segments(start_offset, end_offset)
     req_to_token[req_pool_indices.to(torch.int64)[b], col] = out_cache_loc[: b.numel()].to(req_to_token.dtype)
 
 
 @_impl("assign_extend_cache_locs_cpu")
-def assign_extend_cache_locs(req_pool_indices, req_to_token, start_offset, end_offset,
-                             out_cache_loc, pool_len):
+def assign_extend_cache_locs(req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, pool_len):
     b, col = _segments(start_offset, end_offset)
     out_cache_loc[: b.numel()] = req_to_token[req_pool_indices.to(torch.int64)[b], col].to(out_cache_loc.dtype)
 
@@ -98,8 +89,16 @@ def copy_all_layer_kv_cache(data_ptrs, strides, tgt_loc, src_loc):
 
 # ------------------------------------------------------------------ speculative verify
 @_impl("verify_tree_greedy_cpu")
-def verify_tree_greedy(predicts, accept_index, accept_token_num, candidates, retrive_index,
-                       retrive_next_token, retrive_next_sibling, target_predict):
+def verify_tree_greedy(
+    predicts,
+    accept_index,
+    accept_token_num,
+    candidates,
+    retrive_index,
+    retrive_next_token,
+    retrive_next_sibling,
+    target_predict,
+):
     """Greedy tree walk: from the root, enter the first child (sibling order) whose token is
     the target's prediction at the current node; stop where none matches."""
     bs, n = candidates.shape
@@ -171,9 +170,16 @@ def fill_bonus_tokens(accept_tokens, accept_lens, bonus_tokens, accept_stride):
 
 
 @_impl("reconstruct_indices_from_tree_mask")
-def reconstruct_indices_from_tree_mask(tree_mask, verified_seq_len, positions, retrive_index,
-                                       retrive_next_token, retrive_next_sibling, batch_size,
-                                       draft_token_num):
+def reconstruct_indices_from_tree_mask(
+    tree_mask,
+    verified_seq_len,
+    positions,
+    retrive_index,
+    retrive_next_token,
+    retrive_next_sibling,
+    batch_size,
+    draft_token_num,
+):
     """Positions (depth + committed length) and first-child / next-sibling links of each
     tree from its ancestor mask (``mask[b, i, j]``: j is i or an ancestor of i)."""
     bs, n = int(batch_size), int(draft_token_num)
@@ -182,8 +188,9 @@ def reconstruct_indices_from_tree_mask(tree_mask, verified_seq_len, positions, r
     m = tree_mask[: bs * n * n].reshape(bs, n, n).to(torch.bool)
     idx = torch.arange(n)
     anc = m & (idx[None, None, :] < idx[None, :, None])  # strict ancestors j < i
-    positions.view(-1)[: bs * n] = (anc.sum(-1) + verified_seq_len[:bs, None].to(torch.int64)
-                                    ).reshape(-1).to(positions.dtype)
+    positions.view(-1)[: bs * n] = (
+        (anc.sum(-1) + verified_seq_len[:bs, None].to(torch.int64)).reshape(-1).to(positions.dtype)
+    )
     retrive_index.view(bs, n)[:] = (torch.arange(bs)[:, None] * n + idx[None, :]).to(retrive_index.dtype)
     parent = torch.where(anc.any(-1), (anc * idx).amax(-1), torch.full((bs, n), -1))
     big = n
@@ -191,7 +198,8 @@ def reconstruct_indices_from_tree_mask(tree_mask, verified_seq_len, positions, r
     desc = anc.transpose(1, 2)  # desc[b, t, k] = t is a strict ancestor of k
     first = torch.where(desc, idx[None, None, :], torch.full_like(desc, big, dtype=torch.int64)).amin(-1)
     retrive_next_token.view(bs, n)[:] = torch.where(first < big, first, torch.full_like(first, -1)).to(
-        retrive_next_token.dtype)
+        retrive_next_token.dtype
+    )
     same = (parent[:, :, None] == parent[:, None, :]) & (idx[None, None, :] > idx[None, :, None])
     nsib = torch.where(same, idx[None, None, :], torch.full_like(same, big, dtype=torch.int64)).amin(-1)
     nsib = torch.where((nsib < big) & (parent >= 0), nsib, torch.full_like(nsib, -1))
@@ -239,9 +247,27 @@ def _gather_kv(buf, scale, req_to_token, rpi, lens):
 
 
 @_impl("decode_attention_cpu")
-def decode_attention(query, k_cache, v_cache, k_scale, v_scale, output, key, value, loc,
-                     attn_logits, req_to_token, req_pool_indices, seq_lens, sm_scale, logit_cap,
-                     is_cross_attention, sliding_window, encoder_lens, sinks):
+def decode_attention(
+    query,
+    k_cache,
+    v_cache,
+    k_scale,
+    v_scale,
+    output,
+    key,
+    value,
+    loc,
+    attn_logits,
+    req_to_token,
+    req_pool_indices,
+    seq_lens,
+    sm_scale,
+    logit_cap,
+    is_cross_attention,
+    sliding_window,
+    encoder_lens,
+    sinks,
+):
     _check_supported(is_cross_attention, encoder_lens)
     if key is not None:
         k_cache[loc.to(torch.int64)] = key.to(k_cache.dtype)
@@ -259,17 +285,37 @@ def decode_attention(query, k_cache, v_cache, k_scale, v_scale, output, key, val
 
 
 @_impl("extend_attention_cpu")
-def extend_attention(q_extend, k_extend, v_extend, o_extend, k_buffer, v_buffer, k_scale, v_scale,
-                     req_to_token, req_pool_indices, seq_lens, extend_seq_lens, extend_start_loc,
-                     max_len_extend, sm_scale, logit_cap, is_cross_attention, sliding_window,
-                     encoder_lens, sinks, tree_mask, is_causal):
+def extend_attention(
+    q_extend,
+    k_extend,
+    v_extend,
+    o_extend,
+    k_buffer,
+    v_buffer,
+    k_scale,
+    v_scale,
+    req_to_token,
+    req_pool_indices,
+    seq_lens,
+    extend_seq_lens,
+    extend_start_loc,
+    max_len_extend,
+    sm_scale,
+    logit_cap,
+    is_cross_attention,
+    sliding_window,
+    encoder_lens,
+    sinks,
+    tree_mask,
+    is_causal,
+):
     """Each request's extend queries attend to its cached prefix and to its extend tokens:
     causally, or through ``tree_mask`` ([e x e] per request, or [e x seq_len] rows)."""
     _check_supported(is_cross_attention, encoder_lens)
     if tree_mask is not None and os.environ.get("SPECPLUG_CPU_KERNELS_BREAK_TREE_MASK") == "1":
         tree_mask = None  # negative control for the engine tests: plain causal attention
     B = seq_lens.numel()
-    T, H = q_extend.shape[0], q_extend.shape[1]
+    T = q_extend.shape[0]
     if B == 0 or T == 0:
         return
     ext = extend_seq_lens.to(torch.int64)
@@ -281,15 +327,22 @@ def extend_attention(q_extend, k_extend, v_extend, o_extend, k_buffer, v_buffer,
     qvalid = qi[None, :] < ext[:, None]
     rows = (extend_start_loc.to(torch.int64)[:, None] + qi[None, :]).clamp(max=T - 1)
     q = q_extend[rows]  # [B, E, H, D]
-    kp, pvalid = _gather_kv(k_buffer, k_scale, req_to_token, req_pool_indices, pre) if P else (
-        k_buffer.new_zeros((B, 0) + tuple(k_buffer.shape[1:])).float(), torch.zeros((B, 0), dtype=torch.bool))
-    vp, _ = _gather_kv(v_buffer, v_scale, req_to_token, req_pool_indices, pre) if P else (
-        v_buffer.new_zeros((B, 0) + tuple(v_buffer.shape[1:])).float(), None)
+    kp, pvalid = (
+        _gather_kv(k_buffer, k_scale, req_to_token, req_pool_indices, pre)
+        if P
+        else (k_buffer.new_zeros((B, 0) + tuple(k_buffer.shape[1:])).float(), torch.zeros((B, 0), dtype=torch.bool))
+    )
+    vp, _ = (
+        _gather_kv(v_buffer, v_scale, req_to_token, req_pool_indices, pre)
+        if P
+        else (v_buffer.new_zeros((B, 0) + tuple(v_buffer.shape[1:])).float(), None)
+    )
     if k_extend is not None:
         ke, ve = k_extend[rows].float(), v_extend[rows].float()
     else:  # shared-KV layers: the extend tokens' KV is already in the cache
-        locs = req_to_token[req_pool_indices.to(torch.int64)[:, None],
-                            (pre[:, None] + qi[None, :]).clamp(max=req_to_token.shape[1] - 1)].to(torch.int64)
+        locs = req_to_token[
+            req_pool_indices.to(torch.int64)[:, None], (pre[:, None] + qi[None, :]).clamp(max=req_to_token.shape[1] - 1)
+        ].to(torch.int64)
         ke = k_buffer[locs].float() * k_scale
         ve = v_buffer[locs].float() * v_scale
     k = torch.cat([kp, ke], dim=1)
@@ -307,26 +360,31 @@ def extend_attention(q_extend, k_extend, v_extend, o_extend, k_buffer, v_buffer,
             full = torch.zeros((B, E, int(total.max())), dtype=torch.bool)
             full[b, i, j] = tm
             cols = torch.arange(E)
-            ee = full.gather(2, (pre[:, None, None] + cols[None, None, :]).clamp(max=full.shape[2] - 1)
-                             .expand(B, E, E))
+            ee = full.gather(2, (pre[:, None, None] + cols[None, None, :]).clamp(max=full.shape[2] - 1).expand(B, E, E))
             pre_vis = full[:, :, :P] if P else torch.ones((B, E, 0), dtype=torch.bool)
         else:
-            raise ValueError(f"tree_mask has {tm.numel()} elements; expected sum(e*e)="
-                             f"{int((ext * ext).sum())} or sum(e*seq_len)={int((ext * total).sum())}")
+            raise ValueError(
+                f"tree_mask has {tm.numel()} elements; expected sum(e*e)="
+                f"{int((ext * ext).sum())} or sum(e*seq_len)={int((ext * total).sum())}"
+            )
     elif is_causal:
         ee = (qi[None, :, None] >= qi[None, None, :]).expand(B, E, E)
         pre_vis = torch.ones((B, E, 1), dtype=torch.bool)
     else:
         ee = torch.ones((B, E, E), dtype=torch.bool)
         pre_vis = torch.ones((B, E, 1), dtype=torch.bool)
-    allowed_pre = pvalid[:, None, :] & pre_vis[:, :, : pvalid.shape[1]] if pre_vis.shape[2] != 1 \
+    allowed_pre = (
+        pvalid[:, None, :] & pre_vis[:, :, : pvalid.shape[1]]
+        if pre_vis.shape[2] != 1
         else pvalid[:, None, :].expand(B, E, pvalid.shape[1])
+    )
     allowed_ext = ee & qvalid[:, None, :] & qvalid[:, :, None]
     allowed = torch.cat([allowed_pre, allowed_ext], dim=2)
     if sliding_window and sliding_window > 0:
-        qpos = pre[:, None] + qi[None, :]                          # [B, E]
-        kpos = torch.cat([torch.arange(kp.shape[1])[None, :].expand(B, -1),
-                          pre[:, None] + qi[None, :]], dim=1)      # [B, P + E]
+        qpos = pre[:, None] + qi[None, :]  # [B, E]
+        kpos = torch.cat(
+            [torch.arange(kp.shape[1])[None, :].expand(B, -1), pre[:, None] + qi[None, :]], dim=1
+        )  # [B, P + E]
         allowed = allowed & ((qpos[:, :, None] - kpos[:, None, :]) < sliding_window)
     o = _softmax_attend(q, k, v, allowed, sm_scale, logit_cap, sinks)  # [B, E, H, Dv]
     o_extend[rows[qvalid]] = o[qvalid].to(o_extend.dtype)
