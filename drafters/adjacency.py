@@ -9,6 +9,7 @@ a drafter: what one request's verification taught about "what follows token t" d
 every other request (that is the point of recycling). Size: vocab x k int32, e.g.
 49152 x 8 x 4 B = 1.5 MiB, fixed for the drafter's lifetime; requests add no memory.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,7 +82,7 @@ def update_rows_flat(rows, probs, tokens, topk, tprobs, offsets, has_topk, hits,
     """
     vocab, k = rows.shape
     kk = min(k, topk.shape[1])
-    store_p = probs.shape[0] == vocab        # else probs is a [1, k] row of -1 (not stored)
+    store_p = probs.shape[0] == vocab  # else probs is a [1, k] row of -1 (not stored)
     for b in range(offsets.shape[0] - 1):
         if not has_topk[b]:
             continue
@@ -120,7 +121,7 @@ def id_and_prob_rows(n: int, k: int, probs: bool):
         return np.full((n, k), -1, np.int32), np.full((1, k), -1.0, np.float32)
     raw = np.empty(n * 2 * k + 16, np.int32)
     off = (-raw.ctypes.data % 64) // 4
-    buf = raw[off: off + n * 2 * k].reshape(n, 2 * k)
+    buf = raw[off : off + n * 2 * k].reshape(n, 2 * k)
     ids, pr = buf[:, :k], buf[:, k:].view(np.float32)
     ids[...] = -1
     pr[...] = -1.0
@@ -136,8 +137,8 @@ class AdjacencyTable:
         self.k = int(k)
         # the target's probability of each id (-1: unknown); stored only for dynamic trees
         self.rows, self.probs = id_and_prob_rows(int(vocab_size), self.k, probs)
-        self.hits = np.zeros(self.k, np.float64)     # rank-r entry was the target's top-1
-        self.trials = np.zeros(1, np.float64)        # known rows checked against the target
+        self.hits = np.zeros(self.k, np.float64)  # rank-r entry was the target's top-1
+        self.trials = np.zeros(1, np.float64)  # known rows checked against the target
         self.calibration = EdgeCalibration(self.k, DEFAULT_RANK_PRIOR)
 
     @property
@@ -160,8 +161,9 @@ class AdjacencyTable:
         ctx = np.ascontiguousarray(context_ids, dtype=np.int32)
         n = ctx.shape[0] - 1
         if len(context_topk) != n:
-            raise ConfigError(f"context_topk must have shape [len(context_ids) - 1, k] = [{n}, k], "
-                              f"got {context_topk.ids.shape}")
+            raise ConfigError(
+                f"context_topk must have shape [len(context_ids) - 1, k] = [{n}, k], got {context_topk.ids.shape}"
+            )
         if n > 0:
             update_rows(self.rows, self.probs, ctx, context_topk.ids, _probs_arg(context_topk.probs))
 
@@ -171,9 +173,20 @@ class AdjacencyTable:
         if flat is None:
             return
         topk, probs = flat
-        update_rows_flat(self.rows, self.probs, feedback.tokens, topk, probs, feedback.node_offsets,
-                         feedback.has_topk, self.hits, self.trials, self.calibration.hits, self.calibration.trials)
-        if self.trials[0] > 1e7:                    # keep adapting: old evidence fades
+        update_rows_flat(
+            self.rows,
+            self.probs,
+            feedback.tokens,
+            topk,
+            probs,
+            feedback.node_offsets,
+            feedback.has_topk,
+            self.hits,
+            self.trials,
+            self.calibration.hits,
+            self.calibration.trials,
+        )
+        if self.trials[0] > 1e7:  # keep adapting: old evidence fades
             self.hits *= 0.5
             self.trials *= 0.5
         self.calibration.decay()
@@ -215,8 +228,9 @@ def pair_row(keys, prev, tok, vocab):
 
 
 @njit(cache=True)
-def update_pairs_flat(keys, rows, probs, tokens, parents, root_prev, topk, tprobs, offsets, has_topk, vocab,
-                      cal_hits, cal_trials):
+def update_pairs_flat(
+    keys, rows, probs, tokens, parents, root_prev, topk, tprobs, offsets, has_topk, vocab, cal_hits, cal_trials
+):
     """Row of the pair (token before node i, token of node i) := topk[i] (probs := tprobs[i]).
     The token before a tree's root is root_prev[b] (-1: unknown, skipped); before any other
     node, its parent's. A row of the same pair being overwritten is first scored against the
@@ -224,7 +238,7 @@ def update_pairs_flat(keys, rows, probs, tokens, parents, root_prev, topk, tprob
     k = rows.shape[1]
     kk = min(k, topk.shape[1])
     mask = keys.shape[0] - 1
-    store_p = probs.shape[0] == rows.shape[0]   # else probs is a [1, k] row of -1 (not stored)
+    store_p = probs.shape[0] == rows.shape[0]  # else probs is a [1, k] row of -1 (not stored)
     for b in range(offsets.shape[0] - 1):
         if not has_topk[b]:
             continue
@@ -266,25 +280,49 @@ class PairAdjacency:
         if flat is None:
             return
         topk, probs = flat
-        update_pairs_flat(self.keys, self.rows, self.probs, feedback.tokens, feedback.parents,
-                          np.asarray(root_prev, np.int64), topk, probs, feedback.node_offsets, feedback.has_topk,
-                          self.vocab_size, self.calibration.hits, self.calibration.trials)
+        update_pairs_flat(
+            self.keys,
+            self.rows,
+            self.probs,
+            feedback.tokens,
+            feedback.parents,
+            np.asarray(root_prev, np.int64),
+            topk,
+            probs,
+            feedback.node_offsets,
+            feedback.has_topk,
+            self.vocab_size,
+            self.calibration.hits,
+            self.calibration.trials,
+        )
         self.calibration.decay()
 
     def seed(self, context_ids, context_topk: TopK) -> None:
         """Prefill: the pair (context[i-1], context[i]) was followed by context_topk row i."""
         ctx = np.ascontiguousarray(context_ids, dtype=np.int32)
         tk = context_topk.ids
-        n = ctx.shape[0] - 1                        # positions with top-k
+        n = ctx.shape[0] - 1  # positions with top-k
         if n < 2:
             return
         pr = context_topk.probs_or_unknown()
         tokens = ctx[:n]
-        parents = np.arange(-1, n - 1, dtype=np.int32)   # a chain: node i's parent is i - 1
+        parents = np.arange(-1, n - 1, dtype=np.int32)  # a chain: node i's parent is i - 1
         offsets = np.array([0, n], np.int64)
-        update_pairs_flat(self.keys, self.rows, self.probs, tokens, parents, np.array([-1], np.int64), tk[:n],
-                          pr[:n], offsets, np.ones(1, np.bool_), self.vocab_size, self.calibration.hits,
-                          self.calibration.trials)
+        update_pairs_flat(
+            self.keys,
+            self.rows,
+            self.probs,
+            tokens,
+            parents,
+            np.array([-1], np.int64),
+            tk[:n],
+            pr[:n],
+            offsets,
+            np.ones(1, np.bool_),
+            self.vocab_size,
+            self.calibration.hits,
+            self.calibration.trials,
+        )
 
     def row(self, prev: int, token: int):
         s = pair_row(self.keys, int(prev), int(token), self.vocab_size)

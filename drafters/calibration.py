@@ -18,13 +18,23 @@ Two levels, both learned from ``observe`` (see docs/dynamic_trees.md):
   globally, and gives the ratio realised / expected (a multiplier on node scores) that
   the budget policy uses; its bins (expected length -> realised) are the calibration table.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-__all__ = ["NBINS", "BIN_BITS", "pack_cell", "unpack_cell", "prob_bin", "edge_value", "EdgeCalibration",
-           "LengthCalibration", "expected_lengths"]
+__all__ = [
+    "NBINS",
+    "BIN_BITS",
+    "pack_cell",
+    "unpack_cell",
+    "prob_bin",
+    "edge_value",
+    "EdgeCalibration",
+    "LengthCalibration",
+    "expected_lengths",
+]
 
 
 def expected_lengths(trees) -> np.ndarray:
@@ -36,6 +46,7 @@ def expected_lengths(trees) -> np.ndarray:
     starts = np.zeros(len(trees), np.int64)
     np.cumsum(sizes[:-1], out=starts[1:])
     return np.add.reduceat(scores, starts) - scores[starts]
+
 
 #: probability bins of the edge calibration ([0, 0.1), [0.1, 0.2), ... [0.9, 1]); column
 #: NBINS holds entries whose probability is unknown
@@ -140,15 +151,15 @@ class EdgeCalibration:
             return self._cache
         c = self.pseudo_count
         cal = (self.hits + c * self.prior) / (self.trials + c)
-        known = np.maximum.accumulate(cal[:, :NBINS], axis=1)          # non-decreasing in p
+        known = np.maximum.accumulate(cal[:, :NBINS], axis=1)  # non-decreasing in p
         cal[:, :NBINS] = known
-        cal = np.minimum.accumulate(cal, axis=0)                        # non-increasing in rank
+        cal = np.minimum.accumulate(cal, axis=0)  # non-increasing in rank
         self._cache = np.ascontiguousarray(np.clip(cal, 1e-6, 1.0))
         self._cache_trials = total
         return self._cache
 
     def decay(self, limit: float = 1e7) -> None:
-        if self.trials.sum() > limit:                                  # keep adapting
+        if self.trials.sum() > limit:  # keep adapting
             self.hits *= 0.5
             self.trials *= 0.5
 
@@ -161,9 +172,15 @@ class EdgeCalibration:
                 n = float(self.trials[r, b])
                 if n == 0:
                     continue
-                rows.append({"rank": r, "prob_bin": "unknown" if b == NBINS else f"[{b / NBINS:.1f},{(b + 1) / NBINS:.1f})",
-                             "trials": int(n), "hit_rate": float(self.hits[r, b] / n),
-                             "estimate": float(cal[r, b])})
+                rows.append(
+                    {
+                        "rank": r,
+                        "prob_bin": "unknown" if b == NBINS else f"[{b / NBINS:.1f},{(b + 1) / NBINS:.1f})",
+                        "trials": int(n),
+                        "hit_rate": float(self.hits[r, b] / n),
+                        "estimate": float(cal[r, b]),
+                    }
+                )
         return rows
 
 
@@ -197,10 +214,16 @@ class AcceptanceCalibration:
                 n = float(self.trials[r, b])
                 if n == 0:
                     continue
-                rows.append({"source": names[r], "prob_bin": "unknown" if b == NBINS else
-                             f"[{b / NBINS:.1f},{(b + 1) / NBINS:.1f})", "trials": int(n),
-                             "accept_rate": float(self.hits[r, b] / n), "prior": float(prior[r, b]),
-                             "estimate": float(cal[r, b])})
+                rows.append(
+                    {
+                        "source": names[r],
+                        "prob_bin": "unknown" if b == NBINS else f"[{b / NBINS:.1f},{(b + 1) / NBINS:.1f})",
+                        "trials": int(n),
+                        "accept_rate": float(self.hits[r, b] / n),
+                        "prior": float(prior[r, b]),
+                        "estimate": float(cal[r, b]),
+                    }
+                )
         return rows
 
 
@@ -213,13 +236,13 @@ class LengthCalibration:
     def __init__(self, decay: float = 0.9, pseudo: float = 2.0):
         self.decay = float(decay)
         self.pseudo = float(pseudo)
-        self.req: dict = {}                       # rid -> [expected, realised] (decayed sums)
-        self.glob = np.zeros(2, np.float64)       # decayed sums over all requests
+        self.req: dict = {}  # rid -> [expected, realised] (decayed sums)
+        self.glob = np.zeros(2, np.float64)  # decayed sums over all requests
         nb = len(self.EDGES) - 1
         self.bin_steps = np.zeros(nb, np.float64)
         self.bin_expected = np.zeros(nb, np.float64)
         self.bin_realised = np.zeros(nb, np.float64)
-        self.total = np.zeros(3, np.float64)      # steps, expected, realised (not decayed)
+        self.total = np.zeros(3, np.float64)  # steps, expected, realised (not decayed)
 
     def update(self, rids, expected, realised) -> None:
         e = np.asarray(expected, np.float64)
@@ -264,10 +287,19 @@ class LengthCalibration:
             if n == 0:
                 continue
             hi = self.EDGES[i + 1]
-            rows.append({"expected_bin": f"[{self.EDGES[i]:g},{'inf' if hi > 1e8 else f'{hi:g}'})",
-                         "steps": int(n), "mean_expected": float(self.bin_expected[i] / n),
-                         "mean_realised": float(self.bin_realised[i] / n)})
+            rows.append(
+                {
+                    "expected_bin": f"[{self.EDGES[i]:g},{'inf' if hi > 1e8 else f'{hi:g}'})",
+                    "steps": int(n),
+                    "mean_expected": float(self.bin_expected[i] / n),
+                    "mean_realised": float(self.bin_realised[i] / n),
+                }
+            )
         steps, e, a = self.total.tolist()
-        return {"steps": int(steps), "mean_expected": e / steps if steps else 0.0,
-                "mean_realised": a / steps if steps else 0.0, "global_ratio": self.global_ratio(),
-                "bins": rows}
+        return {
+            "steps": int(steps),
+            "mean_expected": e / steps if steps else 0.0,
+            "mean_realised": a / steps if steps else 0.0,
+            "global_ratio": self.global_ratio(),
+            "bins": rows,
+        }

@@ -30,6 +30,7 @@ Optional refinements used by the adjacency drafters:
 
 Why this grower is not merged with :func:`.tree_build.grow_fused`: see the note there.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -39,8 +40,7 @@ from numba import njit
 
 from .adjacency import pair_row
 from .calibration import edge_value
-from .tree_build import (PairTable, TreeScratch, heap_pop, heap_push, tree_add, tree_find, tree_init,
-                         tree_rows)
+from .tree_build import PairTable, TreeScratch, heap_pop, heap_push, tree_add, tree_find, tree_init, tree_rows
 
 __all__ = ["CandidateGraph", "Calibration", "DynamicNodes", "grow_dynamic", "build_dynamic", "build_dynamic_batch"]
 
@@ -113,18 +113,19 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
         value, parent, rank, n = heap_pop(heap, n)
         source, row = sources[parent], rows[parent]
         token, _ = _candidate(graph_tokens, graph_values, pair_tokens, pair_probs, source, row, rank)
-        edge = value / path_value[parent]                  # this edge's value
+        edge = value / path_value[parent]  # this edge's value
         # the parent's next sibling candidate: value capped by this one (rows sorted best first)
         if rank + 1 < n_ranks:
-            sibling, sibling_raw = _candidate(graph_tokens, graph_values, pair_tokens, pair_probs, source, row,
-                                              rank + 1)
+            sibling, sibling_raw = _candidate(
+                graph_tokens, graph_values, pair_tokens, pair_probs, source, row, rank + 1
+            )
             if sibling >= 0:
                 sibling_edge = _edge_value(sibling_raw, rank + 1, table, use_table, alpha)
                 if sibling_edge > edge:
                     sibling_edge = edge
                 if sibling_edge > 0.0:
                     n = heap_push(heap, n, path_value[parent] * sibling_edge, parent, rank + 1)
-        if tree_find(tree, parent, token) >= 0:            # a duplicate id in the row: skip it
+        if tree_find(tree, parent, token) >= 0:  # a duplicate id in the row: skip it
             continue
         size = tree_add(tree, size, parent, token, value)
         i = size - 1
@@ -135,7 +136,7 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
         if source == FROM_GRAPH:
             key = graph_keys[row, rank]
         else:
-            key = token                                     # pair rows: keys are tokens
+            key = token  # pair rows: keys are tokens
         if key < 0 or key >= n_keys:
             continue
         sources[i], rows[i] = _select_row(pairs, vocab, tokens[parent], token, key)
@@ -148,15 +149,17 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
 
 
 @njit(cache=True)
-def build_dynamic_batch(graph, pairs, calibration, roots, root_keys, root_prevs, budgets, alphas, max_depth,
-                        buffers, nodes, heap):
+def build_dynamic_batch(
+    graph, pairs, calibration, roots, root_keys, root_prevs, budgets, alphas, max_depth, buffers, nodes, heap
+):
     """One tree per request: row i of the :class:`.tree_build.TreeBuffers` gets the tree of
     roots[i] (graph row root_keys[i], budget budgets[i], alpha alphas[i])."""
     for i in range(roots.shape[0]):
         tree = tree_rows(buffers, i)
         tree_init(tree, roots[i])
-        buffers.sizes[i] = grow_dynamic(graph, pairs, calibration, alphas[i], root_keys[i], root_prevs[i],
-                                        max_depth, budgets[i], tree, nodes, heap)
+        buffers.sizes[i] = grow_dynamic(
+            graph, pairs, calibration, alphas[i], root_keys[i], root_prevs[i], max_depth, budgets[i], tree, nodes, heap
+        )
 
 
 class DynamicScratch:
@@ -175,13 +178,29 @@ class DynamicScratch:
 
 
 #: no pair rows (placeholder arrays)
-NO_PAIRS = PairTable(keys=np.full(16, -1, np.int64), tokens=np.full((1, 1), -1, np.int32),
-                     probs=np.full((1, 1), -1.0, np.float32), use=False)
+NO_PAIRS = PairTable(
+    keys=np.full(16, -1, np.int64),
+    tokens=np.full((1, 1), -1, np.int32),
+    probs=np.full((1, 1), -1.0, np.float32),
+    use=False,
+)
 _NO_CAL = np.ones((1, 11), np.float64)
 
 
-def build_dynamic(ctok, cval, ckey, roots, root_keys, budgets, *, max_depth: int = 64, pairs=None,
-                  root_prevs=None, cal=None, alphas=None):
+def build_dynamic(
+    ctok,
+    cval,
+    ckey,
+    roots,
+    root_keys,
+    budgets,
+    *,
+    max_depth: int = 64,
+    pairs=None,
+    root_prevs=None,
+    cal=None,
+    alphas=None,
+):
     """Batched dynamic trees over a dense candidate graph (tokens ``ctok``, values ``cval``,
     keys ``ckey``); returns a list of DraftTree.
 
@@ -205,6 +224,18 @@ def build_dynamic(ctok, cval, ckey, roots, root_keys, budgets, *, max_depth: int
     prev = np.full(b, -1, np.int64) if root_prevs is None else np.ascontiguousarray(root_prevs, np.int64)
     al = np.ones(b, np.float64) if alphas is None else np.ascontiguousarray(alphas, np.float64)
     calibration = Calibration(_NO_CAL if cal is None else np.ascontiguousarray(cal, np.float64), cal is not None)
-    build_dynamic_batch(CandidateGraph(ctok, cval, ckey), pair_table, calibration, roots, root_keys, prev, budgets,
-                        al, int(max_depth), s.buffers, s.nodes, s.heap)
+    build_dynamic_batch(
+        CandidateGraph(ctok, cval, ckey),
+        pair_table,
+        calibration,
+        roots,
+        root_keys,
+        prev,
+        budgets,
+        al,
+        int(max_depth),
+        s.buffers,
+        s.nodes,
+        s.heap,
+    )
     return s.trees()

@@ -25,6 +25,7 @@ All owners share one pool of node arrays and one open-addressing child table key
 most the sum of the live owners' caps. Kernels are numba-compiled and work on the flat
 arrays; ``NgramPool`` is the thin Python owner of those arrays.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -34,15 +35,37 @@ from numba import njit
 
 from .errors import ConfigError
 
-__all__ = ["NgramPool", "AutomatonView", "child_of", "match_state", "feed_tokens", "feed_batch", "active_tail", "ROOT_KEY",
-           "TOKEN", "PARENT", "FAIL", "DEPTH", "FREQ", "KEY", "FIRST_CHILD", "NEXT_SIBLING",
-           "O_ROOT", "O_ACTIVE", "O_COUNT", "O_CAP", "O_CLOCK", "O_LAST", "O_USED"]
+__all__ = [
+    "NgramPool",
+    "AutomatonView",
+    "child_of",
+    "match_state",
+    "feed_tokens",
+    "feed_batch",
+    "active_tail",
+    "ROOT_KEY",
+    "TOKEN",
+    "PARENT",
+    "FAIL",
+    "DEPTH",
+    "FREQ",
+    "KEY",
+    "FIRST_CHILD",
+    "NEXT_SIBLING",
+    "O_ROOT",
+    "O_ACTIVE",
+    "O_COUNT",
+    "O_CAP",
+    "O_CLOCK",
+    "O_LAST",
+    "O_USED",
+]
 
 # node fields: columns of the [capacity, N_FIELDS] int32 node table (node-major: one node = 32 B,
 # one cache line, so a lookup touches one line per node)
 TOKEN, PARENT, FAIL, DEPTH, FREQ, KEY, FIRST_CHILD, NEXT_SIBLING = range(8)
 N_FIELDS = 8
-NODE_BYTES = N_FIELDS * 4 + 2 * 4   # fields + two child-table slots (load factor <= 1/2)
+NODE_BYTES = N_FIELDS * 4 + 2 * 4  # fields + two child-table slots (load factor <= 1/2)
 
 # owner fields: columns of the [owners, N_OWNER_FIELDS] int64 owner table
 O_ROOT, O_ACTIVE, O_COUNT, O_CAP, O_CLOCK, O_LAST, O_USED = range(7)
@@ -56,7 +79,7 @@ S_FREE = 0
 AutomatonView = namedtuple("AutomatonView", ["nodes", "table", "owners"])
 
 ROOT_KEY = np.iinfo(np.int32).max
-_KEY_RENORM = 1 << 30          # keys are int32 positions; shift them down past this
+_KEY_RENORM = 1 << 30  # keys are int32 positions; shift them down past this
 
 
 # --------------------------------------------------------------------------- child table
@@ -277,7 +300,7 @@ def feed_tokens(nodes, table, free, state, owners, slot, tokens, start, max_dept
             nodes[c, FREQ] += 1
             nodes[c, KEY] = clock - nodes[c, DEPTH] + 1
             if prev >= 0:
-                nodes[prev, FAIL] = c     # prev's string minus its first token
+                nodes[prev, FAIL] = c  # prev's string minus its first token
             if first < 0:
                 first = c
             elif second < 0:
@@ -303,7 +326,7 @@ def feed_batch(nodes, table, free, state, owners, slots, tokens, offsets, req0, 
     """Feed tokens[offsets[b]:offsets[b+1]] to owner slots[b] for b >= req0 (request req0 from
     its tok0-th token). Returns (-1, 0) when done, else (b, fed) where the pool ran short."""
     for b in range(req0, slots.shape[0]):
-        seg = tokens[offsets[b]:offsets[b + 1]]
+        seg = tokens[offsets[b] : offsets[b + 1]]
         start = tok0 if b == req0 else 0
         fed = feed_tokens(nodes, table, free, state, owners, slots[b], seg, start, max_depth)
         if fed < seg.shape[0]:
@@ -378,7 +401,7 @@ class NgramPool:
         cap = max(int(initial_nodes), 4 * self.max_depth)
         self.nodes = np.zeros((cap, N_FIELDS), np.int32)
         self.table = np.full(_pow2_at_least(2 * cap), -1, np.int32)
-        self.free = np.arange(cap - 1, -1, -1, dtype=np.int32)   # stack: low ids popped first
+        self.free = np.arange(cap - 1, -1, -1, dtype=np.int32)  # stack: low ids popped first
         self.state = np.array([cap], np.int64)
         self.owners = np.zeros((4, N_OWNER_FIELDS), np.int64)
         self._free_slots: list[int] = list(range(3, -1, -1))
@@ -419,7 +442,7 @@ class NgramPool:
         top = self.free_nodes
         free[:top] = self.free[:top]
         added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
-        free[top: top + added.shape[0]] = added
+        free[top : top + added.shape[0]] = added
         table = np.full(_pow2_at_least(2 * new), -1, np.int32)
         _rehash(nodes, self.table, table)
         self.nodes, self.free, self.table = nodes, free, table
@@ -466,17 +489,29 @@ class NgramPool:
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
         done = 0
         while done < toks.shape[0]:
-            self.reserve(self.max_depth + 1)   # the kernel stops when the free list runs low
-            done = feed_tokens(self.nodes, self.table, self.free, self.state, self.owners, slot,
-                               toks, done, self.max_depth)
+            self.reserve(self.max_depth + 1)  # the kernel stops when the free list runs low
+            done = feed_tokens(
+                self.nodes, self.table, self.free, self.state, self.owners, slot, toks, done, self.max_depth
+            )
 
     def feed_many(self, slots, tokens, offsets) -> None:
         """Batched feed: tokens[offsets[b]:offsets[b+1]] go to owner slots[b]."""
         req, tok = 0, 0
         while True:
             self.reserve(self.max_depth + 1)
-            req, tok = feed_batch(self.nodes, self.table, self.free, self.state, self.owners, slots,
-                                  tokens, offsets, req, tok, self.max_depth)
+            req, tok = feed_batch(
+                self.nodes,
+                self.table,
+                self.free,
+                self.state,
+                self.owners,
+                slots,
+                tokens,
+                offsets,
+                req,
+                tok,
+                self.max_depth,
+            )
             if req < 0:
                 return
 

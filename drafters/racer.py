@@ -31,6 +31,7 @@ calibrated acceptance estimate (the target's stored top-k probability for logits
 matched length and frequency ratio for retrieved ones, see :mod:`.calibration`);
 ``"static"`` uses the fixed rank priors and raw frequency ratios of the paper.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -41,17 +42,44 @@ from numba import njit
 
 from .adjacency import DEFAULT_RANK_PRIOR, AdjacencyTable, PairAdjacency
 from .automaton_drafter import AutomatonDrafter, as_token_array, check_budgets
-from .calibration import (NBINS, AcceptanceCalibration, EdgeCalibration, LengthCalibration, expected_lengths,
-                          score_tree_edges)
+from .calibration import (
+    NBINS,
+    AcceptanceCalibration,
+    EdgeCalibration,
+    LengthCalibration,
+    expected_lengths,
+    score_tree_edges,
+)
 from .errors import ConfigError
 from .feedback import Feedback
-from .ngram_automaton import (DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, PARENT, TOKEN,
-                              active_tail, match_state)
+from .ngram_automaton import (
+    DEPTH,
+    FAIL,
+    FIRST_CHILD,
+    FREQ,
+    O_ACTIVE,
+    O_LAST,
+    O_ROOT,
+    PARENT,
+    TOKEN,
+    active_tail,
+    match_state,
+)
 from .options import Option, resolve_options
-from .tree_build import (RETRIEVAL_CLASS_NAMES, RETRIEVAL_CLASSES, Borders, EdgeValues, LogitsTable, PairTable,
-                         TreeScratch, grow_fused, tree_init, tree_rows)
+from .tree_build import (
+    RETRIEVAL_CLASS_NAMES,
+    RETRIEVAL_CLASSES,
+    Borders,
+    EdgeValues,
+    LogitsTable,
+    PairTable,
+    TreeScratch,
+    grow_fused,
+    tree_init,
+    tree_rows,
+)
 
-__all__ = ["RacerDrafter", "DEFAULT_RANK_PRIOR"]   # the prior lives with the adjacency table
+__all__ = ["RacerDrafter", "DEFAULT_RANK_PRIOR"]  # the prior lives with the adjacency table
 
 _HEAP = 4096
 _NO_CAL = np.ones((1, NBINS + 1), np.float64)
@@ -61,8 +89,9 @@ _MAX_BORDERS = 160
 #: The retrieval options of the kernel: the global automaton's owner slot (-1: none), the
 #: shortest match, the smoothing added to border counts, the global borders' weight, the
 #: budget share retrieval may fill and ``first`` (the paper's retrieval-first fusion).
-RetrievalParams = namedtuple("RetrievalParams", ["global_slot", "min_match", "smoothing", "global_weight",
-                                                 "share", "first"])
+RetrievalParams = namedtuple(
+    "RetrievalParams", ["global_slot", "min_match", "smoothing", "global_weight", "share", "first"]
+)
 #: trials' worth of weight the default priors keep against the observed rank hit rates
 PRIOR_PSEUDO_COUNT = 200.0
 
@@ -78,8 +107,10 @@ def parse_rank_prior(text, k: int) -> np.ndarray:
         except ValueError:
             vals = []
         if not vals or any(not 0.0 < v <= 1.0 for v in vals) or any(b > a for a, b in zip(vals, vals[1:])):
-            raise ConfigError(f"racer: rank_prior must be comma-separated probabilities in (0, 1], "
-                              f"non-increasing, e.g. '0.5,0.15,0.08'; got {text!r}")
+            raise ConfigError(
+                f"racer: rank_prior must be comma-separated probabilities in (0, 1], "
+                f"non-increasing, e.g. '0.5,0.15,0.08'; got {text!r}"
+            )
     prior = np.full(k, vals[-1], np.float64)
     prior[: min(k, len(vals))] = vals[:k]
     return prior
@@ -120,13 +151,13 @@ def _tokens_before_roots(nodes, owners, slots, out):
 
 
 @njit(cache=True)
-def _propose(automaton, slots, budgets, retrieval, logits, edges, buffers, fused, cells, retrieval_heap,
-             logits_heap):
+def _propose(automaton, slots, budgets, retrieval, logits, edges, buffers, fused, cells, retrieval_heap, logits_heap):
     """Row i of the TreeBuffers (and of ``cells``, the nodes' calibration cells) gets the
     fused tree of request slot slots[i] under budgets[i]."""
     nodes, table, owners = automaton.nodes, automaton.table, automaton.owners
-    borders = Borders(np.empty(_MAX_BORDERS, np.int64), np.empty(_MAX_BORDERS, np.float64),
-                      np.empty(_MAX_BORDERS, np.float64))
+    borders = Borders(
+        np.empty(_MAX_BORDERS, np.int64), np.empty(_MAX_BORDERS, np.float64), np.empty(_MAX_BORDERS, np.float64)
+    )
     tail = np.empty(80, np.int32)
     for i in range(slots.shape[0]):
         slot = slots[i]
@@ -134,18 +165,50 @@ def _propose(automaton, slots, budgets, retrieval, logits, edges, buffers, fused
         tree = tree_rows(buffers, i)
         size = tree_init(tree, owners[slot, O_LAST])
         if budget > 1:
-            n_borders = _collect_borders(nodes, owners[slot, O_ROOT], owners[slot, O_ACTIVE], retrieval.min_match,
-                                         1, retrieval.smoothing, 1.0, borders, 0)
+            n_borders = _collect_borders(
+                nodes,
+                owners[slot, O_ROOT],
+                owners[slot, O_ACTIVE],
+                retrieval.min_match,
+                1,
+                retrieval.smoothing,
+                1.0,
+                borders,
+                0,
+            )
             if retrieval.global_slot >= 0:
                 d = active_tail(nodes, owners, slot, tail)
                 global_root = owners[retrieval.global_slot, O_ROOT]
                 g = match_state(nodes, table, global_root, tail, 0, d)
-                n_borders = _collect_borders(nodes, global_root, g, retrieval.min_match, 0, retrieval.smoothing,
-                                             retrieval.global_weight, borders, n_borders)
+                n_borders = _collect_borders(
+                    nodes,
+                    global_root,
+                    g,
+                    retrieval.min_match,
+                    0,
+                    retrieval.smoothing,
+                    retrieval.global_weight,
+                    borders,
+                    n_borders,
+                )
             limit = 1 + int(retrieval.share * (budget - 1))
-            size = grow_fused(nodes, borders, n_borders, limit, retrieval.first, logits, edges,
-                              _token_before_root(nodes, owners, slot), tree, fused, cells[i], size, budget,
-                              retrieval_heap, logits_heap)
+            size = grow_fused(
+                nodes,
+                borders,
+                n_borders,
+                limit,
+                retrieval.first,
+                logits,
+                edges,
+                _token_before_root(nodes, owners, slot),
+                tree,
+                fused,
+                cells[i],
+                size,
+                budget,
+                retrieval_heap,
+                logits_heap,
+            )
         buffers.sizes[i] = size
 
 
@@ -155,49 +218,113 @@ class RacerDrafter(AutomatonDrafter):
     DEFAULT_BUDGET: ClassVar[int] = 64
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("ngram", int, 10, "n-gram length of the retrieval automaton (its depth)", 1, 64),
-        Option("topk", int, 8, "adjacency width: target top-k ids kept per token (one table shared by all "
-               "requests: vocab x topk int32)", 1, 32),
-        Option("min_match", int, 1, "shortest matched context suffix (root included) used for retrieval "
-               "(1: the root token's own continuations count too)", 1, 64),
-        Option("max_nodes_per_request", int, 16384, "automaton node cap per request (40 B per node); the "
-               "oldest n-grams are evicted beyond it; must be >= 64 * ngram", 64, 1 << 24),
-        Option("fusion", str, "score", "how retrieval and logits share the budget: 'score' (both frontiers "
-               "compete on estimated acceptance) or 'retrieval-first' (the paper's order)",
-               choices=("score", "retrieval-first")),
-        Option("retrieval_share", float, 1.0, "largest fraction of the budget retrieved nodes may fill "
-               "(0 = logits tree only)", 0.0, 1.0),
-        Option("smoothing", float, 1.0, "pseudo-count added to a match's occurrences when scoring its "
-               "continuations (penalises matches seen once)", 0.0, 1000.0),
+        Option(
+            "topk",
+            int,
+            8,
+            "adjacency width: target top-k ids kept per token (one table shared by all requests: vocab x topk int32)",
+            1,
+            32,
+        ),
+        Option(
+            "min_match",
+            int,
+            1,
+            "shortest matched context suffix (root included) used for retrieval "
+            "(1: the root token's own continuations count too)",
+            1,
+            64,
+        ),
+        Option(
+            "max_nodes_per_request",
+            int,
+            16384,
+            "automaton node cap per request (40 B per node); the "
+            "oldest n-grams are evicted beyond it; must be >= 64 * ngram",
+            64,
+            1 << 24,
+        ),
+        Option(
+            "fusion",
+            str,
+            "score",
+            "how retrieval and logits share the budget: 'score' (both frontiers "
+            "compete on estimated acceptance) or 'retrieval-first' (the paper's order)",
+            choices=("score", "retrieval-first"),
+        ),
+        Option(
+            "retrieval_share",
+            float,
+            1.0,
+            "largest fraction of the budget retrieved nodes may fill (0 = logits tree only)",
+            0.0,
+            1.0,
+        ),
+        Option(
+            "smoothing",
+            float,
+            1.0,
+            "pseudo-count added to a match's occurrences when scoring its continuations (penalises matches seen once)",
+            0.0,
+            1000.0,
+        ),
         Option("logits_depth", int, 10, "most logits-tree nodes in a row on a path (0 = retrieval only)", 0, 64),
-        Option("rank_prior", str, ",".join(map(str, DEFAULT_RANK_PRIOR)), "P(rank-r recycled candidate is "
-               "accepted | its parent was), comma-separated, non-increasing: the logits tree's node values"),
-        Option("adaptive_prior", bool, False, "rank priors of the logits tree from the observed hit rates of "
-               "recycled top-k candidates (default: fixed priors 0.5, 0.15, 0.08, ...)"),
-        Option("pair_rows", int, 65536, "rows of the shared top-k cache keyed by the last two tokens, drafted "
-               "from before the token-keyed row (0 = off; rounded up to a power of two; 40 B per row)", 0, 1 << 24),
+        Option(
+            "rank_prior",
+            str,
+            ",".join(map(str, DEFAULT_RANK_PRIOR)),
+            "P(rank-r recycled candidate is "
+            "accepted | its parent was), comma-separated, non-increasing: the logits tree's node values",
+        ),
+        Option(
+            "adaptive_prior",
+            bool,
+            False,
+            "rank priors of the logits tree from the observed hit rates of "
+            "recycled top-k candidates (default: fixed priors 0.5, 0.15, 0.08, ...)",
+        ),
+        Option(
+            "pair_rows",
+            int,
+            65536,
+            "rows of the shared top-k cache keyed by the last two tokens, drafted "
+            "from before the token-keyed row (0 = off; rounded up to a power of two; 40 B per row)",
+            0,
+            1 << 24,
+        ),
         Option("global_cache", bool, False, "also retrieve from a bounded automaton of finished requests' outputs"),
         Option("global_cache_nodes", int, 262144, "node cap of the global automaton (40 B per node)", 64, 1 << 26),
         Option("global_weight", float, 0.5, "score multiplier of global-cache continuations", 0.0, 1.0),
-        Option("tree", str, "dynamic", "tree shape: 'dynamic' (node values = calibrated acceptance estimates: "
-               "the target's top-k probabilities stored with the recycled rows, retrieval by matched length and "
-               "frequency; the shape follows the context; MAT at least static's at 14 of 15 measured points, see "
-               "docs/dynamic_trees.md) or 'static' (fixed rank priors and raw frequency ratios, as in the paper)",
-               choices=("static", "dynamic")),
+        Option(
+            "tree",
+            str,
+            "dynamic",
+            "tree shape: 'dynamic' (node values = calibrated acceptance estimates: "
+            "the target's top-k probabilities stored with the recycled rows, retrieval by matched length and "
+            "frequency; the shape follows the context; MAT at least static's at 14 of 15 measured points, see "
+            "docs/dynamic_trees.md) or 'static' (fixed rank priors and raw frequency ratios, as in the paper)",
+            choices=("static", "dynamic"),
+        ),
     )
 
     def __init__(self, vocab_size: int, **options: Any):
         o = resolve_options(self.OPTIONS, options, self.name)
         if o["min_match"] > o["ngram"]:
             raise ConfigError(f"racer: min_match ({o['min_match']}) must lie in [1, ngram = {o['ngram']}]")
-        super().__init__(vocab_size, ngram=o["ngram"], max_nodes_per_request=o["max_nodes_per_request"],
-                         global_cache=o["global_cache"], global_cache_nodes=o["global_cache_nodes"])
+        super().__init__(
+            vocab_size,
+            ngram=o["ngram"],
+            max_nodes_per_request=o["max_nodes_per_request"],
+            global_cache=o["global_cache"],
+            global_cache_nodes=o["global_cache_nodes"],
+        )
         self.topk = o["topk"]
         tree = o["tree"]
         dyn = tree == "dynamic"
         pair_rows = o["pair_rows"]
         self.adjacency = AdjacencyTable(self.vocab_size, self.topk, probs=dyn)
         self.pairs = PairAdjacency(self.vocab_size, self.topk, pair_rows, probs=dyn) if pair_rows > 0 else None
-        self._no_pairs = PairAdjacency(self.vocab_size, self.topk, 1)   # placeholder arrays
+        self._no_pairs = PairAdjacency(self.vocab_size, self.topk, 1)  # placeholder arrays
         self.base_prior = parse_rank_prior(o["rank_prior"], self.topk)
         self.adaptive_prior = o["adaptive_prior"]
         self.min_match = o["min_match"]
@@ -219,8 +346,9 @@ class RacerDrafter(AutomatonDrafter):
 
     def _acceptance_prior(self) -> np.ndarray:
         pairs = self.pairs if self.pairs is not None else self._no_pairs
-        return np.concatenate([self.retrieval_calibration.table(), self.adjacency.calibration.table(),
-                               pairs.calibration.table()])
+        return np.concatenate(
+            [self.retrieval_calibration.table(), self.adjacency.calibration.table(), pairs.calibration.table()]
+        )
 
     def edge_table(self) -> np.ndarray:
         """Edge values of dynamic trees [R + 2k, NBINS + 1]: acceptance evidence over the
@@ -233,17 +361,27 @@ class RacerDrafter(AutomatonDrafter):
             return EdgeValues(False, _NO_CAL, _NO_CAL, _NO_CAL, 1.0)
         t = self.edge_table()
         k, r = self.topk, RETRIEVAL_CLASSES
-        return EdgeValues(True, token_rows=t[r:r + k], pair_rows=t[r + k:], retrieval=t[:r], alpha=1.0)
+        return EdgeValues(True, token_rows=t[r : r + k], pair_rows=t[r + k :], retrieval=t[:r], alpha=1.0)
 
     def _logits_table(self) -> LogitsTable:
         pairs = self.pairs if self.pairs is not None else self._no_pairs
-        return LogitsTable(tokens=self.adjacency.rows, probs=self.adjacency.probs,
-                           pairs=PairTable(pairs.keys, pairs.rows, pairs.probs, self.pairs is not None),
-                           rank_prior=self.prior, max_run=int(self.logits_depth))
+        return LogitsTable(
+            tokens=self.adjacency.rows,
+            probs=self.adjacency.probs,
+            pairs=PairTable(pairs.keys, pairs.rows, pairs.probs, self.pairs is not None),
+            rank_prior=self.prior,
+            max_run=int(self.logits_depth),
+        )
 
     def _retrieval_params(self) -> RetrievalParams:
-        return RetrievalParams(int(self.global_slot), int(self.min_match), float(self.smoothing),
-                               float(self.global_weight), float(self.retrieval_share), bool(self.retrieval_first))
+        return RetrievalParams(
+            int(self.global_slot),
+            int(self.min_match),
+            float(self.smoothing),
+            float(self.global_weight),
+            float(self.retrieval_share),
+            bool(self.retrieval_first),
+        )
 
     def length_ratios(self, rids) -> np.ndarray:
         return np.array([self.length_calibration.ratio(r) for r in rids])
@@ -251,9 +389,16 @@ class RacerDrafter(AutomatonDrafter):
     def calibration_report(self) -> dict:
         """Edge calibration (token rows, pair rows) and expected vs realised accepted length."""
         k = self.topk
-        names = [f"retrieval, {c}" for c in RETRIEVAL_CLASS_NAMES] + [f"token-row rank {r}" for r in range(k)] + [f"pair-row rank {r}" for r in range(k)]
-        out = {"token_rows": self.adjacency.calibration.report(), "length": self.length_calibration.report(),
-               "acceptance": self.acceptance.report(self._acceptance_prior(), names)}
+        names = (
+            [f"retrieval, {c}" for c in RETRIEVAL_CLASS_NAMES]
+            + [f"token-row rank {r}" for r in range(k)]
+            + [f"pair-row rank {r}" for r in range(k)]
+        )
+        out = {
+            "token_rows": self.adjacency.calibration.report(),
+            "length": self.length_calibration.report(),
+            "acceptance": self.acceptance.report(self._acceptance_prior(), names),
+        }
         if self.pairs is not None:
             out["pair_rows"] = self.pairs.calibration.report()
         return out
@@ -280,20 +425,38 @@ class RacerDrafter(AutomatonDrafter):
         width = int(b.max()) if len(rids) else 1
         s = TreeScratch(len(rids), width, _HEAP, fused=True)
         cells = np.full((len(rids), width), -1, np.int32)
-        _propose(self.pool.view(), slots, b, self._retrieval_params(), self._logits_table(), self._edge_values(),
-                 s.buffers, s.fused, cells, s.heap, s.second_heap)
+        _propose(
+            self.pool.view(),
+            slots,
+            b,
+            self._retrieval_params(),
+            self._logits_table(),
+            self._edge_values(),
+            s.buffers,
+            s.fused,
+            cells,
+            s.heap,
+            s.second_heap,
+        )
         # dynamic trees carry each node's calibration cell (-1: none) for observe
         return s.trees(cells if self.tree == "dynamic" else None)
 
     def observe_batch(self, feedback: Feedback) -> None:
         super().observe_batch(feedback)
-        self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees),
-                                       feedback.accepted_counts - 1)
+        self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees), feedback.accepted_counts - 1)
         cells = feedback.node_data
         if self.tree == "dynamic" and cells is not None:
             rc = self.acceptance
-            score_tree_edges(feedback.tokens, feedback.parents, cells, feedback.node_offsets,
-                             feedback.accepted.astype(np.int64), feedback.accepted_offsets, rc.hits, rc.trials)
+            score_tree_edges(
+                feedback.tokens,
+                feedback.parents,
+                cells,
+                feedback.node_offsets,
+                feedback.accepted.astype(np.int64),
+                feedback.accepted_offsets,
+                rc.hits,
+                rc.trials,
+            )
             rc.decay()
 
     def finish(self, rid):

@@ -10,6 +10,7 @@ of count ratios), dropping children whose conditional probability is below
 speculate more). The per-request and global candidates compete on their expected number
 of accepted tokens (sum of node probabilities); the better tree is proposed.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -20,8 +21,7 @@ from numba import njit
 
 from .automaton_drafter import AutomatonDrafter, check_budgets
 from .errors import ConfigError
-from .ngram_automaton import (DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, active_tail,
-                              match_state)
+from .ngram_automaton import DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, active_tail, match_state
 from .options import Option, resolve_options
 from .tree_build import Borders, TreeRows, TreeScratch, grow_from_borders, tree_init, tree_rows
 
@@ -97,11 +97,16 @@ class SuffixDrafter(AutomatonDrafter):
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("max_depth", int, 24, "depth of the suffix tries (longest match + continuation)", 2, 64),
         Option("max_spec_factor", float, 1.0, "draft at most max_spec_factor * match length nodes", 0.0, 64.0),
-        Option("min_token_prob", float, 0.1, "drop continuations whose conditional frequency is below this",
-               0.0, 1.0),
+        Option("min_token_prob", float, 0.1, "drop continuations whose conditional frequency is below this", 0.0, 1.0),
         Option("min_match", int, 1, "shortest matched context suffix used", 1, 63),
-        Option("max_nodes_per_request", int, 32768, "suffix-trie node cap per request (40 B per node); "
-               "must be >= 64 * max_depth", 128, 1 << 24),
+        Option(
+            "max_nodes_per_request",
+            int,
+            32768,
+            "suffix-trie node cap per request (40 B per node); must be >= 64 * max_depth",
+            128,
+            1 << 24,
+        ),
         Option("global_cache", bool, True, "also match against a bounded trie of finished requests' outputs"),
         Option("global_cache_nodes", int, 262144, "node cap of the global trie (40 B per node)", 128, 1 << 26),
     )
@@ -111,8 +116,13 @@ class SuffixDrafter(AutomatonDrafter):
         max_depth, min_match = o["max_depth"], o["min_match"]
         if min_match >= max_depth:
             raise ConfigError(f"suffix: min_match ({min_match}) must lie in [1, max_depth - 1 = {max_depth - 1}]")
-        super().__init__(vocab_size, ngram=max_depth, max_nodes_per_request=o["max_nodes_per_request"],
-                         global_cache=o["global_cache"], global_cache_nodes=o["global_cache_nodes"])
+        super().__init__(
+            vocab_size,
+            ngram=max_depth,
+            max_nodes_per_request=o["max_nodes_per_request"],
+            global_cache=o["global_cache"],
+            global_cache_nodes=o["global_cache_nodes"],
+        )
         self.max_spec_factor = o["max_spec_factor"]
         self.min_token_prob = o["min_token_prob"]
         self.min_match = min_match
@@ -123,9 +133,16 @@ class SuffixDrafter(AutomatonDrafter):
         width = int(b.max()) if len(rids) else 1
         s = TreeScratch(len(rids), width, _HEAP)
         rows = s.buffers
-        spare = TreeRows(np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32),
-                         rows.first_child, rows.next_sibling, rows.depth)
-        params = SuffixParams(int(self.global_slot), int(self.min_match), float(self.max_spec_factor),
-                              float(self.min_token_prob))
+        spare = TreeRows(
+            np.empty(width, np.int32),
+            np.empty(width, np.int32),
+            np.empty(width, np.float32),
+            rows.first_child,
+            rows.next_sibling,
+            rows.depth,
+        )
+        params = SuffixParams(
+            int(self.global_slot), int(self.min_match), float(self.max_spec_factor), float(self.min_token_prob)
+        )
         _propose(self.pool.view(), slots, b, params, rows, spare, s.heap)
         return s.trees()

@@ -17,6 +17,7 @@ the best prefix of the template. Also RACER's logits-only ablation.
 gave it when its row was written (:mod:`.calibration`), so confident rows grow deep
 chains and uncertain ones stay shallow; depth cap ``dynamic_depth``.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from .options import Option, resolve_options
 from .tree_build import Template, TreeScratch, best_first_template, fill_template, tree_init, tree_rows
 
 __all__ = ["TokenRecyclingDrafter"]
+
 
 @njit(cache=True)
 def _propose(adjacency_rows, roots, budgets, template, buffers, slot_map):
@@ -55,8 +57,14 @@ class TokenRecyclingDrafter(Drafter):
         Option("topk", int, 8, "adjacency width: target top-k ids kept per token", 1, 32),
         Option("template_nodes", int, 80, "draft nodes of the static template (root excluded)", 1, 1023),
         Option("template_depth", int, 6, "depth of the static template", 1, 64),
-        Option("tree", str, "static", "'static' (the template) or 'dynamic' (best-first growth on the target's "
-               "calibrated top-k probabilities; see docs/dynamic_trees.md)", choices=("static", "dynamic")),
+        Option(
+            "tree",
+            str,
+            "static",
+            "'static' (the template) or 'dynamic' (best-first growth on the target's "
+            "calibrated top-k probabilities; see docs/dynamic_trees.md)",
+            choices=("static", "dynamic"),
+        ),
         Option("dynamic_depth", int, 16, "depth cap of dynamic trees", 1, 64),
     )
 
@@ -70,8 +78,7 @@ class TokenRecyclingDrafter(Drafter):
         self.topk = o["topk"]
         self.adjacency = AdjacencyTable(self.vocab_size, self.topk, probs=tree == "dynamic")
         prior = list(DEFAULT_RANK_PRIOR[: self.topk]) + [DEFAULT_RANK_PRIOR[-1]] * max(0, self.topk - 8)
-        self.t_parent, self.t_rank, self.t_score = best_first_template(prior, o["template_nodes"],
-                                                                       o["template_depth"])
+        self.t_parent, self.t_rank, self.t_score = best_first_template(prior, o["template_nodes"], o["template_depth"])
         self._slot_map = np.empty(self.t_parent.shape[0], np.int64)
         self._root: dict = {}
 
@@ -101,10 +108,21 @@ class TokenRecyclingDrafter(Drafter):
         width = int(b.max()) if roots.shape[0] else 1
         d = DynamicScratch(roots.shape[0], width)
         adj = self.adjacency
-        graph = CandidateGraph(tokens=adj.rows, values=adj.probs, keys=adj.rows)   # keys: the candidates' tokens
-        build_dynamic_batch(graph, NO_PAIRS, Calibration(adj.calibration.table(), True), roots,
-                            roots.astype(np.int64), np.full(roots.shape[0], -1, np.int64), b,
-                            np.ones(roots.shape[0]), self.dynamic_depth, d.buffers, d.nodes, d.heap)
+        graph = CandidateGraph(tokens=adj.rows, values=adj.probs, keys=adj.rows)  # keys: the candidates' tokens
+        build_dynamic_batch(
+            graph,
+            NO_PAIRS,
+            Calibration(adj.calibration.table(), True),
+            roots,
+            roots.astype(np.int64),
+            np.full(roots.shape[0], -1, np.int64),
+            b,
+            np.ones(roots.shape[0]),
+            self.dynamic_depth,
+            d.buffers,
+            d.nodes,
+            d.heap,
+        )
         return d.trees()
 
     def length_ratios(self, rids) -> np.ndarray:
@@ -121,12 +139,13 @@ class TokenRecyclingDrafter(Drafter):
             if ends[i] > feedback.accepted_offsets[i]:
                 last = int(feedback.accepted[ends[i] - 1])
                 if not 0 <= last < self.vocab_size:
-                    raise ConfigError(f"accepted token {last} outside [0, {self.vocab_size}): "
-                                      f"vocabulary mismatch between drafter and target")
+                    raise ConfigError(
+                        f"accepted token {last} outside [0, {self.vocab_size}): "
+                        f"vocabulary mismatch between drafter and target"
+                    )
                 self._root[rid] = last
         self.adjacency.update_from_feedback(feedback)
-        self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees),
-                                       feedback.accepted_counts - 1)
+        self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees), feedback.accepted_counts - 1)
 
     def finish(self, rid):
         self._root.pop(rid, None)
@@ -136,7 +155,7 @@ class TokenRecyclingDrafter(Drafter):
         return len(self._root)
 
     def request_nbytes(self, rid) -> int:
-        return 8   # the next root token
+        return 8  # the next root token
 
     def global_nbytes(self) -> int:
         return self.adjacency.nbytes() + self.t_parent.nbytes * 3

@@ -25,6 +25,7 @@ parents, the nodes kept under a budget are always the best-scoring ancestor-clos
 graph (rows sorted best first); see the comment at :func:`grow_fused` for why it is not
 merged with these.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -33,24 +34,46 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from .errors import ConfigError
 from .adjacency import pair_row
 from .calibration import BIN_BITS, edge_value, pack_cell, prob_bin
+from .errors import ConfigError
 from .ngram_automaton import DEPTH, FIRST_CHILD, FREQ, NEXT_SIBLING, TOKEN
 from .tree import DraftTree
 
-__all__ = ["TreeBuffers", "TreeRows", "Heap", "Borders", "PairTable", "LogitsTable", "EdgeValues", "FusedNodes",
-           "Template", "tree_rows", "tree_init", "tree_find", "tree_add", "heap_push", "heap_pop",
-           "pack_parent_cell", "unpack_parent_cell", "grow_fused", "grow_from_borders", "fill_template",
-           "best_first_template", "new_heap", "TreeScratch"]
+__all__ = [
+    "TreeBuffers",
+    "TreeRows",
+    "Heap",
+    "Borders",
+    "PairTable",
+    "LogitsTable",
+    "EdgeValues",
+    "FusedNodes",
+    "Template",
+    "tree_rows",
+    "tree_init",
+    "tree_find",
+    "tree_add",
+    "heap_push",
+    "heap_pop",
+    "pack_parent_cell",
+    "unpack_parent_cell",
+    "grow_fused",
+    "grow_from_borders",
+    "fill_template",
+    "best_first_template",
+    "new_heap",
+    "TreeScratch",
+]
 
 
 # --------------------------------------------------------------------------- argument groups
 #: A batch of trees under construction: output rows [batch, width] (``tokens`` int32,
 #: ``parents`` int32, ``scores`` float32), ``sizes`` [batch] int32, and the trie links of
 #: the one tree being grown (``first_child``, ``next_sibling``, ``depth`` [width] int32).
-TreeBuffers = namedtuple("TreeBuffers", ["tokens", "parents", "scores", "sizes", "first_child", "next_sibling",
-                                         "depth"])
+TreeBuffers = namedtuple(
+    "TreeBuffers", ["tokens", "parents", "scores", "sizes", "first_child", "next_sibling", "depth"]
+)
 #: One tree being grown: its output rows [width] and the trie links (:func:`tree_rows`).
 TreeRows = namedtuple("TreeRows", ["tokens", "parents", "scores", "first_child", "next_sibling", "depth"])
 #: A bounded max-heap of (score float64, first int64, second int64) entries, one array each.
@@ -100,8 +123,14 @@ def unpack_parent_cell(packed):
 @njit(cache=True, inline="always")
 def tree_rows(buffers, i):
     """Row i of a :class:`TreeBuffers` batch as the :class:`TreeRows` of one tree."""
-    return TreeRows(buffers.tokens[i], buffers.parents[i], buffers.scores[i], buffers.first_child,
-                    buffers.next_sibling, buffers.depth)
+    return TreeRows(
+        buffers.tokens[i],
+        buffers.parents[i],
+        buffers.scores[i],
+        buffers.first_child,
+        buffers.next_sibling,
+        buffers.depth,
+    )
 
 
 @njit(cache=True)
@@ -231,8 +260,9 @@ def _logits_cell(logits, edges, pair_slot, tokens, node, rank):
 #: one at the same frequency ratio); depth <= 2, 3, 4-5, >= 6
 RETRIEVAL_CLASS_NAMES = ("match <= 2", "match 3", "match 4-5", "match >= 6")
 RETRIEVAL_CLASSES = len(RETRIEVAL_CLASS_NAMES)
-assert RETRIEVAL_CLASSES << BIN_BITS <= 1 << CELL_BITS, \
+assert RETRIEVAL_CLASSES << BIN_BITS <= 1 << CELL_BITS, (
     "retrieval cells (match class, probability bin) must fit in CELL_BITS of the heap payload"
+)
 
 
 @njit(cache=True, inline="always")
@@ -278,8 +308,23 @@ def _push_logits_child(logits, edges, root_prev, tree, fused, node, heap, n):
 
 
 @njit(cache=True)
-def grow_fused(automaton_nodes, borders, n_borders, retrieval_limit, retrieval_first, logits, edges, root_prev,
-               tree, fused, cells, size, budget, retrieval_heap, logits_heap):
+def grow_fused(
+    automaton_nodes,
+    borders,
+    n_borders,
+    retrieval_limit,
+    retrieval_first,
+    logits,
+    edges,
+    root_prev,
+    tree,
+    fused,
+    cells,
+    size,
+    budget,
+    retrieval_heap,
+    logits_heap,
+):
     """RACER's tree: retrieved continuations and a logits tree, merged by trie union.
 
     Two best-first frontiers:
@@ -319,7 +364,7 @@ def grow_fused(automaton_nodes, borders, n_borders, retrieval_limit, retrieval_f
     """
     nodes = automaton_nodes
     n_ranks = min(logits.tokens.shape[1], logits.rank_prior.shape[0])
-    n_retrieval = 0                             # entries in each heap
+    n_retrieval = 0  # entries in each heap
     for j in range(n_borders):
         c = nodes[borders.states[j], FIRST_CHILD]
         while c >= 0:
@@ -346,7 +391,7 @@ def grow_fused(automaton_nodes, borders, n_borders, retrieval_limit, retrieval_f
                 fused.path_score[i] = score
                 fused.expanded[i] = 0
                 retrieved += 1
-                cells[i] = cell                 # rows 0 .. R - 1: retrieval
+                cells[i] = cell  # rows 0 .. R - 1: retrieval
             elif score > tree.scores[i]:
                 tree.scores[i] = score
                 fused.path_score[i] = max(fused.path_score[i], score)
@@ -465,7 +510,7 @@ def best_first_template(prior, n_nodes: int, max_depth: int):
     if not prior or any(not 0.0 < p <= 1.0 for p in prior):
         raise ConfigError(f"rank priors must lie in (0, 1], got {prior}")
     parents, ranks, scores, depths = [-1], [-1], [1.0], [0]
-    heap = [(-prior[r], 0, r) for r in range(len(prior))]   # (-score, parent node, rank)
+    heap = [(-prior[r], 0, r) for r in range(len(prior))]  # (-score, parent node, rank)
     heapq.heapify(heap)
     while heap and len(parents) < n_nodes + 1:
         neg, p, r = heapq.heappop(heap)
@@ -493,18 +538,27 @@ class TreeScratch:
     __slots__ = ("buffers", "heap", "second_heap", "fused")
 
     def __init__(self, batch: int, width: int, heap: int, fused: bool = False):
-        self.buffers = TreeBuffers(tokens=np.empty((batch, width), np.int32),
-                                   parents=np.empty((batch, width), np.int32),
-                                   scores=np.empty((batch, width), np.float32),
-                                   sizes=np.empty(batch, np.int32),
-                                   first_child=np.empty(width, np.int32),
-                                   next_sibling=np.empty(width, np.int32),
-                                   depth=np.empty(width, np.int32))
+        self.buffers = TreeBuffers(
+            tokens=np.empty((batch, width), np.int32),
+            parents=np.empty((batch, width), np.int32),
+            scores=np.empty((batch, width), np.float32),
+            sizes=np.empty(batch, np.int32),
+            first_child=np.empty(width, np.int32),
+            next_sibling=np.empty(width, np.int32),
+            depth=np.empty(width, np.int32),
+        )
         self.heap = new_heap(heap)
         self.second_heap = new_heap(heap) if fused else None
-        self.fused = FusedNodes(path_score=np.empty(width, np.float64), logits_run=np.empty(width, np.int32),
-                                expanded=np.empty(width, np.uint8),
-                                pair_slot=np.empty(width, np.int64)) if fused else None
+        self.fused = (
+            FusedNodes(
+                path_score=np.empty(width, np.float64),
+                logits_run=np.empty(width, np.int32),
+                expanded=np.empty(width, np.uint8),
+                pair_slot=np.empty(width, np.int64),
+            )
+            if fused
+            else None
+        )
 
     def trees(self, node_data: np.ndarray | None = None):
         """The batch as DraftTree objects: views into the rows (and the [batch, width]
