@@ -46,7 +46,7 @@ from .errors import ConfigError
 from .feedback import Feedback, TopK, offsets_of
 from .tree import DraftTree, PackedTrees, pack_trees
 
-__all__ = ["RequestView", "Step", "SessionStats", "DraftSession", "flat_rows"]
+__all__ = ["RequestView", "Step", "SessionStats", "DraftSession", "flat_rows", "padded_chain"]
 
 logger = logging.getLogger("specplug")
 
@@ -291,12 +291,8 @@ class DraftSession:
         if length <= 0:
             return step, out
         for i, tree in enumerate(step.trees):
-            chain = tree.subtree(tree.best_chain(length))
-            n = len(chain)
-            out[i, : n - 1] = chain.tokens[1:]
-            out[i, n - 1 :] = chain.tokens[-1]
-            if n - 1 < length:
-                chain = _padded_chain(chain, length)
+            chain = padded_chain(tree.subtree(tree.best_chain(length)), length)
+            out[i] = chain.tokens[1:]
             step.trees[i] = chain
             req = self._req.get(step.rids[i])
             if req is not None and req.pending is not None:
@@ -337,8 +333,9 @@ class DraftSession:
         if not rows:
             return self._observed(t0)
         sel = np.asarray(rows, np.int64)
-        offsets = offsets_of(counts)
-        take = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in rows])
+        observed = np.zeros(len(rids), np.bool_)
+        observed[sel] = True
+        take = np.repeat(observed, counts)  # the observed rows' committed tokens
         topk = None
         if topk_ids is not None and self.topk:
             sizes = np.fromiter((len(t) for t in trees), np.int64, len(trees))
@@ -427,9 +424,12 @@ class DraftSession:
             )
 
 
-def _padded_chain(chain: DraftTree, length: int) -> DraftTree:
-    """``chain`` (root + m guesses) extended to ``length`` guesses repeating its last token."""
+def padded_chain(chain: DraftTree, length: int) -> DraftTree:
+    """``chain`` (root + m <= length guesses) extended to ``length`` guesses by repeating its
+    last token (scores 0, ``node_data`` -1): what a fixed-length chain verifier gets."""
     n, pad = len(chain), length + 1 - len(chain)
+    if pad <= 0:
+        return chain
     tokens = np.concatenate([chain.tokens, np.full(pad, chain.tokens[-1], np.int32)])
     scores = np.concatenate([chain.scores, np.zeros(pad, np.float32)])
     data = None if chain.node_data is None else np.concatenate([chain.node_data, np.full(pad, -1, np.int32)])

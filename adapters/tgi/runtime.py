@@ -27,7 +27,7 @@ import numpy as np
 
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
-from specplug.drafters.session import DraftSession, RequestView, SessionStats
+from specplug.drafters.session import DraftSession, RequestView, SessionStats, padded_chain
 from specplug.drafters.tree import DraftTree
 
 __all__ = ["ChainSpeculation", "tgi_chain"]
@@ -36,13 +36,11 @@ __all__ = ["ChainSpeculation", "tgi_chain"]
 def tgi_chain(tree: DraftTree, speculate: int, vocab_size: int | None = None) -> np.ndarray:
     """The ``[speculate]`` row TGI would verify for ``tree``: its best chain, cut before the
     first id outside the vocabulary, padded by repeating the last kept token (the root if none)."""
-    toks = tree.tokens[tree.best_chain(speculate)].astype(np.int64)
+    nodes = tree.best_chain(speculate)
     if vocab_size is not None:
-        bad = np.flatnonzero((toks < 0) | (toks >= vocab_size))
-        toks = toks[: bad[0]] if bad.size else toks
-    out = np.full(speculate, toks[-1] if toks.size else tree.tokens[0], np.int64)
-    out[: toks.size - 1] = toks[1:]
-    return out
+        bad = np.flatnonzero((tree.tokens[nodes] < 0) | (tree.tokens[nodes] >= vocab_size))
+        nodes = nodes[: max(int(bad[0]), 1)] if bad.size else nodes
+    return padded_chain(tree.subtree(nodes), speculate).tokens[1:].astype(np.int64)
 
 
 class ChainSpeculation:
