@@ -37,39 +37,113 @@ class CostModel:
     """Verify time (seconds) of one forward pass vs total tokens in the batch.
 
     Piecewise-linear between measured points; beyond the last point, linear with the
-    slope of the last segment (stated in ``extrapolation``)."""
+    slope of the last segment (stated in ``extrapolation``). Where the points were measured
+    as a grid (each batch size at two or more widths: ``batches``/``widths``), :meth:`step`
+    prices a padded pass of ``batch`` rows of ``width`` tokens from that grid, since at the
+    same total a batch-1 pass of 8 tokens and a batch-8 pass of 1 token differ (attention
+    rows, per-row overheads); otherwise :meth:`step` is ``cost(batch * width)``."""
 
     tokens: np.ndarray
     seconds: np.ndarray
     meta: dict
+    batches: np.ndarray | None = None  # per point, when measured as a (batch, width) grid
+    widths: np.ndarray | None = None
 
     def __post_init__(self):
         t = np.asarray(self.tokens, np.float64)
         s = np.asarray(self.seconds, np.float64)
-        if t.ndim != 1 or t.shape != s.shape or t.shape[0] < 2 or np.any(np.diff(t) <= 0) or np.any(s <= 0):
-            raise ConfigError("cost model: need >= 2 points with increasing token counts and positive times")
-        self.tokens, self.seconds = t, np.maximum.accumulate(s)  # more tokens never cost less
+        if t.ndim != 1 or t.shape != s.shape or t.shape[0] < 2 or np.any(s <= 0) or not np.all(np.isfinite(s)):
+            raise ConfigError("cost model: need >= 2 points with positive times")
+        self._rows: list[tuple[int, np.ndarray, np.ndarray]] = []
+        if self.batches is not None and self.widths is not None:
+            self._rows = _grid_rows(np.asarray(self.batches, np.int64), np.asarray(self.widths, np.int64), s)
+        # the 1D curve: the cheapest pass measured at each total (more tokens never cost less)
+        order = np.argsort(t, kind="stable")
+        t, s = t[order], s[order]
+        uniq, first = np.unique(t, return_index=True)
+        s = np.minimum.reduceat(s, first)
+        if uniq.shape[0] < 2:
+            raise ConfigError("cost model: need >= 2 distinct token counts")
+        self.tokens, self.seconds = uniq, np.maximum.accumulate(s)
 
     def __call__(self, total_tokens) -> np.ndarray:
-        x = np.asarray(total_tokens, np.float64)
-        t, s = self.tokens, self.seconds
-        y = np.interp(x, t, s)
-        slope = (s[-1] - s[-2]) / (t[-1] - t[-2])
-        return np.where(x > t[-1], s[-1] + (x - t[-1]) * slope, y)
+        return _piecewise(np.asarray(total_tokens, np.float64), self.tokens, self.seconds)
+
+    @property
+    def is_grid(self) -> bool:
+        return bool(self._rows)
+
+    def step(self, batch: int, widths) -> np.ndarray:
+        """Seconds of a padded pass of ``batch`` rows at each of ``widths`` tokens per row."""
+        w = np.asarray(widths, np.float64)
+        if not self._rows:
+            return self(batch * w)
+        rows = self._rows
+        sizes = [r[0] for r in rows]
+        k = int(np.searchsorted(sizes, batch))
+        if k < len(rows) and sizes[k] == batch or len(rows) == 1:
+            row = rows[min(k, len(rows) - 1)]
+            return _piecewise(w, row[1], row[2])
+        lo, hi = (rows[k - 1], rows[k]) if 0 < k < len(rows) else (rows[-2], rows[-1]) if k else (rows[0], rows[1])
+        y_lo, y_hi = _piecewise(w, lo[1], lo[2]), _piecewise(w, hi[1], hi[2])
+        y = y_lo + (batch - lo[0]) / (hi[0] - lo[0]) * (y_hi - y_lo)
+        # beyond the grid, linear in the batch size; never below the nearest measured row
+        return np.maximum(y, y_hi if batch > hi[0] else np.minimum(y_lo, y_hi))
+
+    def points(self) -> list[dict]:
+        """The measured points as written to JSON (grid points when there are any)."""
+        if self._rows:
+            return [
+                {"tokens": int(b * w), "batch": int(b), "width": int(w), "seconds": float(s)}
+                for b, ws, ss in self._rows
+                for w, s in zip(ws.tolist(), ss.tolist())
+            ]
+        return [{"tokens": int(t), "seconds": float(s)} for t, s in zip(self.tokens.tolist(), self.seconds.tolist())]
+
+    @classmethod
+    def from_points(cls, points: list[dict], meta: dict | None = None) -> CostModel:
+        """From JSON points ``{"tokens", "seconds"[, "batch", "width"]}``."""
+        try:
+            tokens = np.array([int(p["tokens"]) for p in points])
+            seconds = np.array([float(p["seconds"]) for p in points])
+            grid = all("batch" in p and "width" in p for p in points)
+            batches = np.array([int(p["batch"]) for p in points]) if grid else None
+            widths = np.array([int(p["width"]) for p in points]) if grid else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"cost model: bad point ({e}); each needs tokens and seconds") from None
+        return cls(tokens, seconds, dict(meta or {}), batches, widths)
 
     @classmethod
     def load(cls, path: str) -> CostModel:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            points = data["points"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"cannot read cost model {path}: {e}; run `specplug calibrate`") from None
-        pts = sorted((int(p["tokens"]), float(p["seconds"])) for p in data["points"])
-        return cls(
-            np.array([p[0] for p in pts]),
-            np.array([p[1] for p in pts]),
-            {k: v for k, v in data.items() if k != "points"},
-        )
+        return cls.from_points(points, {k: v for k, v in data.items() if k != "points"})
+
+
+def _piecewise(x: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Linear interpolation, extrapolated with the last segment's slope above ``t[-1]``."""
+    y = np.interp(x, t, s)
+    slope = (s[-1] - s[-2]) / (t[-1] - t[-2])
+    return np.where(x > t[-1], s[-1] + (x - t[-1]) * slope, y)
+
+
+def _grid_rows(batches: np.ndarray, widths: np.ndarray, seconds: np.ndarray):
+    """Per batch size measured at >= 2 widths: (batch, widths, seconds non-decreasing in
+    width). Empty unless every batch size has >= 2 widths (then the grid is usable)."""
+    rows = []
+    for b in np.unique(batches).tolist():
+        sel = batches == b
+        w, s = widths[sel].astype(np.float64), seconds[sel]
+        order = np.argsort(w, kind="stable")
+        w, s = w[order], s[order]
+        if np.unique(w).shape[0] != w.shape[0] or w.shape[0] < 2 or b < 1 or w[0] < 1:
+            return []
+        rows.append((int(b), w, np.maximum.accumulate(s)))
+    return rows
 
 
 def default_cost_model(name: str = "cpu") -> CostModel:
@@ -92,7 +166,14 @@ def node_gains(trees) -> list[np.ndarray]:
 
 
 def choose_budgets(
-    gains, cost: CostModel, *, max_budget: int = 1024, ratio=1.0, min_gain: float = 1e-3, padded: bool = False
+    gains,
+    cost: CostModel,
+    *,
+    max_budget: int = 1024,
+    ratio=1.0,
+    min_gain: float = 1e-3,
+    padded: bool = False,
+    margin: float = 0.0,
 ):
     """Budgets (nodes incl. root, >= 1) maximising the step's expected goodput.
 
@@ -108,7 +189,7 @@ def choose_budgets(
     chosen, and each request keeps min(width, its nodes worth >= min_gain) nodes."""
     b = len(gains)
     if padded and b:
-        return _choose_width(gains, cost, max_budget, ratio, min_gain)
+        return _choose_width(gains, cost, max_budget, ratio, min_gain, margin)
     if b == 0:
         return np.zeros(0, np.int64), 0.0, 0
     ratio = np.broadcast_to(np.asarray(ratio, np.float64), (b,))
@@ -122,12 +203,20 @@ def choose_budgets(
     cum = np.concatenate([[0.0], np.cumsum(vals[order])])
     n = np.arange(cum.shape[0])
     goodput = (b + cum) / cost(b + n)
-    best = int(np.argmax(goodput))  # first maximum: the fewest tokens at equal goodput
+    best = _best(goodput, margin)
     budgets = 1 + np.bincount(owner[order[:best]], minlength=b)
     return budgets.astype(np.int64), float(goodput[best]), int(b + best)
 
 
-def _choose_width(gains, cost, max_budget, ratio, min_gain):
+def _best(goodput: np.ndarray, margin: float) -> int:
+    """The first maximum (fewest tokens at equal goodput), or 0 (no speculation) unless it
+    beats no speculation by ``margin``: estimates are noisy and the steps a policy picks
+    are those whose estimates are highest, so a bare "more than budget 1" over-speculates."""
+    best = int(np.argmax(goodput))
+    return best if goodput[best] >= (1.0 + margin) * goodput[0] else 0
+
+
+def _choose_width(gains, cost, max_budget, ratio, min_gain, margin=0.0):
     b = len(gains)
     ratio = np.broadcast_to(np.asarray(ratio, np.float64), (b,))
     m = max_budget - 1
@@ -139,8 +228,8 @@ def _choose_width(gains, cost, max_budget, ratio, min_gain):
     m_used = int(useful.max()) if b else 0
     cum = np.concatenate([np.zeros((b, 1)), np.cumsum(g[:, :m_used], axis=1)], axis=1).sum(axis=0)
     n = np.arange(m_used + 1)
-    goodput = (b + cum) / cost(b * (n + 1))
-    best = int(np.argmax(goodput))
+    goodput = (b + cum) / cost.step(b, n + 1)
+    best = _best(goodput, margin)
     budgets = 1 + np.minimum(useful, best)
     return budgets.astype(np.int64), float(goodput[best]), int(b * (best + 1))
 
@@ -151,9 +240,10 @@ class BudgetPolicy:
     insertion order: best-first trees stay valid and ancestor-closed). ``ratios`` per
     request come from the drafter's length calibration (``Drafter.length_ratios``), else 1."""
 
-    def __init__(self, cost: CostModel, min_gain: float = 1e-3, padded: bool = True):
+    def __init__(self, cost: CostModel, min_gain: float = 1e-3, padded: bool = True, margin: float = 0.0):
         self.cost = cost
         self.min_gain = float(min_gain)
+        self.margin = float(margin)  # relative goodput gain a step must promise over budget 1
         self.padded = bool(padded)  # the embedded engine pads trees to the widest one
         self.last_budgets = np.zeros(0, np.int64)
 
@@ -168,6 +258,7 @@ class BudgetPolicy:
             ratio=ratio,
             min_gain=self.min_gain,
             padded=self.padded,
+            margin=self.margin,
         )
         budgets = np.minimum(budgets, np.asarray(max_budgets, np.int64))
         self.last_budgets = budgets

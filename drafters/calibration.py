@@ -233,8 +233,10 @@ class LengthCalibration:
     #: bins of the per-step expected accepted length (draft tokens, bonus excluded)
     EDGES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 1e9)
 
-    def __init__(self, decay: float = 0.9, pseudo: float = 2.0):
+    def __init__(self, decay: float = 0.9, pseudo: float = 2.0, idle_decay: float = 0.97):
         self.decay = float(decay)
+        # per step verified at the root alone: evidence halves in ~23 such steps
+        self.idle_decay = float(idle_decay)
         self.pseudo = float(pseudo)
         self.req: dict = {}  # rid -> [expected, realised] (decayed sums)
         self.glob = np.zeros(2, np.float64)  # decayed sums over all requests
@@ -247,6 +249,19 @@ class LengthCalibration:
     def update(self, rids, expected, realised) -> None:
         e = np.asarray(expected, np.float64)
         a = np.asarray(realised, np.float64)
+        # a step verified at its root alone (the policy's budget 1) says nothing about the
+        # drafts: counting it would decay a request's evidence towards the prior, so after a
+        # run of such steps the next drafts would be priced at the global ratio again
+        drafted = e > 0
+        if not drafted.all():
+            idle = self.idle_decay
+            for r, k in zip(rids, drafted.tolist()):
+                st = None if k else self.req.get(r)
+                if st is not None:  # ... but old evidence still fades, slowly, towards the prior
+                    st[0] *= idle
+                    st[1] *= idle
+            rids = [r for r, k in zip(rids, drafted.tolist()) if k]
+            e, a = e[drafted], a[drafted]
         if e.shape[0] == 0:
             return
         d = self.decay

@@ -305,7 +305,7 @@ def feasible_layers(cost: ExitCost, max_gamma: int, min_gain: float = 0.0) -> np
 
 class ProbeCredit:
     """Cost budget of shadow probing: every step earns ``fraction`` of its cost; a probe
-    spends its own. One seed may go into debt; later probes wait until it is repaid."""
+    spends its own. One seed may go into debt; later probes and seeds wait until it is repaid."""
 
     def __init__(self, fraction: float):
         self.fraction = float(fraction)
@@ -612,7 +612,7 @@ class DELDrafter(EarlyExitDrafter):
             self._steps = step_costs(self.candidates, self.cost, self.max_draft)
             self._ar = self.cost.ar()
         self.runner, self.num_layers = runner, L
-        if self.candidates.shape[0] and self.seed_tokens > 0 and self._cold():
+        if self.candidates.shape[0] and self.seed_tokens > 0 and self._cold() and self._seed_paid():
             runner.request_prompt_shadow(self.candidates, self.seed_tokens)
 
     def _cost(self) -> ExitCost:
@@ -622,6 +622,11 @@ class DELDrafter(EarlyExitDrafter):
     def _cold(self) -> bool:
         """No usable statistics yet for the candidates (the prior is empty or faded)."""
         return self.prior is None or float(self.prior.weight(self.candidates).min()) < 1.0
+
+    def _seed_paid(self) -> bool:
+        """A prompt seed may go into debt once; the next waits until probing credit repaid it
+        (else a model where no layer pays re-seeds every request: ~2-5% of a short one)."""
+        return self.credit.credit >= 0.0 or self.credit.fraction == 0.0
 
     def _new_stats(self) -> LayerStats:
         return self.prior.copy() if self.prior is not None else LayerStats(self.num_layers, self.decay)

@@ -42,6 +42,7 @@ import numpy as np
 
 from .base import Drafter
 from .budget import BudgetPolicy
+from .calibration import LengthCalibration, expected_lengths
 from .errors import ConfigError
 from .feedback import Feedback, TopK, offsets_of
 from .tree import DraftTree, PackedTrees, pack_trees
@@ -94,6 +95,8 @@ class SessionStats:
 
     steps: int = 0
     proposed_nodes: int = 0  # draft nodes below the roots, after the budget cut
+    proposed_requests: int = 0  # request-steps proposed
+    speculated_requests: int = 0  # ... of which kept a draft node after the budget cut
     verified_requests: int = 0  # request-steps observed
     accepted_tokens: int = 0  # tokens committed in those (bonus included)
     restarts: int = 0  # known requests started again from their context
@@ -159,6 +162,9 @@ class DraftSession:
         self.runner = self._bind_runner(runners or {})
         self._req: OrderedDict[RequestId, _Request] = OrderedDict()  # least recently seen first
         self._clock = 0
+        # realised / expected accepted length for drafters that keep none (pld, suffix):
+        # the policy then prices their nodes at what they were worth so far
+        self._lengths: LengthCalibration | None = None
 
     @property
     def name(self) -> str:
@@ -208,6 +214,8 @@ class DraftSession:
         """A request finished, was aborted or left: free its drafter state (unknown: no-op)."""
         if self._req.pop(rid, None) is not None:
             self._call(self.drafter.finish, rid, what="finish")
+        if self._lengths is not None:
+            self._lengths.forget(rid)
 
     def retain(self, rids: Sequence[RequestId]) -> list:
         """Finish every request not in ``rids``; return those finished."""
@@ -276,6 +284,8 @@ class DraftSession:
         step.draft_s = time.perf_counter() - t0
         self.stats.steps += 1
         self.stats.proposed_nodes += step.drafted_nodes
+        self.stats.proposed_requests += len(trees)
+        self.stats.speculated_requests += sum(len(t) > 1 for t in trees)
         self.stats.draft_s += step.draft_s
         return step
 
@@ -354,6 +364,8 @@ class DraftSession:
             req = self._req[rids[b]]
             req.length += int(counts[b])
             req.pending = None
+        if self._lengths is not None:
+            self._lengths.update(feedback.rids, expected_lengths(trees), counts[sel] - 1)
         ok, _ = self._call(self.drafter.observe_batch, feedback, what="observe")
         if not ok:
             for rid in feedback.rids:  # state is suspect: rebuild from the context
@@ -403,7 +415,12 @@ class DraftSession:
             trees[i] = DraftTree.single(int(roots[j]))
 
     def _length_ratios(self, rids: list) -> np.ndarray | None:
-        return self._call(self.drafter.length_ratios, rids, what="length_ratios")[1]
+        ok, ratios = self._call(self.drafter.length_ratios, rids, what="length_ratios")
+        if not ok or ratios is not None:
+            return ratios
+        if self._lengths is None:
+            self._lengths = LengthCalibration()
+        return np.array([self._lengths.ratio(rid) for rid in rids])
 
     def _call(self, fn: Callable, *args: Any, what: str) -> tuple[bool, Any]:
         """(True, ``fn(*args)``), or (False, None) after logging and counting its exception."""

@@ -36,7 +36,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from specplug import peers  # noqa: F401 (registers the benchmark peers, e.g. sglang-ngram)
+from specplug import (
+    peers,  # noqa: F401 (registers the benchmark peers, e.g. sglang-ngram)
+    policy_args,
+)
 from specplug.drafters import registry
 from specplug.drafters.base import check_budget
 from specplug.drafters.errors import ConfigError
@@ -170,8 +173,8 @@ def resolve_budgets(algorithms: Sequence[str], budget: int | None) -> dict[str, 
 
 
 # ------------------------------------------------------------------ the loop
-def _generate(engine, ids, drafter, budget, gen_config):
-    res = engine.generate([ids], drafter, budget, gen_config)
+def _generate(engine, ids, drafter, budget, gen_config, policy=None):
+    res = engine.generate([ids], drafter, budget, gen_config, budget_policy=policy if budget > 1 else None)
     if isinstance(res, (list, tuple)):
         res = res[0]
     return res
@@ -207,12 +210,16 @@ def run_bench(
     progress: bool = False,
     gen_config=None,
     calibration: bool = False,
+    budget_policy=None,
+    cost_model: Mapping[str, Any] | None = None,
 ) -> dict:
     """Benchmark ``algorithms`` (AR added first when missing) on ``prompt_sets``
     (label -> list of :class:`~specplug.prompts.Prompt`) and return the result dict
     (see the module docstring). ``gen_config`` overrides the GenerationConfig built
     from ``max_new_tokens``/``temperature``. ``calibration``: add each calibrating
-    drafter's tables under the top-level key "calibration"."""
+    drafter's tables under the top-level key "calibration". ``budget_policy``: the
+    load-aware policy of every speculative algorithm (None: fixed budgets), its cost model
+    described by ``cost_model`` in the report."""
     from specplug.prompts import encode_prompt
 
     algorithms = parse_algorithms(list(algorithms))
@@ -237,7 +244,7 @@ def run_bench(
         for k, (_, ids) in enumerate(first[:warmup]):
             for a in algorithms:
                 _seed(seed, k)
-                _generate(engine, ids, drafters[a], budgets[a], gen_config)
+                _generate(engine, ids, drafters[a], budgets[a], gen_config, budget_policy)
         del drafters
 
     drafters = _make_drafters(engine, algorithms, options)
@@ -260,7 +267,7 @@ def run_bench(
                         bar.set_postfix_str(f"{label} {pid} {a}", refresh=True)
                     _seed(seed, k)
                     t0 = time.perf_counter()
-                    res = _generate(engine, ids, drafters[a], budgets[a], gen_config)
+                    res = _generate(engine, ids, drafters[a], budgets[a], gen_config, budget_policy)
                     wall = time.perf_counter() - t0
                     records[(label, a)].append(
                         {
@@ -270,6 +277,7 @@ def run_bench(
                             "time_s": wall,
                             "draft_time_s": float(res.draft_time_s),
                             "verify_time_s": float(res.verify_time_s),
+                            "speculative_steps": int(getattr(res, "speculative_steps", 0)),
                         }
                     )
                     if bar is not None:
@@ -315,6 +323,9 @@ def run_bench(
                     if steps
                     else 0.0,
                     "time_s": float(time_s),
+                    "speculative_step_share": float(
+                        sum(x["speculative_steps"] for x in rec) / max(steps - len(rec), 1)
+                    ),
                     "mismatched_prompts": (
                         [x["id"] for x, b in zip(rec, base) if x["output_ids"] != b["output_ids"]] if greedy else None
                     ),
@@ -331,6 +342,8 @@ def run_bench(
         "config": {
             "algorithms": list(algorithms),
             "budgets": budgets,
+            "budget_policy": "fixed" if budget_policy is None else "load-aware",
+            "cost_model": dict(cost_model or {}),
             "options": options,
             "max_new_tokens": int(max_new_tokens),
             "warmup": int(warmup),
@@ -392,6 +405,7 @@ def format_table(report: dict, markdown: bool = False) -> str:
         "new tok",
         "steps",
         "MAT",
+        "spec steps",
         "tok/s",
         "speedup",
         "median",
@@ -410,6 +424,7 @@ def format_table(report: dict, markdown: bool = False) -> str:
                 _fmt_int(r["new_tokens"]),
                 _fmt_int(r["steps"]),
                 f"{r['mat']:.2f}",
+                f"{100 * r.get('speculative_step_share', 0.0):.0f}%",
                 f"{r['tokens_per_s']:.1f}",
                 f"{r['speedup_vs_ar']:.2f}x",
                 f"{r.get('median_speedup_vs_ar', float('nan')):.2f}x",
@@ -418,6 +433,12 @@ def format_table(report: dict, markdown: bool = False) -> str:
             ]
         )
     head = f"model {report['model']} on {report['device']}, {report['torch_threads']} torch thread(s)"
+    cfg = report.get("config", {})
+    if cfg.get("budget_policy") == "load-aware":
+        cm = cfg.get("cost_model") or {}
+        head += f"; load-aware budgets (cost model: {cm.get('source', '?')} {cm.get('path') or cm.get('name', '')})"
+    elif cfg.get("budget_policy") == "fixed":
+        head += "; fixed budgets"
     if markdown:
         lines = [
             f"{head}",
@@ -539,9 +560,11 @@ def add_arguments(p):
         "--budget",
         type=int,
         default=None,
-        help="tree budget (nodes incl. root, 1..1024) for every speculative algorithm "
-        "(default: each algorithm's default budget; ar always uses 1)",
+        help="tree budget cap (nodes incl. root, 1..1024) for every speculative algorithm "
+        "(default: each algorithm's default budget; ar always uses 1); with --fixed-budget "
+        "every tree is verified at it",
     )
+    policy_args.add_arguments(p)
     p.add_argument(
         "--options",
         default=None,
@@ -594,6 +617,7 @@ def run(args) -> int:
     for a in algorithms:
         registry.validate_options(*drafter_options(a, options))
     resolve_budgets(algorithms, args.budget)
+    policy_args.check(args)
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
     names = [s.strip() for s in str(args.prompts).split(",") if s.strip()]
@@ -616,6 +640,8 @@ def run(args) -> int:
     from specplug.adapters.hf.engine import HFEngine
 
     engine = HFEngine.load(model_path=args.model, device=args.device)
+    choice = policy_args.choose(engine, args)
+    print(f"budgets: {choice.label}", file=sys.stderr)
 
     report = run_bench(
         engine,
@@ -629,6 +655,8 @@ def run(args) -> int:
         temperature=args.temperature,
         progress=not args.no_progress,
         calibration=args.calibration,
+        budget_policy=choice.policy,
+        cost_model=choice.description,
     )
     if args.model and report["model"] == "unknown":
         report["model"] = args.model

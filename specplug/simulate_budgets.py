@@ -17,6 +17,8 @@ Method (replay, no invented acceptance):
    charged cost(sum of budgets) (an engine that flattens trees, "policy"); for engines
    that pad every tree to the widest one (the embedded engine, SGLang's fixed width) the
    padded policy picks one width per batch and is charged cost(B * width) ("policy, padded").
+   A cost model measured as a (batch, width) grid prices every padded pass by its shape
+   (:meth:`CostModel.step`); the ragged policy uses its total-token curve.
 Approximation: the drafter's state evolves as at the recorded budget.
 """
 
@@ -39,7 +41,12 @@ def add_arguments(p):
     p.add_argument("--record-budget", type=int, default=64, help="tree budget of the recording (largest)")
     p.add_argument("--budgets", default="2,4,8,16,32,64", help="fixed budgets compared")
     p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
-    p.add_argument("--cost-model", default="cpu", help="name in the package's cost_models/ or a JSON path")
+    p.add_argument(
+        "--cost-model",
+        default="cpu",
+        help="name in the package's cost_models/, a JSON path (e.g. a cached measured one), or 'measured' "
+        "(the embedded engine's, measured now or read from the cache)",
+    )
     p.add_argument("--steps", type=int, default=200, help="simulated steps per batch size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -101,11 +108,11 @@ def simulate(records, cost, batches, budgets, steps, ratio, seed=0):
         for _ in range(steps):
             pick = rng.integers(0, len(records), b)
             ar_tok += b
-            ar_time += float(cost(b))
+            ar_time += float(cost.step(b, [1])[0])
             for n in budgets:
                 acc = sum(accepted_within(records[i][1], n) for i in pick)
                 fixed[n][0] += b + acc
-                fixed[n][1] += float(cost(b * n))
+                fixed[n][1] += float(cost.step(b, [n])[0])  # padded to n
             gains = [np.minimum.accumulate(records[i][0]) if records[i][0].shape[0] else np.zeros(0) for i in pick]
             bud, _, total = choose_budgets(gains, cost, max_budget=max(budgets), ratio=ratio)
             acc = sum(accepted_within(records[i][1], int(n)) for i, n in zip(pick, bud))
@@ -113,7 +120,7 @@ def simulate(records, cost, batches, budgets, steps, ratio, seed=0):
             pol[1] += float(cost(total))
             pol[2] += float(bud.sum())
             bud_p, _, total_p = choose_budgets(gains, cost, max_budget=max(budgets), ratio=ratio, padded=True)
-            pol[3] += float(cost(total_p))
+            pol[3] += float(cost.step(b, [total_p // b])[0])
             pol_pad_tok += b + sum(accepted_within(records[i][1], int(n)) for i, n in zip(pick, bud_p))
         fixed_tps = {n: v[0] / v[1] for n, v in fixed.items()}
         best_n = max(fixed_tps, key=fixed_tps.get)
@@ -139,7 +146,25 @@ def run(args) -> int:
     from specplug.drafters import registry
     from specplug.drafters.budget import CostModel, default_cost_model
 
-    cost = CostModel.load(args.cost_model) if os.path.isfile(args.cost_model) else default_cost_model(args.cost_model)
+    engine = None
+    if args.cost_model == "measured":
+        from specplug.adapters.hf.cost import engine_cost_model
+        from specplug.adapters.hf.engine import HFEngine
+
+        torch.set_num_threads(1)
+        engine = HFEngine.load()
+        cached = engine_cost_model(engine)
+        cost = cached.model
+        cost.meta = {
+            **cached.key,
+            "device": cached.key["device"],
+            "torch_threads": cached.key["threads"],
+            **cached.describe(),
+        }
+    else:
+        cost = (
+            CostModel.load(args.cost_model) if os.path.isfile(args.cost_model) else default_cost_model(args.cost_model)
+        )
     budgets = [int(x) for x in args.budgets.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
     if max(budgets) > args.record_budget:
@@ -156,7 +181,7 @@ def run(args) -> int:
         from specplug.adapters.hf.engine import HFEngine
         from specplug.prompts import encode_prompt, load_prompt_set
 
-        engine = HFEngine.load()
+        engine = engine or HFEngine.load()
         rec = _Recorder(registry.create(name, engine.vocab_size, opts), args.record_budget)
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
         for s in args.prompts.split(","):

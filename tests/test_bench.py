@@ -29,6 +29,7 @@ class ScriptedEngine:
     def __init__(self, period=5, lossy=False):
         self.period, self.lossy = period, lossy
         self.calls: list[tuple[str, tuple[int, ...], int]] = []
+        self.policies: list = []
 
     def encode(self, prompt=None, messages=None):
         text = prompt if prompt is not None else messages[-1]["content"]
@@ -37,9 +38,10 @@ class ScriptedEngine:
     def _next(self, ctx):
         return ctx[-self.period] if len(ctx) >= self.period else (ctx[-1] + 1) % self.vocab_size
 
-    def generate(self, batch, drafter, budget, config):
+    def generate(self, batch, drafter, budget, config, budget_policy=None):
         ids = list(batch[0])
         self.calls.append((drafter.name, tuple(ids), budget))
+        self.policies.append(budget_policy)
         rid = ("req", len(self.calls))
         drafter.start(rid, ids)
         out, steps, acc_per_step = [], 0, []
@@ -201,13 +203,28 @@ def test_cli_errors_exit_2_before_loading_a_model(argv, match, monkeypatch, caps
     assert re.search(match, err), err
 
 
-def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("policy_flags", [[], ["--fixed-budget"], ["--cost-model", "cpu"]])
+def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys, policy_flags):
     fake = types.ModuleType("specplug.adapters.hf.engine")
+    engines = []
 
     class HFEngine(ScriptedEngine):
         @classmethod
         def load(cls, model_path=None, device="cpu"):
-            return cls()
+            engines.append(cls())
+            return engines[-1]
+
+    from specplug.adapters.hf import cost
+    from specplug.drafters.budget import default_cost_model
+    from specplug.drafters.cost_cache import CachedCost
+
+    measured = []
+
+    def fake_measure(engine, **kw):  # the default: this engine's cost model, measured once
+        measured.append(engine)
+        return CachedCost(default_cost_model("cpu"), "measured", "/cache/x.json", {"engine": "scripted"}, 1.5)
+
+    monkeypatch.setattr(cost, "engine_cost_model", fake_measure)
 
     fake.HFEngine = HFEngine
     fake.GenerationConfig = lambda max_new_tokens: SimpleNamespace(max_new_tokens=max_new_tokens)
@@ -233,6 +250,7 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
                 "--no-progress",
                 "--threads",
                 "1",
+                *policy_flags,
             ],
             monkeypatch,
         )
@@ -240,6 +258,21 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
         torch.set_num_threads(threads)
     assert rc == 0
     rep = json.loads(out.read_text())
+    [eng] = engines
+    cfg = rep["config"]
+    spec_policies = [p for (name, _, _), p in zip(eng.calls, eng.policies) if name == "pld"]
+    assert all(p is None for (name, _, _), p in zip(eng.calls, eng.policies) if name == "ar")
+    if policy_flags == ["--fixed-budget"]:
+        assert cfg["budget_policy"] == "fixed" and not measured
+        assert all(p is None for p in spec_policies)
+    else:
+        assert cfg["budget_policy"] == "load-aware"
+        assert spec_policies and all(p is not None for p in spec_policies)
+        if policy_flags:
+            assert cfg["cost_model"]["name"] == "cpu" and not measured
+        else:
+            assert measured == [eng] and cfg["cost_model"]["source"] == "measured"
+            assert cfg["cost_model"]["measure_s"] == 1.5
     by = _check_shape(rep, ["ar", "pld"], ["humaneval", "gsm8k"])
     assert rep["torch_threads"] == 1 and rep["model"] == "scripted"
     assert all(r["prompts"] == 2 and r["new_tokens"] == 16 for r in by.values())

@@ -36,8 +36,13 @@ def test_cost_model_interpolates_extrapolates_and_rejects_bad_tables(tmp_path):
     assert c(8192) == pytest.approx(0.110 + 4096 * (0.08 / 3072))
     with pytest.raises(ConfigError):
         CostModel(np.array([1]), np.array([0.1]), {})
+    with pytest.raises(ConfigError):  # one distinct token count is no curve
+        CostModel(np.array([2, 2]), np.array([0.1, 0.2]), {})
     with pytest.raises(ConfigError):
-        CostModel(np.array([2, 1]), np.array([0.1, 0.2]), {})
+        CostModel(np.array([1, 2]), np.array([0.1, -0.2]), {})
+    # points in any order; at a repeated total the cheaper pass counts; never decreasing
+    u = CostModel(np.array([4, 1, 4, 2]), np.array([0.3, 0.1, 0.2, 0.25]), {})
+    assert u.tokens.tolist() == [1, 2, 4] and u.seconds.tolist() == [0.1, 0.25, 0.25]
     p = tmp_path / "m.json"
     p.write_text(json.dumps({"device": "x", "points": [{"tokens": 1, "seconds": 0.1}, {"tokens": 4, "seconds": 0.2}]}))
     m = CostModel.load(str(p))

@@ -232,6 +232,35 @@ def test_probe_cost_stays_within_budget():
     assert 0 < d.credit.spent <= 0.02 * d.credit.earned_steps + 1e-12
 
 
+def test_prompt_seeds_wait_until_probing_credit_repaid_the_last_one():
+    """Where no layer pays, the statistics stay cold; each request re-seeding from its prompt
+    would cost a few percent of every short request (the seed goes into debt once)."""
+
+    class CountingRunner(FakeRunner):
+        seeds = 0
+
+        def request_prompt_shadow(self, layers, n):
+            CountingRunner.seeds += 1
+            super().request_prompt_shadow(layers, n)
+
+        def prompt_shadow(self, rid):  # consumed once, as the engines' runners do
+            out = super().prompt_shadow(rid)
+            self.prompt_want = None
+            return out
+
+    runner = CountingRunner(8, agree=np.full(9, 0.05))
+    d = DELDrafter(50, cost="measured", probe_budget=0.02, seed_tokens=32)
+    _run(d, runner, steps=10, rid="r0")
+    seed_cost = d.credit.spent
+    for k in range(1, 6):
+        _run(d, runner, steps=10, rid=f"r{k}")
+    assert CountingRunner.seeds == 1 and d.credit.credit < 0  # 60 steps at 2% do not repay it
+    assert d.credit.spent == seed_cost  # nor any shadow probe meanwhile
+    free = DELDrafter(50, cost="measured", probe_budget=0.0, seed_tokens=32)  # 0: the seed alone
+    _run(free, runner, steps=5, rid="f")
+    assert CountingRunner.seeds == 2 and free.credit.spent > 0
+
+
 def test_fixed_exit_drafts_draft_len_at_exit_layer():
     runner = FakeRunner(8, agree=np.full(9, 1.0))
     d = EarlyExitDrafter(50, exit_layer=3, draft_len=4)

@@ -150,13 +150,13 @@ def test_wrong_number_of_trees_is_contained():
 def test_policy_cut_trees_are_the_ones_observed_and_keep_node_data():
     d = Scripted()
     flat = CostModel(np.array([1, 2, 64]), np.array([1.0, 1.01, 1.02]), {})
-    steep = CostModel(np.array([1, 2, 64]), np.array([1.0, 3.0, 100.0]), {})
+    steep = CostModel(np.array([1, 2, 64]), np.array([1.0, 3.0, 1000.0]), {})
     ctx = {"a": [1, 2, 3], "b": [4, 5]}
     s = DraftSession(d, policy=BudgetPolicy(flat, padded=False))
     step = s.propose(views(ctx), 6)
     assert [len(t) for t in step.trees] == [6, 6]
     s.policy = BudgetPolicy(steep, padded=False)
-    commit(s, step, ctx, [0, 0])
+    commit(s, step, ctx, [5, 5])  # all accepted: the session's length calibration stays high
     step = s.propose(views(ctx), 6)
     assert [len(t) for t in step.trees] == [1, 1]  # nothing pays at that cost: budget 1
     commit(s, step, ctx, [0, 0])
@@ -167,6 +167,26 @@ def test_policy_cut_trees_are_the_ones_observed_and_keep_node_data():
     commit(s, step, ctx, [5, 5])
     for sent, seen in zip(step.trees, d.feedback[-1].trees):
         assert seen is sent and seen.node_data.tolist() == list(range(len(seen)))
+
+
+def test_drafters_without_a_length_calibration_are_priced_at_what_they_realised():
+    """pld and suffix keep no length calibration: the session keeps one for them, so under the
+    policy a drafter whose guesses are never accepted soon drafts nothing (and one whose
+    guesses are all accepted keeps drafting)."""
+    cost = CostModel(np.array([1, 2, 8, 64]), np.array([1.0, 1.3, 1.6, 10.0]), {})
+    for accepted, want_width in ((0, 1), (4, 5)):
+        d = Scripted()
+        s = DraftSession(d, policy=BudgetPolicy(cost, padded=False))
+        ctx = {"a": [1, 2, 3]}
+        widths = []
+        for _ in range(6):
+            step = s.propose(views(ctx), 5)
+            widths.append(step.width)
+            commit(s, step, ctx, [min(accepted, step.width - 1)])
+        assert widths[0] == 5  # before any evidence the scores are trusted
+        assert widths[-1] == want_width, widths
+        s.finish("a")
+        assert s._lengths is not None and "a" not in s._lengths.req  # no state left behind
 
 
 def test_feedback_topk_is_flattened_per_verified_node():

@@ -74,6 +74,7 @@ class GenerationResult:
     verify_time_s: float = 0.0
     total_time_s: float = 0.0
     finish_reason: str = "length"  # "eos" | "stop" | "length"
+    speculative_steps: int = 0  # verify steps whose tree had a draft node (after the budget cut)
 
     @property
     def mat(self) -> float:

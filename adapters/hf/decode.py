@@ -76,6 +76,7 @@ class DecodeBatch:
         self.stop_ids = np.array(sorted(set(engine.eos_token_ids) | set(map(int, config.stop_token_ids))), np.int64)
         self.eos_ids = np.array(sorted(engine.eos_token_ids), np.int64)
         self.steps = np.zeros(n, np.int64)
+        self.speculative_steps = np.zeros(n, np.int64)
         self.accepted: list[list[int]] = [[] for _ in range(n)]
         self.draft_time = np.zeros(n)
         self.verify_time = np.zeros(n)
@@ -219,6 +220,7 @@ class DecodeBatch:
         budgets = np.minimum(self.budget, remaining)  # a tree never overruns max_new_tokens
         drafted = self.session.propose([self._view(i) for i in req], budgets)
         packed = drafted.pack()
+        self.speculative_steps[req] += packed.sizes > 1
 
         t1 = time.perf_counter()
         b, w = packed.tokens.shape
@@ -311,6 +313,7 @@ class DecodeBatch:
             verify_time_s=0.0,
             total_time_s=time.perf_counter() - self.t_start,
             finish_reason=reason,
+            speculative_steps=int(self.speculative_steps[i]),
         )
         return True
 

