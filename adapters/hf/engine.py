@@ -127,7 +127,10 @@ class HFEngine:
         ``budget`` caps the tree size (root included) per request and step. Every request's
         drafter state is freed when it finishes, and for all of them if anything raises.
         ``budget_policy`` (a :class:`specplug.drafters.budget.BudgetPolicy`): load-aware
-        budgets, each tree cut to the size that maximises the step's expected goodput.
+        budgets, each tree cut to the size that maximises the step's expected goodput; the
+        CLI's default is ``BudgetPolicy(engine_cost_model(engine).model)``
+        (:mod:`specplug.adapters.hf.cost`: this machine's cost, measured once and cached).
+        None (the default here): every tree is verified at ``budget``.
         """
         t_start = time.perf_counter()
         config = GenerationConfig() if config is None else config
