@@ -40,7 +40,16 @@ from numba import njit
 
 from .adjacency import pair_row
 from .calibration import edge_value
-from .tree_build import PairTable, TreeScratch, heap_pop, heap_push, tree_add, tree_find, tree_init, tree_rows
+from .tree_build import (
+    PairTable,
+    TreeScratch,
+    heap_pop_arrays,
+    heap_push_arrays,
+    tree_add_arrays,
+    tree_find_arrays,
+    tree_init,
+    tree_rows,
+)
 
 __all__ = ["CandidateGraph", "Calibration", "DynamicNodes", "grow_dynamic", "build_dynamic", "build_dynamic_batch"]
 
@@ -73,11 +82,12 @@ def _edge_value(raw, rank, table, use_table, alpha):
 
 
 @njit(cache=True)
-def _select_row(pairs, vocab, parent_token, token, key):
+def _select_row(use_pairs, pair_keys, vocab, parent_token, token, key):
     """(source, row) a node drafts from: its (parent token, token) pair row when there is
-    one, else row ``key`` of the graph."""
-    if pairs.use:
-        slot = pair_row(pairs.keys, parent_token, token, vocab)
+    one (``use_pairs``; ``pair_keys``: the :class:`.tree_build.PairTable` keys), else row
+    ``key`` of the graph."""
+    if use_pairs:
+        slot = pair_row(pair_keys, parent_token, token, vocab)
         if slot >= 0:
             return FROM_PAIRS, np.int64(slot)
     return FROM_GRAPH, np.int64(key)
@@ -90,13 +100,15 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
     (``root_prev``: the token before the root, for pair rows); returns its size. ``nodes``:
     :class:`DynamicNodes` scratch; the heap (payload: tree parent, rank) holds at most
     2 * budget + 1 entries."""
-    # the groups' arrays, taken out once; helpers are given arrays, not groups (a group
-    # handed to a helper in the loop cost ~10% more instructions per tree, measured)
+    # the groups taken apart once; helpers are given arrays, not groups (see the note at
+    # .tree_build.tree_find_arrays)
     graph_tokens, graph_values, graph_keys = graph.tokens, graph.values, graph.keys
-    pair_tokens, pair_probs = pairs.tokens, pairs.probs
+    pair_keys, pair_tokens, pair_probs, use_pairs = pairs.keys, pairs.tokens, pairs.probs, pairs.use
     table, use_table = calibration.table, calibration.use
     path_value, sources, rows = nodes.value, nodes.source, nodes.row
-    tokens, depth = tree.tokens, tree.depth
+    tokens, parents, scores = tree.tokens, tree.parents, tree.scores
+    first_child, next_sibling, depth = tree.first_child, tree.next_sibling, tree.depth
+    heap_scores, heap_parents, heap_ranks = heap.scores, heap.first, heap.second
     n_keys = graph_tokens.shape[0]
     n_ranks = graph_tokens.shape[1]
     vocab = n_keys
@@ -105,12 +117,14 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
     n = 0
     if root_key < 0 or root_key >= n_keys or budget <= 1:
         return size
-    sources[0], rows[0] = _select_row(pairs, vocab, root_prev, tokens[0], root_key)
+    sources[0], rows[0] = _select_row(use_pairs, pair_keys, vocab, root_prev, tokens[0], root_key)
     token0, raw0 = _candidate(graph_tokens, graph_values, pair_tokens, pair_probs, sources[0], rows[0], 0)
     if token0 >= 0 and max_depth > 0:
-        n = heap_push(heap, n, _edge_value(raw0, 0, table, use_table, alpha), 0, 0)
+        n = heap_push_arrays(
+            heap_scores, heap_parents, heap_ranks, n, _edge_value(raw0, 0, table, use_table, alpha), 0, 0
+        )
     while n > 0 and size < budget:
-        value, parent, rank, n = heap_pop(heap, n)
+        value, parent, rank, n = heap_pop_arrays(heap_scores, heap_parents, heap_ranks, n)
         source, row = sources[parent], rows[parent]
         token, _ = _candidate(graph_tokens, graph_values, pair_tokens, pair_probs, source, row, rank)
         edge = value / path_value[parent]  # this edge's value
@@ -124,10 +138,13 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
                 if sibling_edge > edge:
                     sibling_edge = edge
                 if sibling_edge > 0.0:
-                    n = heap_push(heap, n, path_value[parent] * sibling_edge, parent, rank + 1)
-        if tree_find(tree, parent, token) >= 0:  # a duplicate id in the row: skip it
+                    n = heap_push_arrays(
+                        heap_scores, heap_parents, heap_ranks, n, path_value[parent] * sibling_edge, parent, rank + 1
+                    )
+        # a duplicate id in the row: skip it
+        if tree_find_arrays(tokens, first_child, next_sibling, parent, token) >= 0:
             continue
-        size = tree_add(tree, size, parent, token, value)
+        size = tree_add_arrays(tokens, parents, scores, first_child, next_sibling, depth, size, parent, token, value)
         i = size - 1
         path_value[i] = value
         sources[i] = NO_ROW
@@ -139,12 +156,12 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
             key = token  # pair rows: keys are tokens
         if key < 0 or key >= n_keys:
             continue
-        sources[i], rows[i] = _select_row(pairs, vocab, tokens[parent], token, key)
+        sources[i], rows[i] = _select_row(use_pairs, pair_keys, vocab, tokens[parent], token, key)
         child, child_raw = _candidate(graph_tokens, graph_values, pair_tokens, pair_probs, sources[i], rows[i], 0)
         if child >= 0:
             child_edge = _edge_value(child_raw, 0, table, use_table, alpha)
             if child_edge > 0.0:
-                n = heap_push(heap, n, value * child_edge, i, 0)
+                n = heap_push_arrays(heap_scores, heap_parents, heap_ranks, n, value * child_edge, i, 0)
     return size
 
 

@@ -5,10 +5,12 @@ A tree under construction is a :class:`TreeRows` group: its output rows (``token
 so that adding a (parent, token) child is a trie union: an existing sibling with that
 token is reused (its score raised to the max), so siblings stay distinct by construction.
 Kernels take their arguments in such named groups (numba compiles ``namedtuple``
-arguments like positional ones, and attribute access costs nothing at run time):
+arguments like positional ones):
 :class:`TreeBuffers` (a batch of output rows, built once per call by :class:`TreeScratch`),
 :class:`Heap`, :class:`Borders`, :class:`LogitsTable` / :class:`PairTable`,
-:class:`EdgeValues`, :class:`FusedNodes`, :class:`Template`.
+:class:`EdgeValues`, :class:`FusedNodes`, :class:`Template`. Inside a growth loop groups
+are not free (each array taken out of one is reference-counted): the growers take their
+groups apart once, at the top, and their loops use arrays (see :func:`tree_find_arrays`).
 
 Growers, all best-first by score with a bounded max-heap:
 * :func:`fill_template` - a static tree template over the adjacency table (Token Recycling);
@@ -144,35 +146,64 @@ def tree_init(tree, root_token):
     return 1
 
 
+# The group operations below (tree_find, tree_add, heap_push, heap_pop) are for callers
+# outside the growth loops. The growers take their groups apart once, at the top, and call
+# the ``*_arrays`` forms in the loop: every array taken out of a group, or handed to a
+# helper, has its reference count raised and dropped again (numba's NRT; atomic calls that
+# LLVM cannot prune across the loop's branches), so groups in the loop pay that per node.
+# RACER at batch 256, budget 64: 1.40M such calls per step with groups in the loop, 0.75M
+# with arrays (1.15M before the groups); see results/racer_propose_regression.md.
+@njit(cache=True, inline="always")
+def tree_find_arrays(tokens, first_child, next_sibling, parent, token):
+    """:func:`tree_find` on the tree's arrays."""
+    child = first_child[parent]
+    while child >= 0:
+        if tokens[child] == token:
+            return child
+        child = next_sibling[child]
+    return -1
+
+
+@njit(cache=True, inline="always")
+def tree_add_arrays(tokens, parents, scores, first_child, next_sibling, depth, size, parent, token, score):
+    """:func:`tree_add` on the tree's arrays."""
+    tokens[size] = token
+    parents[size] = parent
+    scores[size] = score
+    first_child[size] = -1
+    depth[size] = depth[parent] + 1
+    next_sibling[size] = first_child[parent]
+    first_child[parent] = size
+    return size + 1
+
+
 @njit(cache=True)
 def tree_find(tree, parent, token):
-    child = tree.first_child[parent]
-    while child >= 0:
-        if tree.tokens[child] == token:
-            return child
-        child = tree.next_sibling[child]
-    return -1
+    """The child of ``parent`` carrying ``token``, or -1."""
+    return tree_find_arrays(tree.tokens, tree.first_child, tree.next_sibling, parent, token)
 
 
 @njit(cache=True)
 def tree_add(tree, size, parent, token, score):
     """Append a child (the caller checked that no sibling carries ``token`` and size < budget)."""
-    tree.tokens[size] = token
-    tree.parents[size] = parent
-    tree.scores[size] = score
-    tree.first_child[size] = -1
-    tree.depth[size] = tree.depth[parent] + 1
-    tree.next_sibling[size] = tree.first_child[parent]
-    tree.first_child[parent] = size
-    return size + 1
+    return tree_add_arrays(
+        tree.tokens,
+        tree.parents,
+        tree.scores,
+        tree.first_child,
+        tree.next_sibling,
+        tree.depth,
+        size,
+        parent,
+        token,
+        score,
+    )
 
 
 # --------------------------------------------------------------------------- bounded max-heap
-@njit(cache=True)
-def heap_push(heap, n, score, first, second):
-    """Push (score, payload first, second) onto a heap of n entries; a full heap drops the
-    push (bounded work per tree). Returns the new entry count."""
-    scores, firsts, seconds = heap.scores, heap.first, heap.second
+@njit(cache=True, inline="always")
+def heap_push_arrays(scores, firsts, seconds, n, score, first, second):
+    """:func:`heap_push` on the heap's arrays."""
     if n >= scores.shape[0]:
         return n
     i = n
@@ -190,10 +221,9 @@ def heap_push(heap, n, score, first, second):
     return n + 1
 
 
-@njit(cache=True)
-def heap_pop(heap, n):
-    """The best entry of a heap of n > 0 entries: (score, first, second, n - 1)."""
-    scores, firsts, seconds = heap.scores, heap.first, heap.second
+@njit(cache=True, inline="always")
+def heap_pop_arrays(scores, firsts, seconds, n):
+    """:func:`heap_pop` on the heap's arrays."""
     score, first, second = scores[0], firsts[0], seconds[0]
     n -= 1
     if n > 0:
@@ -217,42 +247,58 @@ def heap_pop(heap, n):
     return score, first, second, n
 
 
+@njit(cache=True)
+def heap_push(heap, n, score, first, second):
+    """Push (score, payload first, second) onto a heap of n entries; a full heap drops the
+    push (bounded work per tree). Returns the new entry count."""
+    return heap_push_arrays(heap.scores, heap.first, heap.second, n, score, first, second)
+
+
+@njit(cache=True)
+def heap_pop(heap, n):
+    """The best entry of a heap of n > 0 entries: (score, first, second, n - 1)."""
+    return heap_pop_arrays(heap.scores, heap.first, heap.second, n)
+
+
 # --------------------------------------------------------------------------- growers
 @njit(cache=True, inline="always")
-def _candidate(logits, pair_slot, tokens, node, rank):
+def _candidate(row_tokens, pair_tokens, pair_slot, tokens, node, rank):
     """Rank-``rank`` adjacency candidate after ``node``: from its pair row if it has one
-    (``pair_slot[node]`` >= 0), else from its token's row."""
+    (``pair_slot[node]`` >= 0), else from its token's row (``row_tokens``: the token rows of
+    :class:`LogitsTable`, ``pair_tokens``: its :class:`PairTable` rows)."""
     slot = pair_slot[node]
     if slot >= 0:
-        return logits.pairs.tokens[slot, rank]
-    return logits.tokens[tokens[node], rank]
+        return pair_tokens[slot, rank]
+    return row_tokens[tokens[node], rank]
 
 
 @njit(cache=True, inline="always")
-def _logits_edge(logits, edges, pair_slot, tokens, node, rank):
+def _logits_edge(
+    dynamic, rank_prior, row_probs, pair_probs, token_values, pair_values, alpha, pair_slot, tokens, node, rank
+):
     """Value of ``node``'s rank-``rank`` adjacency candidate as an edge: the rank prior
-    (static), or (dynamic) the calibrated probability the target gave it, times alpha,
-    capped at 1."""
-    if not edges.dynamic:
-        return logits.rank_prior[rank]
+    (static), or (``dynamic``) the calibrated probability the target gave it (its raw
+    probability in ``row_probs`` / ``pair_probs``, calibrated by the :class:`EdgeValues`
+    tables ``token_values`` / ``pair_values``), times alpha, capped at 1."""
+    if not dynamic:
+        return rank_prior[rank]
     slot = pair_slot[node]
     if slot >= 0:
-        e = edge_value(edges.pair_rows, rank, logits.pairs.probs[slot, rank]) * edges.alpha
+        e = edge_value(pair_values, rank, pair_probs[slot, rank]) * alpha
     else:
-        e = edge_value(edges.token_rows, rank, logits.probs[tokens[node], rank]) * edges.alpha
+        e = edge_value(token_values, rank, row_probs[tokens[node], rank]) * alpha
     return e if e < 1.0 else 1.0
 
 
 @njit(cache=True, inline="always")
-def _logits_cell(logits, edges, pair_slot, tokens, node, rank):
+def _logits_cell(n_retrieval, k, row_probs, pair_probs, pair_slot, tokens, node, rank):
     """Calibration cell (:func:`.calibration.pack_cell`) of ``node``'s rank-``rank``
-    candidate: row R + rank (token rows) or R + k + rank (pair rows), R = the retrieval
+    candidate: row R + rank (token rows) or R + k + rank (pair rows), R = ``n_retrieval``
     rows, and the bin of its raw probability."""
-    n_retrieval = edges.retrieval.shape[0]
     slot = pair_slot[node]
     if slot >= 0:
-        return pack_cell(n_retrieval + logits.tokens.shape[1] + rank, prob_bin(logits.pairs.probs[slot, rank]))
-    return pack_cell(n_retrieval + rank, prob_bin(logits.probs[tokens[node], rank]))
+        return pack_cell(n_retrieval + k + rank, prob_bin(pair_probs[slot, rank]))
+    return pack_cell(n_retrieval + rank, prob_bin(row_probs[tokens[node], rank]))
 
 
 #: retrieval calibration rows: by the automaton depth of the drafted node, i.e. how many
@@ -273,38 +319,18 @@ def match_class(depth, nclasses):
 
 
 @njit(cache=True, inline="always")
-def _retrieval_cell(automaton_nodes, node, scale, denom, edges):
+def _retrieval_cell(automaton_nodes, node, scale, denom, dynamic, retrieval_values):
     """(score, cell) of retrieved automaton ``node`` under a parent scored ``scale``, its
     frequency ratio being freq[node] / ``denom``: dynamic trees value the edge by the
-    calibrated acceptance of its cell (match class, ratio bin), static trees by the ratio
-    (computed as scale * freq / denom, the paper's order, so that scores and therefore
-    ties against the logits frontier are bit-identical). The cell is
-    ``pack_cell(class, bin)``."""
+    calibrated acceptance of its cell (match class, ratio bin: ``retrieval_values``, the
+    :class:`EdgeValues` retrieval table), static trees by the ratio (computed as
+    scale * freq / denom, the paper's order, so that scores and therefore ties against the
+    logits frontier are bit-identical). The cell is ``pack_cell(class, bin)``."""
     freq = automaton_nodes[node, FREQ]
     ratio_bin = prob_bin(freq / denom)
-    cls = match_class(automaton_nodes[node, DEPTH], edges.retrieval.shape[0])
-    value = scale * edges.retrieval[cls, ratio_bin] if edges.dynamic else scale * freq / denom
+    cls = match_class(automaton_nodes[node, DEPTH], retrieval_values.shape[0])
+    value = scale * retrieval_values[cls, ratio_bin] if dynamic else scale * freq / denom
     return value, pack_cell(cls, ratio_bin)
-
-
-@njit(cache=True)
-def _push_logits_child(logits, edges, root_prev, tree, fused, node, heap, n):
-    """Queue ``node``'s rank-0 adjacency candidate (once per node, within the run cap)."""
-    if fused.expanded[node] or fused.logits_run[node] >= logits.max_run:
-        return n
-    fused.expanded[node] = 1
-    token = tree.tokens[node]
-    vocab = logits.tokens.shape[0]
-    if token < 0 or token >= vocab:
-        return n
-    fused.pair_slot[node] = -1
-    if logits.pairs.use:
-        prev = root_prev if node == 0 else tree.tokens[tree.parents[node]]
-        fused.pair_slot[node] = pair_row(logits.pairs.keys, prev, token, vocab)
-    if _candidate(logits, fused.pair_slot, tree.tokens, node, 0) < 0:
-        return n
-    edge = _logits_edge(logits, edges, fused.pair_slot, tree.tokens, node, 0)
-    return heap_push(heap, n, fused.path_score[node] * edge, node, 0)
 
 
 @njit(cache=True)
@@ -362,70 +388,152 @@ def grow_fused(
     node), skips duplicates instead of merging, and has one frontier. Merging them would
     move ties and change trees.
     """
+    # the groups taken apart once (see the note at tree_find_arrays); the loop and its
+    # helpers see arrays and scalars only
     nodes = automaton_nodes
-    n_ranks = min(logits.tokens.shape[1], logits.rank_prior.shape[0])
+    border_states, border_norms, border_weights = borders.states, borders.norms, borders.weights
+    row_tokens, row_probs, rank_prior, max_run = logits.tokens, logits.probs, logits.rank_prior, logits.max_run
+    pair_keys, pair_tokens, pair_probs, use_pairs = (
+        logits.pairs.keys,
+        logits.pairs.tokens,
+        logits.pairs.probs,
+        logits.pairs.use,
+    )
+    dynamic, alpha = edges.dynamic, edges.alpha
+    token_values, pair_values, retrieval_values = edges.token_rows, edges.pair_rows, edges.retrieval
+    tokens, parents, scores = tree.tokens, tree.parents, tree.scores
+    first_child, next_sibling, depth = tree.first_child, tree.next_sibling, tree.depth
+    path_score, logits_run, expanded, pair_slot = fused.path_score, fused.logits_run, fused.expanded, fused.pair_slot
+    retrieval_scores, retrieval_nodes, retrieval_payloads = (
+        retrieval_heap.scores,
+        retrieval_heap.first,
+        retrieval_heap.second,
+    )
+    logits_scores, logits_parents, logits_ranks = logits_heap.scores, logits_heap.first, logits_heap.second
+    vocab, k = row_tokens.shape[0], row_tokens.shape[1]
+    n_retrieval_rows = retrieval_values.shape[0]
+    n_ranks = min(k, rank_prior.shape[0])
+
     n_retrieval = 0  # entries in each heap
     for j in range(n_borders):
-        c = nodes[borders.states[j], FIRST_CHILD]
+        c = nodes[border_states[j], FIRST_CHILD]
         while c >= 0:
-            value, cell = _retrieval_cell(nodes, c, borders.weights[j], borders.norms[j], edges)
-            n_retrieval = heap_push(retrieval_heap, n_retrieval, value, c, pack_parent_cell(0, cell))
+            value, cell = _retrieval_cell(nodes, c, border_weights[j], border_norms[j], dynamic, retrieval_values)
+            n_retrieval = heap_push_arrays(
+                retrieval_scores, retrieval_nodes, retrieval_payloads, n_retrieval, value, c, pack_parent_cell(0, cell)
+            )
             c = nodes[c, NEXT_SIBLING]
-    fused.path_score[0] = 1.0
-    fused.logits_run[0] = 0
-    fused.expanded[0] = 0
-    n_logits = _push_logits_child(logits, edges, root_prev, tree, fused, 0, logits_heap, 0)
+    path_score[0] = 1.0
+    logits_run[0] = 0
+    expanded[0] = 0
+    n_logits = 0
     retrieved = 0
-    while size < budget:
+    i = 0  # the node added or reached last: its rank-0 logits candidate is queued next
+    while True:
+        # queue node i's rank-0 adjacency candidate (once per node, within the run cap)
+        if not expanded[i] and logits_run[i] < max_run:
+            expanded[i] = 1
+            token = tokens[i]
+            if 0 <= token < vocab:
+                pair_slot[i] = -1
+                if use_pairs:
+                    prev = root_prev if i == 0 else tokens[parents[i]]
+                    pair_slot[i] = pair_row(pair_keys, prev, token, vocab)
+                if _candidate(row_tokens, pair_tokens, pair_slot, tokens, i, 0) >= 0:
+                    edge = _logits_edge(
+                        dynamic,
+                        rank_prior,
+                        row_probs,
+                        pair_probs,
+                        token_values,
+                        pair_values,
+                        alpha,
+                        pair_slot,
+                        tokens,
+                        i,
+                        0,
+                    )
+                    n_logits = heap_push_arrays(
+                        logits_scores, logits_parents, logits_ranks, n_logits, path_score[i] * edge, i, 0
+                    )
+        if size >= budget:
+            break
         use_retrieval = n_retrieval > 0 and retrieved < retrieval_limit - 1
         if use_retrieval and n_logits > 0 and not retrieval_first:
-            use_retrieval = retrieval_heap.scores[0] >= logits_heap.scores[0]
+            use_retrieval = retrieval_scores[0] >= logits_scores[0]
         if use_retrieval:
-            score, c, packed, n_retrieval = heap_pop(retrieval_heap, n_retrieval)
+            score, c, packed, n_retrieval = heap_pop_arrays(
+                retrieval_scores, retrieval_nodes, retrieval_payloads, n_retrieval
+            )
             parent, cell = unpack_parent_cell(packed)
             token = nodes[c, TOKEN]
-            i = tree_find(tree, parent, token)
+            i = tree_find_arrays(tokens, first_child, next_sibling, parent, token)
             if i < 0:
-                size = tree_add(tree, size, parent, token, score)
+                size = tree_add_arrays(
+                    tokens, parents, scores, first_child, next_sibling, depth, size, parent, token, score
+                )
                 i = size - 1
-                fused.path_score[i] = score
-                fused.expanded[i] = 0
+                path_score[i] = score
+                expanded[i] = 0
                 retrieved += 1
                 cells[i] = cell  # rows 0 .. R - 1: retrieval
-            elif score > tree.scores[i]:
-                tree.scores[i] = score
-                fused.path_score[i] = max(fused.path_score[i], score)
-            fused.logits_run[i] = 0
+            elif score > scores[i]:
+                scores[i] = score
+                path_score[i] = max(path_score[i], score)
+            logits_run[i] = 0
             parent_freq = nodes[c, FREQ]
             g = nodes[c, FIRST_CHILD]
             while g >= 0:
-                value, cell = _retrieval_cell(nodes, g, score, parent_freq, edges)
-                n_retrieval = heap_push(retrieval_heap, n_retrieval, value, g, pack_parent_cell(i, cell))
+                value, cell = _retrieval_cell(nodes, g, score, parent_freq, dynamic, retrieval_values)
+                n_retrieval = heap_push_arrays(
+                    retrieval_scores,
+                    retrieval_nodes,
+                    retrieval_payloads,
+                    n_retrieval,
+                    value,
+                    g,
+                    pack_parent_cell(i, cell),
+                )
                 g = nodes[g, NEXT_SIBLING]
         elif n_logits > 0:
-            score, parent, rank, n_logits = heap_pop(logits_heap, n_logits)
-            token = _candidate(logits, fused.pair_slot, tree.tokens, parent, rank)
-            if rank + 1 < n_ranks and _candidate(logits, fused.pair_slot, tree.tokens, parent, rank + 1) >= 0:
-                edge = _logits_edge(logits, edges, fused.pair_slot, tree.tokens, parent, rank + 1)
-                if edges.dynamic and edge * fused.path_score[parent] > score:
-                    edge = score / fused.path_score[parent]
-                n_logits = heap_push(logits_heap, n_logits, fused.path_score[parent] * edge, parent, rank + 1)
-            i = tree_find(tree, parent, token)
+            score, parent, rank, n_logits = heap_pop_arrays(logits_scores, logits_parents, logits_ranks, n_logits)
+            token = _candidate(row_tokens, pair_tokens, pair_slot, tokens, parent, rank)
+            if rank + 1 < n_ranks and _candidate(row_tokens, pair_tokens, pair_slot, tokens, parent, rank + 1) >= 0:
+                edge = _logits_edge(
+                    dynamic,
+                    rank_prior,
+                    row_probs,
+                    pair_probs,
+                    token_values,
+                    pair_values,
+                    alpha,
+                    pair_slot,
+                    tokens,
+                    parent,
+                    rank + 1,
+                )
+                if dynamic and edge * path_score[parent] > score:
+                    edge = score / path_score[parent]
+                n_logits = heap_push_arrays(
+                    logits_scores, logits_parents, logits_ranks, n_logits, path_score[parent] * edge, parent, rank + 1
+                )
+            i = tree_find_arrays(tokens, first_child, next_sibling, parent, token)
             if i < 0:
-                size = tree_add(tree, size, parent, token, score)
+                size = tree_add_arrays(
+                    tokens, parents, scores, first_child, next_sibling, depth, size, parent, token, score
+                )
                 i = size - 1
-                fused.path_score[i] = score
-                fused.logits_run[i] = fused.logits_run[parent] + 1
-                fused.expanded[i] = 0
-                if edges.dynamic:
-                    cells[i] = _logits_cell(logits, edges, fused.pair_slot, tree.tokens, parent, rank)
+                path_score[i] = score
+                logits_run[i] = logits_run[parent] + 1
+                expanded[i] = 0
+                if dynamic:
+                    cells[i] = _logits_cell(n_retrieval_rows, k, row_probs, pair_probs, pair_slot, tokens, parent, rank)
                 else:
                     cells[i] = -1
-            elif score > tree.scores[i]:
-                tree.scores[i] = score
+            elif score > scores[i]:
+                scores[i] = score
         else:
             break
-        n_logits = _push_logits_child(logits, edges, root_prev, tree, fused, i, logits_heap, n_logits)
     return size
 
 
@@ -440,35 +548,41 @@ def grow_from_borders(automaton_nodes, borders, n_borders, min_cond, max_out_dep
     (automaton node, tree parent). Not merged with :func:`grow_fused`: see the note there.
     """
     nodes = automaton_nodes
+    border_states, border_norms, border_weights = borders.states, borders.norms, borders.weights
+    tokens, parents, scores = tree.tokens, tree.parents, tree.scores
+    first_child, next_sibling, depth = tree.first_child, tree.next_sibling, tree.depth
+    heap_scores, heap_nodes, heap_parents = heap.scores, heap.first, heap.second
     n = 0
     for j in range(n_borders):
-        norm = borders.norms[j]
-        weight = borders.weights[j]
-        c = nodes[borders.states[j], FIRST_CHILD]
+        norm = border_norms[j]
+        weight = border_weights[j]
+        c = nodes[border_states[j], FIRST_CHILD]
         while c >= 0:
             cond = nodes[c, FREQ] / norm
             if cond >= min_cond:
-                n = heap_push(heap, n, weight * cond, c, 0)
+                n = heap_push_arrays(heap_scores, heap_nodes, heap_parents, n, weight * cond, c, 0)
             c = nodes[c, NEXT_SIBLING]
     total = 0.0
     while n > 0 and size < limit:
-        score, c, parent, n = heap_pop(heap, n)
+        score, c, parent, n = heap_pop_arrays(heap_scores, heap_nodes, heap_parents, n)
         token = nodes[c, TOKEN]
-        i = tree_find(tree, parent, token)
+        i = tree_find_arrays(tokens, first_child, next_sibling, parent, token)
         if i < 0:
-            size = tree_add(tree, size, parent, token, score)
+            size = tree_add_arrays(
+                tokens, parents, scores, first_child, next_sibling, depth, size, parent, token, score
+            )
             i = size - 1
             total += score
-        elif score > tree.scores[i]:
-            total += score - tree.scores[i]
-            tree.scores[i] = score
-        if tree.depth[i] < max_out_depth:
+        elif score > scores[i]:
+            total += score - scores[i]
+            scores[i] = score
+        if depth[i] < max_out_depth:
             parent_freq = nodes[c, FREQ]
             g = nodes[c, FIRST_CHILD]
             while g >= 0:
                 cond = nodes[g, FREQ] / parent_freq
                 if cond >= min_cond:
-                    n = heap_push(heap, n, score * cond, g, i)
+                    n = heap_push_arrays(heap_scores, heap_nodes, heap_parents, n, score * cond, g, i)
                 g = nodes[g, NEXT_SIBLING]
     return size, total
 
@@ -480,23 +594,28 @@ def fill_template(adjacency_rows, template, budget, tree, slot_map):
     parent's token. Nodes whose token is unknown (-1) are skipped with their subtrees; the
     first ``budget`` nodes that exist are kept, so smaller budgets truncate the template by
     rank order. ``slot_map[j]``: the tree node of template node j (-1: skipped)."""
+    template_parents, template_ranks, template_scores = template.parents, template.ranks, template.scores
+    tokens, parents, scores = tree.tokens, tree.parents, tree.scores
+    first_child, next_sibling, depth = tree.first_child, tree.next_sibling, tree.depth
     vocab = adjacency_rows.shape[0]
     size = 1
     slot_map[0] = 0
-    for j in range(1, template.parents.shape[0]):
+    for j in range(1, template_parents.shape[0]):
         slot_map[j] = -1
         if size >= budget:
             continue
-        parent = slot_map[template.parents[j]]
+        parent = slot_map[template_parents[j]]
         if parent < 0:
             continue
-        parent_token = tree.tokens[parent]
+        parent_token = tokens[parent]
         if parent_token < 0 or parent_token >= vocab:
             continue
-        token = adjacency_rows[parent_token, template.ranks[j]]
-        if token < 0 or tree_find(tree, parent, token) >= 0:
+        token = adjacency_rows[parent_token, template_ranks[j]]
+        if token < 0 or tree_find_arrays(tokens, first_child, next_sibling, parent, token) >= 0:
             continue
-        size = tree_add(tree, size, parent, token, template.scores[j])
+        size = tree_add_arrays(
+            tokens, parents, scores, first_child, next_sibling, depth, size, parent, token, template_scores[j]
+        )
         slot_map[j] = size - 1
     return size
 
