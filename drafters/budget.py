@@ -202,7 +202,8 @@ def choose_budgets(
     order = order[: int(np.count_nonzero(vals))]
     cum = np.concatenate([[0.0], np.cumsum(vals[order])])
     n = np.arange(cum.shape[0])
-    goodput = (b + cum) / cost(b + n)
+    # a grid model prices a ragged pass of b rows at its mean width (it measured padded ones)
+    goodput = (b + cum) / (cost.step(b, (b + n) / b) if cost.is_grid else cost(b + n))
     best = _best(goodput, margin)
     budgets = 1 + np.bincount(owner[order[:best]], minlength=b)
     return budgets.astype(np.int64), float(goodput[best]), int(b + best)

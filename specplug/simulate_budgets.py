@@ -18,7 +18,7 @@ Method (replay, no invented acceptance):
    that pad every tree to the widest one (the embedded engine, SGLang's fixed width) the
    padded policy picks one width per batch and is charged cost(B * width) ("policy, padded").
    A cost model measured as a (batch, width) grid prices every padded pass by its shape
-   (:meth:`CostModel.step`); the ragged policy uses its total-token curve.
+   (:meth:`CostModel.step`), the ragged policy at its mean width per row.
 Approximation: the drafter's state evolves as at the recorded budget.
 """
 
@@ -117,7 +117,8 @@ def simulate(records, cost, batches, budgets, steps, ratio, seed=0):
             bud, _, total = choose_budgets(gains, cost, max_budget=max(budgets), ratio=ratio)
             acc = sum(accepted_within(records[i][1], int(n)) for i, n in zip(pick, bud))
             pol[0] += b + acc
-            pol[1] += float(cost(total))
+            # a grid model has no ragged passes: price one at its mean width (same rows)
+            pol[1] += float(cost.step(b, [total / b])[0] if cost.is_grid else cost(total))
             pol[2] += float(bud.sum())
             bud_p, _, total_p = choose_budgets(gains, cost, max_budget=max(budgets), ratio=ratio, padded=True)
             pol[3] += float(cost.step(b, [total_p // b])[0])
