@@ -27,6 +27,18 @@ def _pyplot():
     return plt
 
 
+def _save_log2_panel(plt, fig, ax, xlabel: str, ylabel: str, path: str) -> bool:
+    """One panel with a log2 x axis and a legend, written to ``path``."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def mat_vs_budget_png(rows, path: str) -> bool:
     """One panel per prompt set: MAT against budget (log2 axis), one line per algorithm."""
     plt = _pyplot()
@@ -59,14 +71,7 @@ def cost_curve_png(points, path: str) -> bool:
     for b in sorted({p.get("batch", 1) for p in points}):
         row = sorted((p.get("width", p["tokens"]), p["seconds"]) for p in points if p.get("batch", 1) == b)
         ax.plot([w for w, _ in row], [1000 * s for _, s in row], label=f"batch {b}", marker="o")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tokens per row (tree width)")
-    ax.set_ylabel("verify pass (ms)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save_log2_panel(plt, fig, ax, "tokens per row (tree width)", "verify pass (ms)", path)
 
 
 def throughput_png(rows, path: str) -> bool:
@@ -87,14 +92,7 @@ def throughput_png(rows, path: str) -> bool:
             marker="v",
             linestyle="--",
         )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("tokens/s (simulated)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save_log2_panel(plt, fig, ax, "batch size", "tokens/s (simulated)", path)
 
 
 def replot(json_path: str) -> str:

@@ -13,7 +13,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from specplug.drafters.budget import COST_MODEL_DIR, BudgetPolicy, CostModel, default_cost_model
+from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
 
 MEASURED = "measured"
 
@@ -53,12 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-aware", dest="cost_model", help=argparse.SUPPRESS)  # the old spelling
 
 
+def _source(args) -> str:
+    return getattr(args, "cost_model", MEASURED) or MEASURED
+
+
 def check(args) -> None:
     """Fail before the model loads when the named cost model does not exist."""
-    src = getattr(args, "cost_model", MEASURED) or MEASURED
-    if getattr(args, "fixed_budget", False) or src == MEASURED or os.path.isfile(src):
-        return
-    if not os.path.isfile(os.path.join(COST_MODEL_DIR, f"{src}.json")):
+    src = _source(args)
+    if not (getattr(args, "fixed_budget", False) or src == MEASURED or os.path.isfile(src)):
         default_cost_model(src)  # raises, listing what is shipped
 
 
@@ -66,7 +68,7 @@ def choose(engine, args) -> PolicyChoice:
     """The policy for ``engine`` as the flags ask (measuring the cost model if needed)."""
     if getattr(args, "fixed_budget", False):
         return PolicyChoice(None, {"policy": "fixed"})
-    src = getattr(args, "cost_model", MEASURED) or MEASURED
+    src = _source(args)
     if src == MEASURED:
         from specplug.adapters.hf.cost import engine_cost_model
 

@@ -158,7 +158,6 @@ def run(args) -> int:
         cost = cached.model
         cost.meta = {
             **cached.key,
-            "device": cached.key["device"],
             "torch_threads": cached.key["threads"],
             **cached.describe(),
         }
