@@ -136,7 +136,7 @@ class LayerStats:
     Each observed position decays the older ones by ω: after P new positions the old
     counts weigh ω^P and position i of the batch (0 oldest) weighs ω^(P-1-i)."""
 
-    __slots__ = ("decay", "match", "mismatch", "conf_match", "conf_mismatch")
+    __slots__ = ("decay", "match", "mismatch", "conf_match", "conf_mismatch", "version")
 
     def __init__(self, num_layers: int, decay: float = 0.95):
         self.decay = float(decay)
@@ -145,6 +145,7 @@ class LayerStats:
         self.mismatch = np.zeros(n)
         self.conf_match = np.zeros(n)
         self.conf_mismatch = np.zeros(n)
+        self.version = 0  # bumped by every update: a plan made from these numbers stays valid
 
     def copy(self) -> LayerStats:
         c = LayerStats(self.match.shape[0] - 1, self.decay)
@@ -161,6 +162,7 @@ class LayerStats:
         p = hits.shape[1]
         if p == 0 or layers.shape[0] == 0:
             return
+        self.version += 1
         w = self.decay ** np.arange(p - 1, -1, -1, dtype=np.float64)  # [P]
         old = self.decay**p
         hw = hits * w
@@ -327,7 +329,7 @@ class ProbeCredit:
 
 # ----------------------------------------------------------------------------- the drafters
 class _Req:
-    __slots__ = ("root", "stats", "exit", "gamma", "draft_probs", "probe_layers", "steps", "history")
+    __slots__ = ("root", "stats", "exit", "gamma", "draft_probs", "probe_layers", "steps", "history", "plan")
 
     def __init__(self, root: int, stats: LayerStats):
         self.root = root
@@ -338,6 +340,7 @@ class _Req:
         self.probe_layers = None  # layers whose shadow tokens were requested
         self.steps = 0
         self.history: list[tuple[int, int, int]] = []  # (step, E or 0, drafted tokens)
+        self.plan: tuple = ()  # (stats version, longest chain, exit, length): the last selection
 
 
 class EarlyExitDrafter(Drafter):
@@ -524,7 +527,7 @@ class DELDrafter(EarlyExitDrafter):
         Option(
             "probe_budget",
             float,
-            0.02,
+            0.005,
             "fraction of the step time that shadow probing may use (0 = probe only the prompt seed)",
             0.0,
             1.0,
@@ -648,12 +651,16 @@ class DELDrafter(EarlyExitDrafter):
             return 0, 0
         gmax = min(self.max_draft, budget - 1)
         cost = self._cost()
-        e, g, _ = (
-            select_exit(st.stats.alpha(self.candidates), self.candidates, cost, gmax, self.min_gain, self._steps)
-            if gmax >= 1
-            else (None, 0, 0.0)
-        )
-        e, g = (0, 0) if e is None else (e, g)
+        if st.plan[:2] == (st.stats.version, gmax):  # nothing learnt since: the same choice
+            e, g = st.plan[2:]
+        else:
+            e, g, _ = (
+                select_exit(st.stats.alpha(self.candidates), self.candidates, cost, gmax, self.min_gain, self._steps)
+                if gmax >= 1
+                else (None, 0, 0.0)
+            )
+            e, g = (0, 0) if e is None else (e, g)
+            st.plan = (st.stats.version, gmax, e, g)
         step_cost = float(self._steps[np.searchsorted(self.candidates, e), g - 1]) if e else self._ar
         self.credit.earn(step_cost)
         probe = self.candidates[self.candidates != e]

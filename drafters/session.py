@@ -47,7 +47,7 @@ from .errors import ConfigError
 from .feedback import Feedback, TopK, offsets_of
 from .tree import DraftTree, PackedTrees, pack_trees
 
-__all__ = ["RequestView", "Step", "SessionStats", "DraftSession", "flat_rows", "padded_chain"]
+__all__ = ["RequestView", "Step", "SessionStats", "DraftSession", "flat_rows", "padded_chain", "expected_chain"]
 
 logger = logging.getLogger("specplug")
 
@@ -247,8 +247,14 @@ class DraftSession:
         self.stats.evicted += len(stale)
 
     # ------------------------------------------------------------------ one step
-    def propose(self, reqs: Sequence[RequestView], budgets: Sequence[int] | np.ndarray | int) -> Step:
-        """(Re)start what needs it, draft every request's tree, check and cut them."""
+    def propose(
+        self, reqs: Sequence[RequestView], budgets: Sequence[int] | np.ndarray | int, *, chain: int | None = None
+    ) -> Step:
+        """(Re)start what needs it, draft every request's tree, check and cut them.
+
+        ``chain``: for engines that verify ragged chains of 0..``chain`` guesses (vLLM), each
+        tree is cut to its :func:`expected_chain` before the budget policy, which then
+        chooses each chain's length (the root alone where drafting does not pay)."""
         t0 = time.perf_counter()
         rids = [r.rid for r in reqs]
         budgets = np.broadcast_to(np.asarray(budgets, np.int64), (len(rids),))
@@ -272,6 +278,8 @@ class DraftSession:
                 for i, tree in zip(live, drafted):
                     trees[i] = tree
                 self._check(reqs, trees, budgets, live)
+        if chain is not None:
+            trees = [t if len(t) == 1 else t.subtree(expected_chain(t, chain)) for t in trees]
         if self.policy is not None and live:
             trees = self.policy.apply(trees, budgets, self._length_ratios(rids))
         for rid, tree in zip(rids, trees):
@@ -451,3 +459,23 @@ def padded_chain(chain: DraftTree, length: int) -> DraftTree:
     scores = np.concatenate([chain.scores, np.zeros(pad, np.float32)])
     data = None if chain.node_data is None else np.concatenate([chain.node_data, np.full(pad, -1, np.int32)])
     return DraftTree(tokens, np.arange(-1, n + pad - 1, dtype=np.int32), scores, validate=False, node_data=data)
+
+
+def expected_chain(tree: DraftTree, max_len: int) -> np.ndarray:
+    """Node indices (root first) of the root path of at most ``max_len`` guesses with the
+    largest expected accepted length, the sum of its nodes' scores (each a path value: the
+    estimated probability that the node is reached and accepted). Unlike
+    :meth:`DraftTree.best_chain` (the best child at each level), a branch whose first node
+    scores a little lower but leads deeper wins. Ties: the shorter path (cheaper to verify)."""
+    n = len(tree)
+    if n == 1 or max_len <= 0:
+        return np.zeros(1, np.int32)
+    depth, parents = tree.depth, tree.parents
+    value = np.zeros(n, np.float64)
+    scores = np.clip(tree.scores.astype(np.float64), 0.0, None)
+    for d in range(1, min(int(depth.max()), int(max_len)) + 1):  # one vectorised pass per level
+        at = np.flatnonzero(depth == d)
+        value[at] = value[parents[at]] + scores[at]
+    value[depth > max_len] = -np.inf
+    best = int(np.lexsort((depth, -value))[0])
+    return tree.path_to(best)

@@ -73,10 +73,20 @@ def real_prompts():
 
 @pytest.fixture(scope="session")
 def default_engine():
-    """SmolLM2-135M-Instruct (converted once into the user cache on first use)."""
+    """SmolLM2-135M-Instruct (converted once into the user cache on first use) in the CLI's
+    default dtype: bf16 on the batch-invariant kernels where this CPU has native bf16 (as
+    here and in CI), fp32 elsewhere; the lossless suites run on what users run."""
     from specplug.adapters.hf.engine import HFEngine
 
-    return HFEngine.load()
+    return HFEngine.load(dtype="auto")
+
+
+@pytest.fixture(scope="session")
+def default_engine_fp32():
+    """The default model in fp32 on the library kernels (transformers' SDPA, F.linear)."""
+    from specplug.adapters.hf.engine import HFEngine
+
+    return HFEngine.load(dtype="fp32")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ NEW = 12
 
 @pytest.fixture(scope="module")
 def prompts(default_engine, real_prompts):
-    ids = real_prompts(default_engine, 10)
+    ids = real_prompts(default_engine, 17)  # 51: the lossless checks cover 50+ real prompts
     assert len(ids) >= 30
     return ids
 
@@ -107,8 +107,9 @@ def _reference_hidden(engine, seq):
         return engine.model(input_ids=torch.tensor([seq]), output_hidden_states=True)
 
 
-def test_drafted_then_verified_kv_equals_full_model_kv(default_engine, prompts):
-    eng = default_engine
+def test_drafted_then_verified_kv_equals_full_model_kv(default_engine_fp32, prompts):
+    # compared with direct forward passes of the model: the library (fp32) kernels
+    eng = default_engine_fp32
     ids = prompts[3]
     d = registry.create("early-exit", eng.vocab_size, {"exit_layer": 18, "draft_len": 5})
     with torch.inference_mode():
@@ -130,8 +131,9 @@ def test_drafted_then_verified_kv_equals_full_model_kv(default_engine, prompts):
             b.close()
 
 
-def test_shadow_tokens_equal_direct_per_layer_computation(default_engine, prompts):
-    eng = default_engine
+def test_shadow_tokens_equal_direct_per_layer_computation(default_engine_fp32, prompts):
+    # compared with direct forward passes of the model: the library (fp32) kernels
+    eng = default_engine_fp32
     ids = prompts[5]
     layers = [6, 15, 27]
     d = registry.create(
@@ -179,9 +181,10 @@ def test_shadow_tokens_equal_direct_per_layer_computation(default_engine, prompt
     np.testing.assert_array_equal(seeds[0].final, out.logits[0, pos].argmax(-1).numpy())
 
 
-def test_draft_tokens_equal_a_truncated_forward(default_engine, prompts):
+def test_draft_tokens_equal_a_truncated_forward(default_engine_fp32, prompts):
+    # compared with direct forward passes of the model: the library (fp32) kernels
     """The runner's draft at exit E is the argmax of norm + head after E layers of the full model."""
-    eng = default_engine
+    eng = default_engine_fp32
     ids = prompts[7]
     d = registry.create("early-exit", eng.vocab_size, {"exit_layer": 12, "draft_len": 3})
     calls = []

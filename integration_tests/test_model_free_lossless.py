@@ -1,7 +1,9 @@
 """Model-free tree drafters (racer, token-recycling, suffix) on the embedded engine.
 
 * Greedy: output token-identical to autoregressive decoding on 50 real prompts (code,
-  chat, math, repetitive text), several prompts per ``generate`` call, drafter state freed.
+  chat, math, repetitive text), several prompts per ``generate`` call, drafter state freed;
+  in the engine's default dtype (bf16 on the batch-invariant kernels on a CPU with native
+  bf16), PLD included.
 * Sampling: on a toy Markov target, the committed tokens of speculative sampling with each
   drafter's real trees (which depend on the history, as in serving) follow the target's
   distribution (chi-square over all 3-token continuations).
@@ -48,7 +50,7 @@ def ar_outputs(default_engine, prompts):
     return [r.output_ids for r in _generate(default_engine, prompts, "ar", 1, 24, 10)]
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", (*ALGORITHMS, "pld"))
 def test_greedy_identical_to_autoregressive(default_engine, prompts, ar_outputs, name):
     # a small budget keeps the CPU forward passes cheap; the trees still branch
     res = _generate(default_engine, prompts, name, 12, 24, 10)

@@ -25,6 +25,8 @@ __all__ = [
     "TGI_ALGORITHM",
     "TGI_OPTIONS",
     "TGI_VERSION",
+    "VLLM_OPTIONS",
+    "VLLM_LOAD_AWARE",
 ]
 
 
@@ -78,6 +80,16 @@ TGI_OPTIONS = _declare(
 )
 TGI_VERSION = _declare(
     "SPECPLUG_TGI_VERSION", "TGI: the server version, for deployments whose package metadata and checkout carry none"
+)
+VLLM_OPTIONS = _declare(
+    "SPECPLUG_VLLM_OPTIONS",
+    "vLLM: options of the custom_class proposer's algorithm, plus the adapter's own "
+    "(tree_budget, max_idle_steps, max_requests) (a JSON object, or a path to a JSON file)",
+)
+VLLM_LOAD_AWARE = _declare(
+    "SPECPLUG_VLLM_LOAD_AWARE",
+    "vLLM: per-row chain lengths from a cost model (a shipped name such as 'cpu', or a JSON "
+    "path; default 'cpu'); 'off': every row drafts up to num_speculative_tokens",
 )
 
 

@@ -3,7 +3,7 @@
 The ``.pth`` line only reads one environment variable; when ``SPECPLUG_TGI_ALGORITHM``
 is set it calls :func:`install`, which registers post-import hooks (standard library
 only, no specplug algorithm code, no numpy, no torch). When TGI's server then imports
-``text_generation_server.utils.tokens`` and ``...models.flash_causal_lm``, the hooks
+``text_generation_server.utils.tokens``, ``...models.flash_causal_lm`` and ``...cache``, the hooks
 import :mod:`specplug.patches.tgi`, read the algorithm and its options
 (``SPECPLUG_TGI_OPTIONS``: JSON object or path to a JSON file), check the TGI version
 and patch those modules, once. A bad algorithm, option or TGI version makes that import
@@ -15,7 +15,11 @@ from specplug.plugins.post_import import register_post_import_hook
 
 __all__ = ["HOOKED_MODULES", "PTH_NAME", "PTH_LINE", "install", "installed"]
 
-HOOKED_MODULES = ("text_generation_server.utils.tokens", "text_generation_server.models.flash_causal_lm")
+HOOKED_MODULES = (
+    "text_generation_server.utils.tokens",
+    "text_generation_server.models.flash_causal_lm",
+    "text_generation_server.cache",
+)
 PTH_NAME = "specplug_tgi.pth"
 # What the .pth file holds: site.py executes lines that start with "import". It names
 # env.TGI_ALGORITHM literally (importing specplug to read the name would cost every interpreter).

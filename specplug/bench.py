@@ -40,6 +40,7 @@ from specplug import (
     peers,  # noqa: F401 (registers the benchmark peers, e.g. sglang-ngram)
     policy_args,
 )
+from specplug.adapters.hf.precision import DTYPE_CHOICES
 from specplug.drafters import registry
 from specplug.drafters.base import check_budget
 from specplug.drafters.errors import ConfigError
@@ -337,6 +338,7 @@ def run_bench(
     report = {
         "model": str(_engine_attr(engine, ("model_name", "model_path", "name"), "unknown")),
         "device": str(_engine_attr(engine, ("device",), "cpu")),
+        "dtype": _dtype_label(engine),
         "torch_threads": int(torch.get_num_threads()),
         "results": results,
         "config": {
@@ -361,6 +363,19 @@ def run_bench(
             a: r for a, r in ((a, d.calibration_report()) for a, d in drafters.items()) if r is not None
         }
     return report
+
+
+def _dtype_label(engine) -> str | None:
+    """bf16 / fp32, with the kernels where they are the batch-invariant ones."""
+    dtype = getattr(engine, "dtype", None)
+    if dtype is None:
+        return None
+    from specplug.adapters.hf.invariant import is_invariant
+    from specplug.adapters.hf.precision import dtype_label
+
+    model = getattr(engine, "model", None)
+    invariant = model is not None and hasattr(model, "config") and is_invariant(model)
+    return dtype_label(dtype) + (" (batch-invariant kernels)" if invariant else "")
 
 
 def _engine_attr(engine, names, default):
@@ -432,7 +447,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
                 "n/a" if mm is None else str(mm),
             ]
         )
-    head = f"model {report['model']} on {report['device']}, {report['torch_threads']} torch thread(s)"
+    dtype = f" {report['dtype']}" if report.get("dtype") else ""
+    head = f"model {report['model']} on {report['device']}{dtype}, {report['torch_threads']} torch thread(s)"
     cfg = report.get("config", {})
     if cfg.get("budget_policy") == "load-aware":
         cm = cfg.get("cost_model") or {}
@@ -543,6 +559,12 @@ def add_arguments(p):
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="model dtype: auto (default: bf16 on a CPU with native bf16, e.g. AVX512-BF16 or AMX, else fp32), bf16 or fp32",
+    )
+    p.add_argument(
         "--algorithms",
         default="ar,pld",
         help="comma-separated registered algorithms (see `specplug algorithms`); "
@@ -639,7 +661,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     from specplug.adapters.hf.engine import HFEngine
 
-    engine = HFEngine.load(model_path=args.model, device=args.device)
+    engine = HFEngine.load(model_path=args.model, device=args.device, dtype=args.dtype)
     choice = policy_args.choose(engine, args)
     print(f"budgets: {choice.label}", file=sys.stderr)
 

@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 
+from specplug.adapters.hf.precision import DTYPE_CHOICES
 from specplug.drafters.errors import ConfigError
 
 
@@ -36,6 +37,12 @@ def add_arguments(p):
 
     p.add_argument("--model", default=None, help="model path (default: the engine's default, SmolLM2-135M)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="model dtype: auto (default: bf16 on a CPU with native bf16, e.g. AVX512-BF16 or AMX, else fp32), bf16 or fp32",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument(
         "--batches", default=",".join(map(str, cost.GRID_BATCHES)), help="batch sizes (default: %(default)s)"
@@ -70,7 +77,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     from specplug.adapters.hf.engine import HFEngine
 
-    engine = HFEngine.load(model_path=args.model, device=args.device)
+    engine = HFEngine.load(model_path=args.model, device=args.device, dtype=args.dtype)
 
     def show(p):
         print(f"batch {p['batch']:>3} x width {p['width']:>4}: {1000 * p['seconds']:9.2f} ms", flush=True)

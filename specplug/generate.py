@@ -12,6 +12,7 @@ import os
 import sys
 
 from specplug import policy_args
+from specplug.adapters.hf.precision import DTYPE_CHOICES, dtype_label
 from specplug.drafters import registry
 from specplug.drafters.base import check_budget
 from specplug.drafters.errors import ConfigError, ModelError
@@ -69,6 +70,12 @@ def add_arguments(p):
         help=f"torch CPU threads (default: this machine's cores, {available_cores()})",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="model dtype: auto (default: bf16 on a CPU with native bf16, e.g. AVX512-BF16 or AMX, else fp32), bf16 or fp32",
+    )
     p.add_argument(
         "--compare",
         action=argparse.BooleanOptionalAction,
@@ -133,7 +140,7 @@ def run(args) -> int:
     from specplug.adapters.hf.engine import GenerationConfig, HFEngine
 
     torch.set_num_threads(args.threads or available_cores())
-    engine = HFEngine.load(model_path=args.model, device=args.device)
+    engine = HFEngine.load(model_path=args.model, device=args.device, dtype=args.dtype)
     ids = engine.encode(prompt=prompt, messages=messages)
     choice = policy_args.choose(engine, args) if budget > 1 else policy_args.PolicyChoice(None, {"policy": "fixed"})
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling)
@@ -149,7 +156,9 @@ def run(args) -> int:
     ar_tps = len(ar.output_ids) / ar.total_time_s if ar.total_time_s > 0 else 0.0
     print()
     cap = "budget cap" if choice.policy is not None else "budget"
-    print(f"{spec.name} ({cap} {budget}, {torch.get_num_threads()} threads): {_stats(res)}")
+    print(
+        f"{spec.name} ({cap} {budget}, {dtype_label(engine.dtype)}, {torch.get_num_threads()} threads): {_stats(res)}"
+    )
     print(f"  {choice.label}; speculated in {res.speculative_steps} of {res.steps - 1} verify steps")
     print(f"ar (no speculation): {_stats(ar)}")
     print(f"speedup: {spec_tps / ar_tps if ar_tps > 0 else 0.0:.2f}x   mean accepted tokens (MAT): {res.mat:.2f}")

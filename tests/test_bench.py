@@ -94,7 +94,7 @@ TOP_KEYS = {"model": str, "device": str, "torch_threads": int, "results": list}
 def _check_shape(report, algorithms, sets):
     for k, t in TOP_KEYS.items():
         assert isinstance(report[k], t), k
-    assert set(report) <= set(TOP_KEYS) | {"config"}
+    assert set(report) <= set(TOP_KEYS) | {"config", "dtype"}
     rows = report["results"]
     assert [(r["algorithm"], r["prompt_set"]) for r in rows] == [(a, s) for s in sets for a in algorithms]
     for r in rows:
@@ -210,7 +210,7 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys, policy_flag
 
     class HFEngine(ScriptedEngine):
         @classmethod
-        def load(cls, model_path=None, device="cpu"):
+        def load(cls, model_path=None, device="cpu", dtype="auto"):
             engines.append(cls())
             return engines[-1]
 

@@ -359,4 +359,8 @@ def test_install_registers_the_tgi_modules(monkeypatch):
         post_import.remove_post_import_hooks()
     from specplug.patches import tgi
 
-    assert set(tgi_hook.HOOKED_MODULES) == {tgi.TOKENS_MODULE, tgi.FLASH_MODULE}
+    assert (
+        set(tgi_hook.HOOKED_MODULES)
+        == set(tgi.TGI_PATCHES.modules)
+        == {tgi.TOKENS_MODULE, tgi.FLASH_MODULE, tgi.CACHE_MODULE}
+    )

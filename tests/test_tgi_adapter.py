@@ -357,6 +357,27 @@ class FakeLM:
         done = all(len(c) >= len(self.truth[r.id]) - 1 for r, c in zip(batch.requests, batch.all_input_ids))
         return [], (None if done else batch), None
 
+    def warmup(self, batch, max_input_tokens, max_total_tokens):
+        self.generate_token(batch)  # as TGI: one step on a batch that is then dropped
+        return 1, 2, 3
+
+
+class FakeCache:
+    """TGI's server-side batch cache (``text_generation_server.cache.Cache``)."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def set(self, batch_id, batch):
+        self.cache[batch_id] = batch
+
+    def delete(self, batch_id):
+        self.cache.pop(batch_id, None)
+
+    def clear(self):
+        for k in list(self.cache):
+            self.delete(k)
+
 
 @pytest.fixture
 def fake_tgi(monkeypatch):
@@ -365,8 +386,11 @@ def fake_tgi(monkeypatch):
     tokens.HeterogeneousNextTokenChooser = FakeChooser
     flash = types.ModuleType("fake_tgi_flash")
     flash.FlashCausalLM, flash.FlashCausalLMBatch = FakeLM, FakeBatch
+    cache = types.ModuleType("fake_tgi_cache")
+    cache.Cache = FakeCache
     monkeypatch.setitem(sys.modules, "fake_tgi_tokens", tokens)
     monkeypatch.setitem(sys.modules, "fake_tgi_flash", flash)
+    monkeypatch.setitem(sys.modules, "fake_tgi_cache", cache)
 
     def retarget(base, module, target):
         return type(
@@ -383,11 +407,14 @@ def fake_tgi(monkeypatch):
             retarget(tgi.ChooserCallPatch, "fake_tgi_tokens", "HeterogeneousNextTokenChooser.__call__"),
             retarget(tgi.GenerateTokenPatch, "fake_tgi_flash", "FlashCausalLM.generate_token"),
             retarget(tgi.BatchFilterPatch, "fake_tgi_flash", "FlashCausalLMBatch.filter"),
+            retarget(tgi.WarmupPatch, "fake_tgi_flash", "FlashCausalLM.warmup"),
+            retarget(tgi.CacheDeletePatch, "fake_tgi_cache", "Cache.delete"),
         ],
         lambda: ("3.3.6-dev0", "test"),
     )
     ps.apply_for(tokens)
     ps.apply_for(flash)
+    ps.apply_for(cache)
     yield ps
     tgi.disable()
     ps.revert_all()
@@ -476,3 +503,54 @@ def test_warns_once_when_tgi_runs_without_speculate(monkeypatch, caplog):
     ctl.check_speculate()
     ctl.check_speculate()
     assert caplog.text.count("--speculate N") == 1
+
+
+@pytest.mark.parametrize("failure", ["raises", "broken tree"])
+def test_rows_the_drafter_fails_get_tgi_ngram_drafts(fake_tgi, failure, caplog):
+    ctl = tgi.enable("pld")
+    truth = {1: _text(5), 2: _text(6)}
+    lm = FakeLM(truth)
+    batch = FakeBatch([1, 2], [truth[1][:10], truth[2][:10]])
+    _, batch, _ = lm.generate_token(batch)  # prefill: the drafter exists now
+    drafter = ctl.runtime.drafter
+    real = drafter.propose
+
+    def failing(rids, budgets):
+        if failure == "raises":
+            raise RuntimeError("drafter bug")
+        trees = real(rids, budgets)
+        bad = DraftTree(np.array([trees[0].tokens[0], drafter.vocab_size + 3]), np.array([-1, 0]), np.ones(2))
+        return [bad, *trees[1:]]
+
+    for _ in range(2):  # two failing steps: logged once
+        drafter.propose = failing
+        _, batch, _ = lm.generate_token(batch)
+        rows = [0, 1] if failure == "raises" else [0]
+        assert [batch.speculative_ids[i].tolist() for i in rows] == [[0, 0, 0]] * len(rows)  # TGI's n-gram
+        if failure != "raises":
+            assert batch.speculative_ids[1].tolist() != [0, 0, 0]  # the healthy row keeps its draft
+    assert ctl.fallback_rows == (4 if failure == "raises" else 2) and ctl.errors == 0
+    assert caplog.text.count("TGI's own n-gram drafts them") == 1
+    drafter.propose = real
+    _, batch, _ = lm.generate_token(batch)  # the failed rows restart from TGI's tokens
+    assert ctl.runtime.fallback_rows.tolist() == [False, False]
+    assert ctl.runtime.active_requests() == 2
+
+
+def test_warmup_and_cleared_batches_leave_no_state(fake_tgi):
+    ctl = tgi.enable("pld")
+    truth = {0: _text(7), 5: _text(8), 6: _text(9), 7: _text(10)}
+    lm = FakeLM(truth)
+    assert lm.warmup(FakeBatch([0], [truth[0][:10]]), None, None) == (1, 2, 3)
+    assert ctl.runtime.active_requests() == 0  # warm-up's batch is gone: so is its state
+    cache = FakeCache()
+    a, b = FakeBatch([5, 6], [truth[5][:10], truth[6][:10]]), FakeBatch([7], [truth[7][:10]])
+    _, a, _ = lm.generate_token(a)
+    _, b, _ = lm.generate_token(b)
+    cache.set(1, a)
+    cache.set(2, b)
+    assert ctl.runtime.active_requests() == 3
+    cache.delete(2)  # ClearCache(id): every request of batch 2 left
+    assert not ctl.runtime.known(7) and ctl.runtime.known(5) and ctl.runtime.known(6)
+    cache.clear()  # ClearCache()
+    assert ctl.runtime.active_requests() == 0

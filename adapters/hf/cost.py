@@ -19,7 +19,8 @@ import torch
 
 from specplug.drafters.cost_cache import CachedCost, cached_cost_model
 
-from .kv import TreeKVCache, cache_kwarg, tree_attention_mask
+from .invariant import is_invariant, new_cache, tree_pass_mask
+from .kv import cache_kwarg
 
 __all__ = ["measure_grid", "engine_cost_model", "cost_key", "GRID_BATCHES", "GRID_WIDTHS"]
 
@@ -60,11 +61,10 @@ def measure_grid(
 
 
 def _time_pass(model, vocab, dev, dtype, b, w, context, repeats, topk) -> float:
-    cache = TreeKVCache.for_model(model, b, context + w)  # zeros: contents do not change the time
+    cache = new_cache(model, b, context + w)  # zeros: contents do not change the time
     cache.end = context
-    lens = torch.full((b,), context, dtype=torch.long, device=dev)
-    chain = torch.tril(torch.ones((w, w), dtype=torch.bool, device=dev))[None].expand(b, -1, -1)
-    mask = tree_attention_mask(lens, context, chain, dtype)
+    lens = np.full(b, context, np.int64)
+    chain = np.broadcast_to(np.tril(np.ones((w, w), bool))[None], (b, w, w))
     pos = torch.arange(context, context + w, device=dev)[None].expand(b, -1)
     ids = torch.randint(0, vocab, (b, w), generator=torch.Generator().manual_seed(b * 1000 + w)).to(dev)
     times = []
@@ -72,6 +72,7 @@ def _time_pass(model, vocab, dev, dtype, b, w, context, repeats, topk) -> float:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        mask = tree_pass_mask(cache, lens, chain, dtype, dev)  # the engine builds it every step too
         logits = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache}
         ).logits
@@ -100,6 +101,7 @@ def cost_key(engine) -> dict:
         "device": str(engine.device),
         "device_name": _device_name(engine.device),
         "dtype": str(engine.dtype).replace("torch.", ""),
+        "kernels": "batch-invariant" if is_invariant(engine.model) else "library",
         "threads": int(torch.get_num_threads()),
         "torch": torch.__version__,
         "transformers": _version("transformers"),

@@ -21,7 +21,8 @@ from specplug.drafters.session import DraftSession, RequestView
 from specplug.drafters.verify import committed_tokens, verify_greedy
 
 from .config import GenerationConfig, GenerationResult
-from .kv import TreeKVCache, cache_kwarg, tree_attention_mask
+from .invariant import new_cache, prefill_visibility, tree_pass_mask
+from .kv import cache_kwarg
 from .sampling import warp_probs
 
 __all__ = ["DecodeBatch"]
@@ -96,7 +97,7 @@ class DecodeBatch:
                 self.generator.manual_seed(int(self.sampling.seed))
         longest = max(len(p) for p in self.prompts)
         need = longest + int(min(self.limits.max(), self.INITIAL_ROOM)) + budget
-        self.cache = TreeKVCache.for_model(self.model, n, need)
+        self.cache = new_cache(self.model, n, need)
         self.cache_kw = cache_kwarg(self.model)
         self.session = DraftSession(
             drafter,
@@ -145,10 +146,12 @@ class DecodeBatch:
         for start in range(0, longest, chunk):
             stop = min(start + chunk, longest)
             q = torch.arange(start, stop, device=self.device)
-            k = torch.arange(stop, device=self.device)
-            allowed = (k[None, None, :] <= q[None, :, None]) & (k[None, None, :] < len_t[:, None, None])
-            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            mask = None
+            if not prefill_visibility(self.cache, start, stop, lengths):
+                k = torch.arange(stop, device=self.device)
+                allowed = (k[None, None, :] <= q[None, :, None]) & (k[None, None, :] < len_t[:, None, None])
+                mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)[:, None]
+                mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
             last_local = lengths - 1 - start
             in_chunk = (last_local >= 0) & (last_local < stop - start)
             if want_topk:
@@ -161,14 +164,14 @@ class DecodeBatch:
             hidden = self.runner is not None and self.runner.prefill_wants(start, stop, lengths)
             out = self.model(
                 input_ids=ids_t[:, start:stop],
-                attention_mask=mask[:, None],
+                attention_mask=mask,
                 position_ids=q[None, :].expand(len(self.prompts), -1),
                 use_cache=True,
                 logits_to_keep=keep,
                 output_hidden_states=hidden,
                 **{self.cache_kw: self.cache},
             )
-            logits = out.logits
+            logits = out.logits.float()  # once: argmax and top-k on bf16 are several times slower
             if hidden:  # early-exit drafters' prompt seed (shadow tokens)
                 self.runner.capture_prefill(out.hidden_states, start, stop, lengths)
             if want_topk:
@@ -226,8 +229,7 @@ class DecodeBatch:
         b, w = packed.tokens.shape
         self.cache.ensure_capacity(self.cache.end + w)
         dev = self.device
-        lens_t = torch.from_numpy(self.lens).to(dev)
-        mask = tree_attention_mask(lens_t, self.cache.end, torch.from_numpy(packed.mask).to(dev), self.dtype)
+        mask = tree_pass_mask(self.cache, self.lens, packed.mask, self.dtype, dev)
         positions = torch.from_numpy(self.lens[:, None] + packed.depth).to(dev)
         hidden = self.runner is not None and self.runner.wants_hidden()
         out = self.model(
@@ -238,7 +240,7 @@ class DecodeBatch:
             output_hidden_states=hidden,
             **{self.cache_kw: self.cache},
         )
-        logits = out.logits
+        logits = out.logits.float()  # once: argmax and top-k on bf16 are several times slower
         if self.sampling.greedy:
             res = verify_greedy(
                 packed.tokens, packed.parents, packed.depth, packed.valid, logits.argmax(dim=-1).cpu().numpy()

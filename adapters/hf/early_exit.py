@@ -29,6 +29,7 @@ import torch
 from specplug.drafters.early_exit import ShadowTokens, shadow_layers
 from specplug.drafters.errors import ConfigError
 
+from .invariant import draft_visibility, weight_count
 from .kv import cache_kwarg
 
 __all__ = ["HFEarlyExitRunner", "check_early_exit_model"]
@@ -81,7 +82,7 @@ class HFEarlyExitRunner:
     # ------------------------------------------------------------------ cost
     def cost_profile(self) -> tuple[float, np.ndarray]:
         """Compute shares by parameter count (one-token forward: weights dominate)."""
-        shares = np.array([sum(p.numel() for p in layer.parameters()) for layer in self.layers], np.float64)
+        shares = np.array([weight_count(layer) for layer in self.layers], np.float64)
         head = float(self.head.weight.numel())
         total = head + shares.sum()
         return head / total, shares / total
@@ -131,8 +132,10 @@ class HFEarlyExitRunner:
         lens = torch.from_numpy(b.lens).to(dev)
         k = torch.arange(slot + 1, device=dev)
         allowed = (k[None, :] < lens[:, None]) | (k[None, :] >= end0)  # prefix + own draft slots
-        mask = torch.zeros((n, 1, 1, slot + 1), dtype=b.dtype, device=dev)
-        mask.masked_fill_(~allowed[:, None, None, :], torch.finfo(b.dtype).min)
+        mask = None
+        if not draft_visibility(cache, b.lens, end0, slot):
+            mask = torch.zeros((n, 1, 1, slot + 1), dtype=b.dtype, device=dev)
+            mask.masked_fill_(~allowed[:, None, None, :], torch.finfo(b.dtype).min)
         positions = (lens + int(step))[:, None]
         e_max = int(exits.max())
         mixed = bool(np.any(exits != e_max))

@@ -1,6 +1,6 @@
 """The embedded engine: a transformers causal LM with tree attention, driven by any drafter.
 
-    engine = HFEngine.load()                     # default SmolLM2-135M-Instruct, CPU, fp32
+    engine = HFEngine.load(dtype="auto")         # default SmolLM2-135M-Instruct, CPU, bf16 where native
     ids = engine.encode(messages=[{"role": "user", "content": "Hi"}])
     [res] = engine.generate([ids], registry.create("pld", engine.vocab_size), 11, GenerationConfig())
 
@@ -22,7 +22,9 @@ from specplug.drafters.errors import ConfigError
 
 from .config import GenerationConfig, GenerationResult, SamplingConfig
 from .decode import DecodeBatch
+from .invariant import invariant_supported, make_invariant
 from .models import load_model
+from .precision import dtype_label, resolve_dtype
 
 __all__ = ["HFEngine", "GenerationConfig", "GenerationResult", "SamplingConfig"]
 
@@ -62,16 +64,34 @@ class HFEngine:
         self.model_name = model_name or str(getattr(cfg, "_name_or_path", "") or type(model).__name__)
 
     @classmethod
-    def load(cls, model_path: str | None = None, device: str = "cpu", dtype=torch.float32) -> HFEngine:
-        """The default model (``model_path=None``) or a local Hugging Face model directory."""
+    def load(cls, model_path: str | None = None, device: str = "cpu", dtype: str | torch.dtype = "fp32") -> HFEngine:
+        """The default model (``model_path=None``) or a local Hugging Face model directory.
+
+        ``dtype``: ``"auto"`` (what the CLI uses: bf16 on a CPU with native bf16, else
+        fp32), ``"bf16"``, ``"fp32"`` or a torch dtype. bf16 runs on the batch-invariant
+        kernels (:mod:`.invariant`), without which greedy verification would not be
+        token-identical to autoregressive decoding; a model or device they do not cover
+        gets fp32 under ``auto`` and a ConfigError when bf16 is asked for.
+        """
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):
             raise ConfigError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
-        model, tokenizer = load_model(model_path, dtype=dtype)
+        want = resolve_dtype(dtype, str(dev))
+        model, tokenizer = load_model(model_path, dtype=want)
         model.to(dev)
+        if want in (torch.bfloat16, torch.float16):
+            why = invariant_supported(model)
+            if why is None:
+                make_invariant(model)
+            elif str(dtype).lower() == "auto":
+                model.to(torch.float32)
+            else:
+                raise ConfigError(
+                    f"{dtype_label(want)} verification would not be lossless here ({why}); use --dtype fp32"
+                )
         return cls(model, tokenizer, model_name=str(model_path) if model_path else DEFAULT_MODEL_NAME)
 
     # ------------------------------------------------------------------ text in
@@ -161,6 +181,6 @@ class HFEngine:
         return f"HFEngine({self.model_name}, vocab={self.vocab_size}, device={self.device}, dtype={self.dtype})"
 
 
-def load_engine(model_path: str | None = None, device: str = "cpu", dtype=torch.float32) -> HFEngine:
+def load_engine(model_path: str | None = None, device: str = "cpu", dtype: str | torch.dtype = "fp32") -> HFEngine:
     """Alias of :meth:`HFEngine.load`."""
     return HFEngine.load(model_path, device=device, dtype=dtype)

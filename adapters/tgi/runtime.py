@@ -13,9 +13,11 @@ length no longer matches and the session restarts it from TGI's tokens. Prefill 
 afresh (warm-up reuses ids). Then it **proposes** with :meth:`DraftSession.propose_chains`:
 each tree's best chain padded to ``speculate`` (lossless under TGI's exact-match check),
 pending as verified and with the drafter's per-node data (RACER's acceptance calibration
-learns under TGI too). Budget: ``speculate + 1`` nodes (TGI verifies only the chain), or
-``tree_budget``. The session bounds state (``max_idle_steps``, ``max_requests``: TGI drops
-batches without telling at warm-up and ``ClearCache``).
+learns under TGI too). Rows the drafter failed this step (it raised, broke its tree, could
+not start) are flagged in :attr:`ChainSpeculation.fallback_rows`: the TGI glue drafts them
+with TGI's own n-gram. Budget: ``speculate + 1`` nodes (TGI verifies only the chain), or
+``tree_budget``. The session bounds state (``max_idle_steps``, ``max_requests``) for whatever
+drops a batch unseen; warm-up and ``ClearCache`` are told by their patches.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class ChainSpeculation:
         self.bounds = {"max_idle_steps": int(max_idle_steps), "max_requests": int(max_requests)}
         self.tree_budget = None if tree_budget is None else int(tree_budget)
         self.session: DraftSession | None = None
+        #: per row of the last :meth:`draft`: True where the drafter gave no chain
+        self.fallback_rows = np.zeros(0, np.bool_)
         if drafter is not None:
             self._open(drafter)
 
@@ -82,12 +86,16 @@ class ChainSpeculation:
         self.session = DraftSession(drafter, engine="TGI", **self.bounds)
         return self.session
 
+    def _live(self) -> DraftSession:
+        assert self.session is not None, "ensure_drafter first"
+        return self.session
+
     # ------------------------------------------------------------------ state (the session's)
     def ensure_drafter(self, vocab_size: int):
         """The drafter, created on the first step (TGI tells the vocabulary by its scores)."""
         if self.session is None:
             self._open(registry.create(self.spec.name, int(vocab_size), self.options))
-        return self.session.drafter
+        return self._live().drafter
 
     drafter = property(lambda self: self.session and self.session.drafter)
     #: top-k width TGI computes per verified position (0: the drafter learns nothing from logits)
@@ -112,8 +120,9 @@ class ChainSpeculation:
         return max(speculate + 1, self.tree_budget or 0)
 
     def finish(self, rids) -> None:
-        for rid in rids if self.session else ():
-            self.session.finish(rid)
+        if self.session is not None:
+            for rid in rids:
+                self.session.finish(rid)
 
     def retain(self, all_rids, kept_rids) -> None:
         """A batch of ``all_rids`` was filtered down to ``kept_rids``: finish the others (not
@@ -159,6 +168,7 @@ class ChainSpeculation:
         if int(counts.sum()) != ids.shape[0]:
             raise ValueError(f"accepted counts sum to {int(counts.sum())}, but {ids.shape[0]} ids were committed")
         self.ensure_drafter(vocab_size)
+        self.fallback_rows = np.zeros(b, np.bool_)
         if b == 0:
             return np.empty((0, max(int(speculate), 0)), np.int64)
         if prefill:
@@ -175,14 +185,18 @@ class ChainSpeculation:
             )
             for i, rid in enumerate(rids)
         ]
-        return self.session.propose_chains(views, self.budget(speculate), int(speculate))[1]
+        drafts = self._live().propose_chains(views, self.budget(speculate), int(speculate))[1]
+        # rows left without a pending chain: the drafter raised, broke its tree or could not
+        # start; TGI's own n-gram drafts them this step (their roots alone would waste it)
+        self.fallback_rows = np.fromiter((self._live().pending(r) is None for r in rids), np.bool_, b)
+        return drafts
 
     def _observe(self, rids, ids, counts, verified, topk, topk_probs) -> None:
         """Observe the rows whose pending chain is what TGI verified, with an outcome that fits it."""
         b, n = verified.shape
         pending = np.full((b, n), -1, np.int64)
         for i, rid in enumerate(rids):
-            tree = self.session.pending(rid)
+            tree = self._live().pending(rid)
             if tree is not None and len(tree) == n + 1:
                 pending[i] = tree.tokens[1:]
         width = max(n + 1, int(counts.max()))
@@ -197,6 +211,6 @@ class ChainSpeculation:
             def pick(a):
                 return None if a is None else np.asarray(a)[rows]
 
-            self.session.observe(
+            self._live().observe(
                 [rids[i] for i in rows.tolist()], acc[rows][placed[rows]], counts[rows], pick(topk), pick(topk_probs)
             )

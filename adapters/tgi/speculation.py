@@ -8,8 +8,9 @@ scores, for top-k feedback), :meth:`TgiSpeculation.draft` in place of
 for the batch lifecycle. Torch is imported on the first step only.
 
 A step that cannot be drafted here (no batch to key rows by, or an error outside the
-drafter) uses TGI's own n-gram drafts, lossless as well; drafter errors themselves are
-handled, logged and counted by the session (those requests verify their roots and restart).
+drafter) uses TGI's own n-gram drafts, lossless as well. Drafter errors and broken trees
+are caught, logged and counted by the session; the rows they hit are drafted by TGI's
+n-gram for that step (logged once here) and restart from TGI's tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import traceback
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from specplug.adapters.tgi.runtime import ChainSpeculation
 from specplug.drafters import registry
@@ -76,6 +79,7 @@ class TgiSpeculation:
         self.steps = 0
         self.fallbacks = 0  # steps drafted by TGI's n-gram: no batch context
         self.errors = 0  # ... or an error outside the drafter (the session handles the drafter's)
+        self.fallback_rows = 0  # row-steps drafted by TGI's n-gram because the drafter failed them
         self._warned: set[str] = set()
 
     def warn_once(self, key: str, message: str) -> None:
@@ -104,7 +108,9 @@ class TgiSpeculation:
             )
             return original(input_ids, next_ids, accepted_ids, speculate, verbose)
         try:
-            return self._draft(batch, prefill, scores, input_ids, next_ids, accepted_ids, int(speculate))
+            return self._draft(
+                original, batch, prefill, scores, input_ids, next_ids, accepted_ids, int(speculate), verbose
+            )
         except Exception:  # noqa: BLE001 -- a glue bug must not take TGI's batch down
             self.errors += 1
             if self.errors <= MAX_ERROR_LOGS:
@@ -116,7 +122,7 @@ class TgiSpeculation:
             self.runtime.reset()
             return original(input_ids, next_ids, accepted_ids, speculate, verbose)
 
-    def _draft(self, batch, prefill, scores, input_ids, next_ids, accepted_ids, speculate):
+    def _draft(self, original, batch, prefill, scores, input_ids, next_ids, accepted_ids, speculate, verbose):
         import torch
 
         rt = self.runtime
@@ -144,7 +150,20 @@ class TgiSpeculation:
             topk=topk,
             topk_probs=probs,
         )
-        return torch.from_numpy(drafts).to(device=input_ids.device, dtype=input_ids.dtype)
+        out = torch.from_numpy(drafts).to(device=input_ids.device, dtype=input_ids.dtype)
+        failed = rt.fallback_rows
+        if failed.any():  # the drafter failed these rows: TGI's n-gram drafts them (lossless too)
+            self.fallback_rows += int(failed.sum())
+            self.warn_once(
+                "drafter",
+                f"specplug: the {self.algorithm} drafter failed for some requests (see the error "
+                f"above); TGI's own n-gram drafts them for that step, and they restart from "
+                f"TGI's tokens (logged once; counted in fallback_rows)",
+            )
+            rows = torch.from_numpy(np.flatnonzero(failed)).to(out.device)
+            ngram = original(input_ids, next_ids, accepted_ids, speculate, verbose)
+            out[rows] = ngram[rows].to(out.dtype)
+        return out
 
     # -- batch lifecycle
     def after_step(self, batch, next_batch) -> None:
@@ -185,9 +204,8 @@ def controller() -> TgiSpeculation | None:
 def enable(algorithm: str, options: Mapping[str, Any] | str | None = None, **runtime_kw) -> TgiSpeculation:
     """Select the drafter the patched TGI uses (validated now). ``options``: dict, JSON text or path."""
     global _controller
-    if isinstance(options, str):
-        options = registry.load_options(options)
-    _controller = TgiSpeculation(algorithm, options, **runtime_kw)
+    opts = registry.load_options(options) if isinstance(options, str) else options
+    _controller = TgiSpeculation(algorithm, opts, **runtime_kw)
     return _controller
 
 

@@ -1,4 +1,6 @@
-"""specplug's TGI patches against TGI's REAL code (text_generation_server.utils.tokens).
+"""specplug's TGI patches against TGI's REAL code: the source of every patched function,
+and ``text_generation_server.utils.tokens`` imported here (TGI's model server itself runs
+in ``test_tgi_server.py``).
 
 Runs when TGI_SERVER_SRC points to a prepared TGI ``server/`` tree (README.md beside
 this file); skipped otherwise, with the reason saying how to enable it. CI has no TGI
@@ -42,7 +44,15 @@ def _ast_def(path: pathlib.Path, dotted: str):
 
 
 @pytest.mark.parametrize(
-    "patch", [tgi.NGramSpeculationPatch, tgi.ChooserCallPatch, tgi.GenerateTokenPatch, tgi.BatchFilterPatch]
+    "patch",
+    [
+        tgi.NGramSpeculationPatch,
+        tgi.ChooserCallPatch,
+        tgi.GenerateTokenPatch,
+        tgi.BatchFilterPatch,
+        tgi.WarmupPatch,
+        tgi.CacheDeletePatch,
+    ],
 )
 def test_patch_fingerprints_match_tgi_source(patch):
     rel = patch.module.split(".", 1)[1].replace(".", "/") + ".py"
@@ -52,7 +62,8 @@ def test_patch_fingerprints_match_tgi_source(patch):
 
 
 def test_flash_batch_has_the_fields_the_patches_read():
-    # flash_causal_lm needs CUDA kernels to import; read its source instead
+    # flash_causal_lm imports only with a kernel backend (the IPEX stand-in, in
+    # test_tgi_server.py's server process); this process reads its source instead
     cls, _ = _ast_def(PKG / "models" / "flash_causal_lm.py", "FlashCausalLMBatch")
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     assert {"requests", "all_input_ids", "speculative_ids", "prefilling", "requests_idx_mapping"} <= fields

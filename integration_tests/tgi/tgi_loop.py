@@ -1,7 +1,9 @@
-"""A small CPU stand-in for TGI's flash decode loop around TGI's REAL chooser.
+"""A small CPU decode loop around TGI's REAL chooser (no TGI model server).
 
-TGI's ``FlashCausalLM`` needs CUDA attention kernels, so it cannot run here; its
-speculation logic does not live there, though: ``HeterogeneousNextTokenChooser``
+TGI's ``FlashCausalLM`` itself runs in ``test_tgi_server.py`` (on the IPEX CPU stand-in,
+in a process with TGI's pinned dependencies); this loop is the light check that runs in
+this environment's own process with a transformers model. The speculation logic lives in
+the chooser anyway: ``HeterogeneousNextTokenChooser``
 (``text_generation_server.utils.tokens``) chooses the tokens, verifies last step's
 draft chains, counts accepted ids and calls the drafting point. This module drives that
 real chooser the way ``FlashCausalLM.generate_token`` does (same arguments: the

@@ -4,7 +4,7 @@ TGI has no plugin interface. With ``--speculate N`` and no Medusa/MLP speculator
 weights, ``HeterogeneousNextTokenChooser.__call__`` (``text_generation_server.utils.tokens``)
 verifies last step's ``[B, N]`` draft chains and then calls the module global
 ``create_n_gram_speculation(input_ids, next_ids, accepted_ids, speculate, verbose)`` for
-the next ones. Four patches, one per target:
+the next ones. Six patches, one per target:
 
 ================================  ==========================================================
 :class:`NGramSpeculationPatch`    ``utils.tokens.create_n_gram_speculation``: the drafting
@@ -15,6 +15,11 @@ the next ones. Four patches, one per target:
                                   ids, committed tokens, verified chains) to the drafting point;
                                   finishes every request when the batch finishes
 :class:`BatchFilterPatch`         ``FlashCausalLMBatch.filter``: finishes dropped requests
+:class:`WarmupPatch`              ``FlashCausalLM.warmup``: frees the warm-up batch's requests
+                                  (TGI drops that batch without a filter or a cache entry)
+:class:`CacheDeletePatch`         ``cache.Cache.delete``: finishes the requests of a batch the
+                                  router clears (``ClearCache(id)``: every request of the batch
+                                  cancelled; ``ClearCache()`` deletes every batch through it)
 ================================  ==========================================================
 
 ``FlashCausalLMBatch.concatenate`` needs no patch: state is keyed by request id, and rows
@@ -50,6 +55,9 @@ __all__ = [
     "ChooserCallPatch",
     "GenerateTokenPatch",
     "BatchFilterPatch",
+    "WarmupPatch",
+    "CacheDeletePatch",
+    "CACHE_MODULE",
     "apply",
     "revert",
     "on_module_imported",
@@ -65,6 +73,7 @@ __all__ = [
 
 TOKENS_MODULE = "text_generation_server.utils.tokens"
 FLASH_MODULE = "text_generation_server.models.flash_causal_lm"
+CACHE_MODULE = "text_generation_server.cache"
 
 
 # ------------------------------------------------------------------ the patches
@@ -133,10 +142,43 @@ class BatchFilterPatch(Patch):
         return filter
 
 
+class WarmupPatch(Patch):
+    module = FLASH_MODULE
+    target = "FlashCausalLM.warmup"
+    fingerprints = frozenset({"a1e896fb41abdf55"})
+
+    def replacement(self, original):
+        def warmup(self, batch, max_input_tokens, max_total_tokens):
+            out = original(self, batch, max_input_tokens, max_total_tokens)
+            ctl = controller()
+            if ctl is not None:  # warm-up's batch is dropped unseen; nothing else runs before it
+                ctl.runtime.finish([r.id for r in batch.requests])
+            return out
+
+        return warmup
+
+
+class CacheDeletePatch(Patch):
+    module = CACHE_MODULE
+    target = "Cache.delete"
+    fingerprints = frozenset({"f413d08915bae9eb"})
+
+    def replacement(self, original):
+        def delete(self, batch_id):
+            batch = self.cache.get(batch_id)
+            out = original(self, batch_id)
+            ctl = controller()
+            if ctl is not None and batch is not None:
+                ctl.runtime.finish([r.id for r in getattr(batch, "requests", ())])
+            return out
+
+        return delete
+
+
 TGI_PATCHES = PatchSet(
     "TGI",
     SUPPORTED,
-    [NGramSpeculationPatch, ChooserCallPatch, GenerateTokenPatch, BatchFilterPatch],
+    [NGramSpeculationPatch, ChooserCallPatch, GenerateTokenPatch, BatchFilterPatch, WarmupPatch, CacheDeletePatch],
     detect_tgi_version,
     supported_text=SUPPORTED_TEXT,
 )
