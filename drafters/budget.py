@@ -27,7 +27,15 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["CostModel", "BudgetPolicy", "choose_budgets", "node_gains", "default_cost_model", "COST_MODEL_DIR"]
+__all__ = [
+    "CostModel",
+    "BudgetPolicy",
+    "choose_budgets",
+    "node_gains",
+    "default_cost_model",
+    "load_cost_model",
+    "COST_MODEL_DIR",
+]
 
 COST_MODEL_DIR = os.path.join(os.path.dirname(__file__), "cost_models")
 
@@ -157,6 +165,11 @@ def default_cost_model(name: str = "cpu") -> CostModel:
         )
         raise ConfigError(f"no cost model {name!r}; available: {have or 'none'}; run `specplug calibrate`")
     return CostModel.load(path)
+
+
+def load_cost_model(source: str) -> CostModel:
+    """A cost model from a JSON file (``specplug calibrate --out``) or a shipped name."""
+    return CostModel.load(source) if os.path.isfile(source) else default_cost_model(source)
 
 
 def node_gains(trees) -> list[np.ndarray]:

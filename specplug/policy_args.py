@@ -13,7 +13,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
+from specplug.drafters.budget import BudgetPolicy, default_cost_model, load_cost_model
 
 MEASURED = "measured"
 
@@ -74,7 +74,7 @@ def choose(engine, args) -> PolicyChoice:
 
         cached = engine_cost_model(engine)
         return PolicyChoice(BudgetPolicy(cached.model), {"policy": "load-aware", **cached.describe()})
-    cost = CostModel.load(src) if os.path.isfile(src) else default_cost_model(src)
+    cost = load_cost_model(src)
     return PolicyChoice(
         BudgetPolicy(cost),
         {"policy": "load-aware", "source": "file" if os.path.isfile(src) else "shipped", "name": src},

@@ -145,7 +145,7 @@ def run(args) -> int:
 
     from specplug.bench import split_variant
     from specplug.drafters import registry
-    from specplug.drafters.budget import CostModel, default_cost_model
+    from specplug.drafters.budget import load_cost_model
 
     engine = None
     if args.cost_model == "measured":
@@ -162,9 +162,7 @@ def run(args) -> int:
             **cached.describe(),
         }
     else:
-        cost = (
-            CostModel.load(args.cost_model) if os.path.isfile(args.cost_model) else default_cost_model(args.cost_model)
-        )
+        cost = load_cost_model(args.cost_model)
     budgets = [int(x) for x in args.budgets.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
     if max(budgets) > args.record_budget:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import make_tiny_llama
 
 from specplug.adapters.hf.attention_kernel import deterministic_exp, tree_attention
 from specplug.adapters.hf.invariant import (
@@ -116,29 +117,8 @@ def test_packed_linear_rows_do_not_depend_on_the_row_count(shape):
     torch.testing.assert_close(full.float(), lin(x).float(), rtol=2e-2, atol=2e-2)
 
 
-def make_tiny_llama(seed: int, vocab_size: int = 128, layers: int = 3, dtype=torch.bfloat16):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.5,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    return LlamaForCausalLM(cfg).to(dtype).eval()
-
-
 def _tiny_bf16():
-    model = make_tiny_llama(seed=3)
+    model = make_tiny_llama(seed=3, vocab_size=128, layers=3, dtype=torch.bfloat16)
     make_invariant(model)
     return model
 
@@ -224,7 +204,7 @@ def test_bf16_generation_is_lossless_on_the_tiny_model():
     from specplug.adapters.hf.engine import HFEngine
     from specplug.drafters import registry
 
-    model = make_tiny_llama(seed=4, vocab_size=96, layers=2)
+    model = make_tiny_llama(seed=4, vocab_size=96, layers=2, dtype=torch.bfloat16)
     make_invariant(model)
     engine = HFEngine(model, None, eos_token_ids=[], model_name="tiny-llama")
     rng = np.random.default_rng(0)

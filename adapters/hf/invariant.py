@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .attention_kernel import tree_attention
-from .kv import TreeKVCache
+from .kv import TreeKVCache, tree_attention_mask
 
 __all__ = [
     "ATTENTION_NAME",
@@ -91,7 +91,6 @@ class _FusedProjection(nn.Module):
     def __init__(self, fused: PackedLinear, shared: dict, start: int, stop: int):
         super().__init__()
         self.fused, self.shared, self.start, self.stop = fused, shared, start, stop
-        self.weight_shape = (stop - start, fused.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.shared
@@ -139,7 +138,6 @@ def _fuse_qkv(attn: nn.Module) -> None:
         stop = start + int(lin.weight.shape[0])
         setattr(attn, name, _FusedProjection(fused, shared, start, stop))
         start = stop
-    attn._specplug_fused = fused  # keeps the packed weight reachable for weight_count
 
 
 class InvariantKVCache(TreeKVCache):
@@ -147,31 +145,18 @@ class InvariantKVCache(TreeKVCache):
     (``[layers, B, kv_heads, head_dim, capacity]``) for :func:`tree_attention`. The visible
     keys of each query come from :meth:`set_visibility` before every forward pass."""
 
-    def __init__(self, num_layers, batch, kv_heads, head_dim, capacity, dtype, device="cpu"):
+    def __init__(self, num_layers, batch, kv_heads, head_dim, capacity, dtype=None, device="cpu"):
+        # float32 whatever the model's dtype: bf16 K/V convert exactly, and the kernel reads float32
         super().__init__(num_layers, batch, kv_heads, head_dim, capacity, torch.float32, device)
         self.keys_t = torch.zeros((num_layers, batch, kv_heads, head_dim, capacity), dtype=torch.float32)
-        for layer in self.layers:
-            layer.update = self._updater(layer.index)
         self.prefix = self.extra_ptr = self.extra_slot = None
 
-    @classmethod
-    def for_model(cls, model, batch: int, capacity: int) -> InvariantKVCache:
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        return cls(cfg.num_hidden_layers, batch, kv_heads, head_dim, capacity, torch.float32)
-
-    def _updater(self, index: int):
-        def update(key_states, value_states, *args, **kwargs):
-            start, stop = self.end, self.end + key_states.shape[-2]
-            kv = self.storage[index]
-            kv[0, :, :, start:stop] = key_states
-            kv[1, :, :, start:stop] = value_states
-            self.keys_t[index, :, :, :, start:stop] = key_states.transpose(-1, -2)
-            _ACTIVE.cache = self
-            return kv[0, :, :, :stop], kv[1, :, :, :stop]
-
-        return update
+    def write(self, layer, key_states, value_states):
+        start = self.end
+        out = super().write(layer, key_states, value_states)
+        self.keys_t[layer, :, :, :, start : start + key_states.shape[-2]] = key_states.transpose(-1, -2)
+        _ACTIVE.cache = self
+        return out
 
     def set_visibility(self, prefix: np.ndarray, extra_ptr: np.ndarray, extra_slot: np.ndarray) -> None:
         """Query ``(b, w)`` of the next pass sees slots ``[0, prefix[b, w])`` then
@@ -195,18 +180,9 @@ class InvariantKVCache(TreeKVCache):
         idx = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         self.keys_t = self.keys_t.index_select(1, idx)
 
-    def compact(self, lens: np.ndarray, nodes: np.ndarray, accept_len: np.ndarray) -> None:
-        b, dm = nodes.shape
-        d = np.arange(dm)[None, :]
-        dst = lens[:, None] + d
-        src = np.where(d <= accept_len[:, None], self.end + np.maximum(nodes, 0), dst)
-        super().compact(lens, nodes, accept_len)
-        if np.array_equal(src, dst):
-            return
-        rows = torch.arange(b)[:, None].expand(b, dm)
-        src_t = torch.as_tensor(src, dtype=torch.long)
-        dst_t = torch.as_tensor(dst, dtype=torch.long)
-        self.keys_t[:, rows, :, :, dst_t] = self.keys_t[:, rows, :, :, src_t]
+    def move_slots(self, rows, src, dst) -> None:
+        super().move_slots(rows, src, dst)
+        self.keys_t[:, rows, :, :, dst] = self.keys_t[:, rows, :, :, src]
 
 
 def _specplug_tree_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -299,9 +275,9 @@ def make_invariant(model) -> None:
                 packed = _TiedHead(child) if full == "lm_head" else PackedLinear(child)
                 setattr(module, child_name, packed)
     model.config._attn_implementation = ATTENTION_NAME
-    for cfg in (getattr(model.config, "text_config", None),):
-        if cfg is not None:
-            cfg._attn_implementation = ATTENTION_NAME
+    text_config = getattr(model.config, "text_config", None)
+    if text_config is not None:
+        text_config._attn_implementation = ATTENTION_NAME
 
 
 # ---------------------------------------------------------------------- pass set-up
@@ -325,8 +301,6 @@ def tree_pass_mask(cache: TreeKVCache, lens: np.ndarray, tree_mask: np.ndarray, 
             np.repeat(np.asarray(lens, np.int64)[:, None], w, axis=1), ptr, cache.end + np.nonzero(flat)[1]
         )
         return None
-    from .kv import tree_attention_mask
-
     return tree_attention_mask(
         torch.from_numpy(np.asarray(lens)).to(device),
         cache.end,
@@ -360,15 +334,10 @@ def draft_visibility(cache: TreeKVCache, lens: np.ndarray, first: int, last: int
 
 def weight_count(module: nn.Module) -> int:
     """Weights a forward pass of ``module`` reads: its parameters plus the packed weights of
-    its :class:`PackedLinear` layers (which are not parameters)."""
+    its :class:`PackedLinear` layers (which are not parameters; a fused q/k/v product is one
+    module shared by its three slices, so ``modules()`` yields it once)."""
     n = sum(p.numel() for p in module.parameters())
     for sub in module.modules():
-        if isinstance(sub, (PackedLinear, _FusedProjection)) and not isinstance(sub, _TiedHead):
-            if not (isinstance(sub, PackedLinear) and _is_fused_part(module, sub)):
-                n += sub.weight_shape[0] * sub.weight_shape[1]
+        if isinstance(sub, PackedLinear) and not isinstance(sub, _TiedHead):
+            n += sub.weight_shape[0] * sub.weight_shape[1]
     return int(n)
-
-
-def _is_fused_part(root: nn.Module, packed: PackedLinear) -> bool:
-    """A q/k/v product is counted through its three slices, not again as a whole."""
-    return any(getattr(m, "_specplug_fused", None) is packed for m in root.modules())

@@ -44,12 +44,7 @@ class _SlotLayer(CacheLayerMixin):
         return None
 
     def update(self, key_states, value_states, *args, **kwargs):
-        o = self.owner
-        start, stop = o.end, o.end + key_states.shape[-2]
-        kv = o.storage[self.index]
-        kv[0, :, :, start:stop] = key_states
-        kv[1, :, :, start:stop] = value_states
-        return kv[0, :, :, :stop], kv[1, :, :, :stop]
+        return self.owner.write(self.index, key_states, value_states)
 
     @property
     def keys(self):
@@ -104,6 +99,15 @@ class TreeKVCache(Cache):
         p = next(model.parameters())
         return cls(cfg.num_hidden_layers, batch, kv_heads, head_dim, capacity, p.dtype, p.device)
 
+    def write(self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Store a pass's new K/V of one layer at slots ``[end, end + W)``; returns the
+        layer's keys and values up to ``end + W`` (what attention reads)."""
+        start, stop = self.end, self.end + key_states.shape[-2]
+        kv = self.storage[layer]
+        kv[0, :, :, start:stop] = key_states
+        kv[1, :, :, start:stop] = value_states
+        return kv[0, :, :, :stop], kv[1, :, :, :stop]
+
     @property
     def capacity(self) -> int:
         return int(self.storage.shape[4])
@@ -145,10 +149,14 @@ class TreeKVCache(Cache):
             return
         dev = self.storage.device
         rows = torch.arange(b, device=dev)[:, None].expand(b, dm)
-        src_t = torch.as_tensor(src, dtype=torch.long, device=dev)
-        dst_t = torch.as_tensor(dst, dtype=torch.long, device=dev)
-        moved = self.storage[:, :, rows, :, src_t, :]  # [b, dm, layers, 2, heads, dim]
-        self.storage[:, :, rows, :, dst_t, :] = moved
+        self.move_slots(
+            rows, torch.as_tensor(src, dtype=torch.long, device=dev), torch.as_tensor(dst, dtype=torch.long, device=dev)
+        )
+
+    def move_slots(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy slot ``src[b, d]`` of row ``rows[b, d]`` to slot ``dst[b, d]``, every layer."""
+        moved = self.storage[:, :, rows, :, src, :]  # [b, dm, layers, 2, heads, dim]
+        self.storage[:, :, rows, :, dst, :] = moved
 
     def row_kv(self, layer: int, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row ``row``'s committed keys and values of one layer: ``[heads, length, dim]`` each."""

@@ -6,12 +6,11 @@ Read by the plugin's server-args check (a bad value stops the server) and by the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from specplug.drafters import registry
-from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
+from specplug.drafters.budget import BudgetPolicy, load_cost_model
 from specplug.drafters.errors import ConfigError
 from specplug.plugins import env
 
@@ -33,7 +32,7 @@ def budget_policy_from_env(environ: Mapping[str, str] | None = None) -> BudgetPo
     if not src:
         return None
     try:
-        cost = CostModel.load(src) if os.path.isfile(src) else default_cost_model(src)
+        cost = load_cost_model(src)
     except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{env.SGLANG_LOAD_AWARE}={src!r}: {e}") from None
     # SGLang verifies every request of a step at one width: the padded goodput model

@@ -14,14 +14,13 @@ SGLang), with three keys of the adapter's own beside the algorithm's:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from specplug.drafters import registry
 from specplug.drafters.base import MAX_BUDGET
-from specplug.drafters.budget import BudgetPolicy, CostModel, default_cost_model
+from specplug.drafters.budget import BudgetPolicy, load_cost_model
 from specplug.drafters.errors import ConfigError
 from specplug.plugins import env
 
@@ -84,7 +83,7 @@ def budget_policy_from_env(environ: Mapping[str, str] | None = None) -> BudgetPo
     if src.lower() in _OFF:
         return None
     try:
-        cost = CostModel.load(src) if os.path.isfile(src) else default_cost_model(src)
+        cost = load_cost_model(src)
     except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{env.VLLM_LOAD_AWARE}={src!r}: {e}; or 'off' for fixed chain lengths") from None
     return BudgetPolicy(cost, padded=False)
