@@ -12,6 +12,10 @@ every other request (that is the point of recycling). Size: vocab x k int32, e.g
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import cast
+
 import numpy as np
 from numba import njit
 
@@ -69,10 +73,14 @@ def update_rows(rows, probs, tokens, topk, tprobs):
                 probs[t, r] = -1.0
 
 
-@njit(cache=True)
-def update_rows_flat(rows, probs, tokens, topk, tprobs, offsets, has_topk, hits, trials, cal_hits, cal_trials):
+@njit(cache=True, nogil=True)
+def update_rows_flat(
+    rows, probs, tokens, topk, tprobs, offsets, has_topk, hits, trials, cal_hits, cal_trials, part=0, parts=1
+):
     """Batched update: request b's nodes are tokens[offsets[b]:offsets[b+1]] with top-k
-    rows topk[offsets[b]:offsets[b+1]] (skipped where has_topk[b] is 0).
+    rows topk[offsets[b]:offsets[b+1]] (skipped where has_topk[b] is 0). Only the rows this
+    ``part`` of ``parts`` owns (token % parts == part) are touched, in the serial order:
+    parts run concurrently and each row sees the writes it would see serially.
 
     Before a known row is overwritten, it is scored against the target's choice there:
     hits[r] += 1 when its rank-r entry is the target's top-1, trials[0] += 1. Those are the
@@ -88,7 +96,7 @@ def update_rows_flat(rows, probs, tokens, topk, tprobs, offsets, has_topk, hits,
             continue
         for i in range(offsets[b], offsets[b + 1]):
             t = tokens[i]
-            if t < 0 or t >= vocab:
+            if t < 0 or t >= vocab or t % parts != part:
                 continue
             best = topk[i, 0]
             if rows[t, 0] >= 0 and best >= 0:
@@ -169,27 +177,34 @@ class AdjacencyTable:
 
     def update_from_feedback(self, feedback: Feedback) -> None:
         """Batched observe: every node of every verified tree gets the target's top-k there."""
+        run_serially(*self.feedback_tasks(feedback))
+
+    def feedback_tasks(self, feedback: Feedback, parts: int = 1):
+        """:meth:`update_from_feedback` as ``parts`` tasks over disjoint rows, which may run
+        concurrently (with anything that does not touch this table), and the merge that
+        must run after all of them; ([], None) when the step has no top-k."""
         flat = flat_topk(feedback)
         if flat is None:
-            return
+            return [], None
         topk, probs = flat
-        update_rows_flat(
-            self.rows,
-            self.probs,
-            feedback.tokens,
-            topk,
-            probs,
-            feedback.node_offsets,
-            feedback.has_topk,
-            self.hits,
-            self.trials,
-            self.calibration.hits,
-            self.calibration.trials,
-        )
-        if self.trials[0] > 1e7:  # keep adapting: old evidence fades
-            self.hits *= 0.5
-            self.trials *= 0.5
-        self.calibration.decay()
+        args = (self.rows, self.probs, feedback.tokens, topk, probs, feedback.node_offsets, feedback.has_topk)
+        cal = self.calibration
+        shared = (self.hits, self.trials, cal.hits, cal.trials)
+        counters = [shared] if parts <= 1 else [tuple(np.zeros_like(c) for c in shared) for _ in range(parts)]
+        kernel = cast(Callable[..., None], update_rows_flat)
+        tasks = [partial(kernel, *args, *c, j, max(1, parts)) for j, c in enumerate(counters)]
+
+        def merge() -> None:
+            if parts > 1:  # per-part counts (integers) in part order: the serial sums, exactly
+                for c in counters:
+                    for total, part in zip(shared, c):
+                        total += part
+            if self.trials[0] > 1e7:  # keep adapting: old evidence fades
+                self.hits *= 0.5
+                self.trials *= 0.5
+            cal.decay()
+
+        return tasks, merge
 
     def rank_hit_rates(self, prior, pseudo_count: float) -> np.ndarray:
         """P(rank-r candidate is the target's next token | its parent was): the observed hit
@@ -201,6 +216,14 @@ class AdjacencyTable:
 
     def row(self, token: int) -> np.ndarray:
         return self.rows[int(token)]
+
+
+def run_serially(tasks, merge) -> None:
+    """Run :meth:`AdjacencyTable.feedback_tasks`' tasks, then their merge, on this thread."""
+    for task in tasks:
+        task()
+    if merge is not None:
+        merge()
 
 
 def _probs_arg(pr):
@@ -227,14 +250,29 @@ def pair_row(keys, prev, tok, vocab):
     return s if keys[s] == key else -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def update_pairs_flat(
-    keys, rows, probs, tokens, parents, root_prev, topk, tprobs, offsets, has_topk, vocab, cal_hits, cal_trials
+    keys,
+    rows,
+    probs,
+    tokens,
+    parents,
+    root_prev,
+    topk,
+    tprobs,
+    offsets,
+    has_topk,
+    vocab,
+    cal_hits,
+    cal_trials,
+    part=0,
+    parts=1,
 ):
     """Row of the pair (token before node i, token of node i) := topk[i] (probs := tprobs[i]).
     The token before a tree's root is root_prev[b] (-1: unknown, skipped); before any other
     node, its parent's. A row of the same pair being overwritten is first scored against the
-    target's new top-1 (edge calibration of pair rows)."""
+    target's new top-1 (edge calibration of pair rows). Only slots this ``part`` of ``parts``
+    owns (slot % parts == part) are touched, in the serial order (see update_rows_flat)."""
     k = rows.shape[1]
     kk = min(k, topk.shape[1])
     mask = keys.shape[0] - 1
@@ -249,6 +287,8 @@ def update_pairs_flat(
             if prev < 0 or t < 0 or prev >= vocab or t >= vocab:
                 continue
             key, s = _pair_slot(prev, t, vocab, mask)
+            if s % parts != part:
+                continue
             if keys[s] == key and topk[i, 0] >= 0:
                 score_row(cal_hits, cal_trials, rows[s], probs[s] if store_p else probs[0], topk[i, 0])
             keys[s] = key
@@ -276,11 +316,16 @@ class PairAdjacency:
         return int(self.keys.nbytes + self.rows.nbytes + (self.probs.nbytes if self.probs.shape[0] > 1 else 0))
 
     def update_from_feedback(self, feedback: Feedback, root_prev) -> None:
+        run_serially(*self.feedback_tasks(feedback, root_prev))
+
+    def feedback_tasks(self, feedback: Feedback, root_prev, parts: int = 1):
+        """The update as ``parts`` tasks over disjoint slots (slot % parts) and the merge after
+        them (see :meth:`AdjacencyTable.feedback_tasks`); ([], None) without top-k."""
         flat = flat_topk(feedback)
         if flat is None:
-            return
+            return [], None
         topk, probs = flat
-        update_pairs_flat(
+        args = (
             self.keys,
             self.rows,
             self.probs,
@@ -292,10 +337,21 @@ class PairAdjacency:
             feedback.node_offsets,
             feedback.has_topk,
             self.vocab_size,
-            self.calibration.hits,
-            self.calibration.trials,
         )
-        self.calibration.decay()
+        cal = self.calibration
+        shared = (cal.hits, cal.trials)
+        counters = [shared] if parts <= 1 else [tuple(np.zeros_like(c) for c in shared) for _ in range(parts)]
+        kernel = cast(Callable[..., None], update_pairs_flat)
+        tasks = [partial(kernel, *args, *c, j, max(1, parts)) for j, c in enumerate(counters)]
+
+        def merge() -> None:
+            if parts > 1:
+                for c in counters:
+                    for total, part in zip(shared, c):
+                        total += part
+            cal.decay()
+
+        return tasks, merge
 
     def seed(self, context_ids, context_topk: TopK) -> None:
         """Prefill: the pair (context[i-1], context[i]) was followed by context_topk row i."""

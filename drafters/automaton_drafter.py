@@ -10,6 +10,7 @@ into the global automaton (at most ``global_insert_tokens`` of them, the latest)
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,10 @@ from .base import Drafter, check_budget
 from .errors import ConfigError
 from .feedback import Feedback
 from .ngram_automaton import NODE_BYTES, O_COUNT, NgramPool
+from .threads import DraftThreads, resolve_threads
+
+#: fewest requests per worker thread in observe (the table updates beside the feed)
+OBSERVE_MIN_ROWS = 32
 
 RequestId = Hashable
 
@@ -56,9 +61,11 @@ class AutomatonDrafter(Drafter):
         global_cache: bool,
         global_cache_nodes: int,
         global_insert_tokens: int = 4096,
+        draft_threads: int = 0,
         **options: Any,
     ):
         super().__init__(vocab_size, **options)
+        self.threads = DraftThreads(resolve_threads(draft_threads))
         min_cap = 64 * int(ngram)
         if max_nodes_per_request < min_cap:
             raise ConfigError(
@@ -100,8 +107,13 @@ class AutomatonDrafter(Drafter):
             raise ConfigError(
                 f"accepted tokens outside [0, {self.vocab_size}): vocabulary mismatch between drafter and target"
             )
-        self._observe_extra(slots, feedback)
-        self.pool.feed_many(slots, np.ascontiguousarray(flat, dtype=np.int32), feedback.accepted_offsets)
+        tasks, merges = self._observe_tasks(slots, feedback, self.threads.workers(len(feedback), OBSERVE_MIN_ROWS))
+        tokens = np.ascontiguousarray(flat, dtype=np.int32)
+        # the feed is one task (serial: see .threads), run beside the drafter's table updates
+        tasks.append(partial(self.pool.feed_many, slots, tokens, feedback.accepted_offsets))
+        self.threads.run(tasks)
+        for merge in merges:
+            merge()
         if self.global_cache:
             for i, rid in enumerate(feedback.rids):
                 self._outputs[rid].append(feedback.accepted_of(i).astype(np.int64))
@@ -121,8 +133,13 @@ class AutomatonDrafter(Drafter):
         return len(self._slot)
 
     # ------------------------------------------------------------------ helpers
-    def _observe_extra(self, slots: np.ndarray, feedback: Feedback) -> None:
-        """Hook for drafters that also learn from the verified trees (RACER's adjacency)."""
+    def _observe_tasks(self, slots: np.ndarray, feedback: Feedback, parts: int) -> tuple[list, list]:
+        """Hook for drafters that also learn from the verified trees (RACER's adjacency):
+        (tasks, merges). It runs before the accepted tokens are fed (the automaton still ends
+        at each tree's root); the tasks then run beside the feed, so they must not touch the
+        automaton, and the merges after all of them, in order. ``parts``: how many
+        independent parts a shared table's update may be split into."""
+        return [], []
 
     def slots(self, rids: Sequence[RequestId]) -> np.ndarray:
         try:

@@ -8,6 +8,9 @@ Per request, in order:
     observe_batch(feedback)                       after verification of those trees
     finish(rid)                                   finished, aborted or evicted
 
+and ``set_sampling(rid, params)`` after ``start`` when the request samples (temperature,
+top-k, top-p; see :class:`.sampling.SamplingParams`) and whenever its settings change.
+
 ``context_ids`` are all committed tokens of the request; the last one is the root of the
 next tree (committed, KV not yet computed). ``context_topk`` optionally gives the target's
 top-k next-token ids after each context position but the last (a :class:`TopK` of
@@ -45,6 +48,7 @@ import numpy as np
 from .errors import ConfigError
 from .feedback import Feedback, TopK
 from .options import Option
+from .sampling import SamplingParams
 from .tree import DraftTree
 
 RequestId = Hashable
@@ -103,6 +107,11 @@ class Drafter(ABC):
     def feedback_probs(self) -> bool:
         """Whether engines send the top-k probabilities too."""
         return bool(self.uses_target_topk and self.uses_topk_probs)
+
+    def set_sampling(self, rid: RequestId, sampling: SamplingParams) -> None:
+        """How the engine samples ``rid``'s tokens (after ``start``, and whenever that changes;
+        until then: greedy). Drafters that value trees by the target's distribution keep
+        their calibration per sampling regime; default: ignore."""
 
     def bind(self, runner: Any) -> None:
         """Receive the engine's runner (see ``needs_runner``) before ``start``; default: ignore."""

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .sampling import REGIME_NAMES
+
 __all__ = [
     "NBINS",
     "BIN_BITS",
@@ -33,6 +35,7 @@ __all__ = [
     "edge_value",
     "EdgeCalibration",
     "LengthCalibration",
+    "RegimeLengthCalibration",
     "expected_lengths",
 ]
 
@@ -99,13 +102,15 @@ def score_row(cal_hits, cal_trials, old_toks, old_probs, best):
 
 
 @njit(cache=True)
-def score_tree_edges(tokens, parents, cells, node_offsets, accepted, accepted_offsets, hits, trials):
+def score_tree_edges(tokens, parents, cells, node_offsets, accepted, accepted_offsets, regimes, hits, trials):
     """Acceptance evidence for binned edges: node i of tree b (flat index node_offsets[b] + i)
     whose parent was accepted (or is the root) and whose packed ``cells`` entry is >= 0 is a
-    trial of that cell (:func:`unpack_cell`) of the table, a hit when it was accepted itself
-    (its token is the committed token at its depth; ``accepted[accepted_offsets[b]:
-    accepted_offsets[b + 1]]`` are the committed tokens, the bonus token last)."""
+    trial of that cell (:func:`unpack_cell`) of the table of its request's sampling regime
+    (``hits[regimes[b]]``), a hit when it was accepted itself (its token is the committed
+    token at its depth; ``accepted[accepted_offsets[b]: accepted_offsets[b + 1]]`` are the
+    committed tokens, the bonus token last)."""
     for b in range(node_offsets.shape[0] - 1):
+        g = regimes[b]
         base = node_offsets[b]
         n = node_offsets[b + 1] - base
         n_accepted = accepted_offsets[b + 1] - accepted_offsets[b] - 1
@@ -123,9 +128,9 @@ def score_tree_edges(tokens, parents, cells, node_offsets, accepted, accepted_of
             cell = cells[base + i]
             if cell >= 0:
                 row, column = unpack_cell(cell)
-                trials[row, column] += 1.0
+                trials[g, row, column] += 1.0
                 if hit:
-                    hits[row, column] += 1.0
+                    hits[g, row, column] += 1.0
 
 
 class EdgeCalibration:
@@ -188,38 +193,54 @@ class AcceptanceCalibration:
     """Edge values learned from acceptance itself: cells (source row, probability bin) with
     hits/trials counted by :func:`score_tree_edges` over drafted nodes whose parent was
     accepted, shrunk towards a prior table (e.g. the row-overwrite estimates of
-    :class:`EdgeCalibration`) by ``pseudo_count`` trials; rows kept non-decreasing in p."""
+    :class:`EdgeCalibration`) by ``pseudo_count`` trials; rows kept non-decreasing in p.
 
-    def __init__(self, rows: int, pseudo_count: float = 10.0):
-        self.hits = np.zeros((rows, NBINS + 1), np.float64)
-        self.trials = np.zeros((rows, NBINS + 1), np.float64)
+    One table per sampling regime (:data:`.sampling.REGIME_NAMES`: greedy, then temperature
+    bins): what the engine accepts depends on how it samples, so greedy values never see
+    sampled evidence and each temperature bin learns its own."""
+
+    def __init__(self, rows: int, pseudo_count: float = 10.0, regimes: int = len(REGIME_NAMES)):
+        self.hits = np.zeros((regimes, rows, NBINS + 1), np.float64)
+        self.trials = np.zeros((regimes, rows, NBINS + 1), np.float64)
         self.pseudo_count = float(pseudo_count)
 
-    def table(self, prior: np.ndarray) -> np.ndarray:
+    def table(self, prior: np.ndarray, regime: int = 0) -> np.ndarray:
         c = self.pseudo_count
-        cal = (self.hits + c * prior) / (self.trials + c)
+        cal = (self.hits[regime] + c * prior) / (self.trials[regime] + c)
         cal[:, :NBINS] = np.maximum.accumulate(cal[:, :NBINS], axis=1)
         return np.ascontiguousarray(np.clip(cal, 1e-6, 1.0))
 
     def decay(self, limit: float = 1e6) -> None:
-        if self.trials.sum() > limit:
-            self.hits *= 0.5
-            self.trials *= 0.5
+        for g in range(self.trials.shape[0]):
+            if self.trials[g].sum() > limit:
+                self.hits[g] *= 0.5
+                self.trials[g] *= 0.5
 
-    def report(self, prior: np.ndarray, names) -> list[dict]:
-        cal = self.table(prior)
+    def report(self, prior_of, names) -> list[dict]:
+        """Rows with evidence: source, regime, bin, trials, accept rate, prior, estimate;
+        ``prior_of(regime)`` gives a regime's prior table."""
+        rows = []
+        for g in range(self.trials.shape[0]):
+            if not self.trials[g].any():
+                continue
+            rows.extend(self._report(g, prior_of(g), names))
+        return rows
+
+    def _report(self, g: int, prior: np.ndarray, names) -> list[dict]:
+        cal = self.table(prior, g)
         rows = []
         for r in range(cal.shape[0]):
             for b in range(NBINS + 1):
-                n = float(self.trials[r, b])
+                n = float(self.trials[g, r, b])
                 if n == 0:
                     continue
                 rows.append(
                     {
                         "source": names[r],
+                        "regime": REGIME_NAMES[g],
                         "prob_bin": "unknown" if b == NBINS else f"[{b / NBINS:.1f},{(b + 1) / NBINS:.1f})",
                         "trials": int(n),
-                        "accept_rate": float(self.hits[r, b] / n),
+                        "accept_rate": float(self.hits[g, r, b] / n),
                         "prior": float(prior[r, b]),
                         "estimate": float(cal[r, b]),
                     }
@@ -318,3 +339,52 @@ class LengthCalibration:
             "global_ratio": self.global_ratio(),
             "bins": rows,
         }
+
+
+class RegimeLengthCalibration:
+    """:class:`LengthCalibration` kept per sampling regime (see :class:`AcceptanceCalibration`):
+    a request's ratio comes from, and its steps go to, the regime ``set_regime`` gave it
+    (greedy until then). Same interface as one :class:`LengthCalibration`."""
+
+    def __init__(self) -> None:
+        self.by_regime = [LengthCalibration() for _ in REGIME_NAMES]
+        self._regime: dict = {}  # rid -> regime, sampled requests only
+
+    @property
+    def req(self) -> dict:
+        """Per-request state of every regime (empty once every request was forgotten)."""
+        out = {rid: None for rid in self._regime}
+        for c in self.by_regime:
+            out.update(c.req)
+        return out
+
+    def set_regime(self, rid, regime: int) -> None:
+        old = self._regime.get(rid, 0)
+        if old != regime:
+            self.by_regime[old].forget(rid)
+        if regime:
+            self._regime[rid] = regime
+        else:
+            self._regime.pop(rid, None)
+
+    def update(self, rids, expected, realised) -> None:
+        if not self._regime:  # all greedy
+            self.by_regime[0].update(rids, expected, realised)
+            return
+        groups = np.fromiter((self._regime.get(r, 0) for r in rids), np.int64, len(rids))
+        e, a = np.asarray(expected, np.float64), np.asarray(realised, np.float64)
+        for g in np.unique(groups).tolist():
+            rows = np.flatnonzero(groups == g)
+            self.by_regime[g].update([rids[i] for i in rows], e[rows], a[rows])
+
+    def ratio(self, rid) -> float:
+        return self.by_regime[self._regime.get(rid, 0)].ratio(rid)
+
+    def forget(self, rid) -> None:
+        self.by_regime[self._regime.pop(rid, 0)].forget(rid)
+
+    def report(self) -> dict:
+        """The report of the regime with the most steps, with every regime's under ``regimes``."""
+        reports = {REGIME_NAMES[g]: c.report() for g, c in enumerate(self.by_regime) if c.total[0] > 0}
+        main = max(self.by_regime, key=lambda c: c.total[0]).report()
+        return {**main, "regimes": reports}

@@ -165,13 +165,27 @@ def grow_dynamic(graph, pairs, calibration, alpha, root_key, root_prev, max_dept
     return size
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def build_dynamic_batch(
-    graph, pairs, calibration, roots, root_keys, root_prevs, budgets, alphas, max_depth, buffers, nodes, heap
+    graph,
+    pairs,
+    calibration,
+    roots,
+    root_keys,
+    root_prevs,
+    budgets,
+    alphas,
+    max_depth,
+    buffers,
+    nodes,
+    heap,
+    first,
+    last,
 ):
     """One tree per request: row i of the :class:`.tree_build.TreeBuffers` gets the tree of
-    roots[i] (graph row root_keys[i], budget budgets[i], alpha alphas[i])."""
-    for i in range(roots.shape[0]):
+    roots[i] (graph row root_keys[i], budget budgets[i], alpha alphas[i]), for i in
+    [first, last) (one worker's rows; ``nodes`` and ``heap`` are that worker's scratch)."""
+    for i in range(first, last):
         tree = tree_rows(buffers, i)
         tree_init(tree, roots[i])
         buffers.sizes[i] = grow_dynamic(
@@ -182,13 +196,23 @@ def build_dynamic_batch(
 class DynamicScratch:
     """Output rows and per-node scratch for a batch of dynamic trees (allocated per call):
     ``buffers`` and ``heap`` of a :class:`.tree_build.TreeScratch`, ``nodes``
-    (:class:`DynamicNodes`)."""
+    (:class:`DynamicNodes`); with ``workers`` > 1, one set of scratch per worker thread
+    (:meth:`worker`)."""
 
-    def __init__(self, batch: int, width: int):
-        self.scratch = TreeScratch(batch, width, 2 * width + 2)
+    def __init__(self, batch: int, width: int, workers: int = 1):
+        self.scratch = TreeScratch(batch, width, 2 * width + 2, workers=workers)
         self.buffers = self.scratch.buffers
         self.heap = self.scratch.heap
-        self.nodes = DynamicNodes(np.empty(width, np.float64), np.empty(width, np.int64), np.empty(width, np.int64))
+        self._nodes = [
+            DynamicNodes(np.empty(width, np.float64), np.empty(width, np.int64), np.empty(width, np.int64))
+            for _ in range(max(1, int(workers)))
+        ]
+        self.nodes = self._nodes[0]
+
+    def worker(self, j: int):
+        """Worker j's (buffers, nodes, heap)."""
+        buffers, heap, _, _ = self.scratch.worker(j)
+        return buffers, self._nodes[j], heap
 
     def trees(self):
         return self.scratch.trees()
@@ -254,5 +278,7 @@ def build_dynamic(
         s.buffers,
         s.nodes,
         s.heap,
+        0,
+        b,
     )
     return s.trees()

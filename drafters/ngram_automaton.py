@@ -139,7 +139,7 @@ def _table_delete(nodes, table, c):
     table[i] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rehash(nodes, old_table, new_table):
     for i in range(old_table.shape[0]):
         c = old_table[i]
@@ -321,7 +321,7 @@ def feed_tokens(nodes, table, free, state, owners, slot, tokens, start, max_dept
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def feed_batch(nodes, table, free, state, owners, slots, tokens, offsets, req0, tok0, max_depth):
     """Feed tokens[offsets[b]:offsets[b+1]] to owner slots[b] for b >= req0 (request req0 from
     its tok0-th token). Returns (-1, 0) when done, else (b, fed) where the pool ran short."""

@@ -35,6 +35,7 @@ matched length and frequency ratio for retrieved ones, see :mod:`.calibration`);
 from __future__ import annotations
 
 from collections import namedtuple
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,7 +47,7 @@ from .calibration import (
     NBINS,
     AcceptanceCalibration,
     EdgeCalibration,
-    LengthCalibration,
+    RegimeLengthCalibration,
     expected_lengths,
     score_tree_edges,
 )
@@ -66,7 +67,10 @@ from .ngram_automaton import (
     match_state,
 )
 from .options import Option, resolve_options
+from .sampling import GREEDY, SamplingParams
+from .threads import THREADS_OPTION, split_rows
 from .tree_build import (
+    NO_WARP,
     RETRIEVAL_CLASS_NAMES,
     RETRIEVAL_CLASSES,
     Borders,
@@ -82,6 +86,8 @@ from .tree_build import (
 __all__ = ["RacerDrafter", "DEFAULT_RANK_PRIOR"]  # the prior lives with the adjacency table
 
 _HEAP = 4096
+#: fewest requests per worker thread in propose (below, handing rows to a thread costs more)
+PROPOSE_MIN_ROWS = 8
 _NO_CAL = np.ones((1, NBINS + 1), np.float64)
 #: most retrieval borders per tree (request and global automaton together)
 _MAX_BORDERS = 160
@@ -94,6 +100,14 @@ RetrievalParams = namedtuple(
 )
 #: trials' worth of weight the default priors keep against the observed rank hit rates
 PRIOR_PSEUDO_COUNT = 200.0
+
+
+def _bin_prior(table: np.ndarray) -> np.ndarray:
+    """A calibration table whose probability bins are valued at their mid-points (the
+    unknown-probability column kept)."""
+    out = table.copy()
+    out[:, :NBINS] = (np.arange(NBINS) + 0.5) / NBINS
+    return out
 
 
 def parse_rank_prior(text, k: int) -> np.ndarray:
@@ -150,16 +164,19 @@ def _tokens_before_roots(nodes, owners, slots, out):
         out[b] = _token_before_root(nodes, owners, slots[b])
 
 
-@njit(cache=True)
-def _propose(automaton, slots, budgets, retrieval, logits, edges, buffers, fused, cells, retrieval_heap, logits_heap):
+@njit(cache=True, nogil=True)
+def _propose(
+    automaton, slots, budgets, retrieval, logits, edges, buffers, fused, cells, retrieval_heap, logits_heap, first, last
+):
     """Row i of the TreeBuffers (and of ``cells``, the nodes' calibration cells) gets the
-    fused tree of request slot slots[i] under budgets[i]."""
+    fused tree of request slot slots[i] under budgets[i], for i in [first, last) (one
+    worker's rows: the automaton and tables are only read, the scratch is the worker's)."""
     nodes, table, owners = automaton.nodes, automaton.table, automaton.owners
     borders = Borders(
         np.empty(_MAX_BORDERS, np.int64), np.empty(_MAX_BORDERS, np.float64), np.empty(_MAX_BORDERS, np.float64)
     )
     tail = np.empty(80, np.int32)
-    for i in range(slots.shape[0]):
+    for i in range(first, last):
         slot = slots[i]
         budget = budgets[i]
         tree = tree_rows(buffers, i)
@@ -305,6 +322,7 @@ class RacerDrafter(AutomatonDrafter):
             "docs/dynamic_trees.md) or 'static' (fixed rank priors and raw frequency ratios, as in the paper)",
             choices=("static", "dynamic"),
         ),
+        THREADS_OPTION,
     )
 
     def __init__(self, vocab_size: int, **options: Any):
@@ -317,6 +335,7 @@ class RacerDrafter(AutomatonDrafter):
             max_nodes_per_request=o["max_nodes_per_request"],
             global_cache=o["global_cache"],
             global_cache_nodes=o["global_cache_nodes"],
+            draft_threads=o["draft_threads"],
         )
         self.topk = o["topk"]
         tree = o["tree"]
@@ -336,7 +355,9 @@ class RacerDrafter(AutomatonDrafter):
         self.tree = tree
         #: dynamic trees value logits candidates by the target's probabilities: ask for them
         self.uses_topk_probs = dyn
-        self.length_calibration = LengthCalibration()
+        self.length_calibration = RegimeLengthCalibration()
+        #: sampled requests' settings (greedy ones are absent): trees and calibration follow them
+        self._sampling: dict = {}
         #: prior of retrieved edges (frequency ratio bin -> the bin's mid-point), one row per
         #: match class (see tree_build.match_class)
         self.retrieval_calibration = EdgeCalibration(RETRIEVAL_CLASSES, (0.5,))
@@ -344,24 +365,32 @@ class RacerDrafter(AutomatonDrafter):
         #: rows, R + k + r pair rows (R = RETRIEVAL_CLASSES)
         self.acceptance = AcceptanceCalibration(RETRIEVAL_CLASSES + 2 * self.topk)
 
-    def _acceptance_prior(self) -> np.ndarray:
+    def _acceptance_prior(self, regime: int = 0) -> np.ndarray:
+        """Prior edge values: greedy's are the row-overwrite estimates (how often a stored
+        candidate is the target's next top-1); a sampled regime's candidates are valued by
+        their warped probability, so the prior of its probability bins is the bin itself."""
         pairs = self.pairs if self.pairs is not None else self._no_pairs
-        return np.concatenate(
-            [self.retrieval_calibration.table(), self.adjacency.calibration.table(), pairs.calibration.table()]
-        )
+        rows = [self.retrieval_calibration.table(), self.adjacency.calibration.table(), pairs.calibration.table()]
+        if regime:
+            rows[1:] = [_bin_prior(t) for t in rows[1:]]
+        return np.concatenate(rows)
 
-    def edge_table(self) -> np.ndarray:
-        """Edge values of dynamic trees [R + 2k, NBINS + 1]: acceptance evidence over the
-        row-overwrite estimates (see :mod:`.calibration`)."""
-        return self.acceptance.table(self._acceptance_prior())
+    def edge_table(self, regime: int = 0) -> np.ndarray:
+        """Edge values of dynamic trees [R + 2k, NBINS + 1] for a sampling regime: acceptance
+        evidence over the prior (see :mod:`.calibration`)."""
+        return self.acceptance.table(self._acceptance_prior(regime), regime)
 
-    def _edge_values(self) -> EdgeValues:
-        """The edge values of :func:`.tree_build.grow_fused` (``dynamic`` false: static)."""
+    def _edge_values(self, sampling: SamplingParams = GREEDY) -> EdgeValues:
+        """The edge values of :func:`.tree_build.grow_fused` (``dynamic`` false: static) for
+        requests sampling with ``sampling``."""
         if self.tree != "dynamic":
-            return EdgeValues(False, _NO_CAL, _NO_CAL, _NO_CAL, 1.0)
-        t = self.edge_table()
+            return EdgeValues(False, _NO_CAL, _NO_CAL, _NO_CAL, 1.0, NO_WARP)
+        t = self.edge_table(sampling.regime)
         k, r = self.topk, RETRIEVAL_CLASSES
-        return EdgeValues(True, token_rows=t[r : r + k], pair_rows=t[r + k :], retrieval=t[:r], alpha=1.0)
+        warp = NO_WARP
+        if not sampling.greedy:
+            warp = np.array([1.0 / sampling.temperature, sampling.top_k, sampling.top_p], np.float64)
+        return EdgeValues(True, token_rows=t[r : r + k], pair_rows=t[r + k :], retrieval=t[:r], alpha=1.0, warp=warp)
 
     def _logits_table(self) -> LogitsTable:
         pairs = self.pairs if self.pairs is not None else self._no_pairs
@@ -397,7 +426,7 @@ class RacerDrafter(AutomatonDrafter):
         out = {
             "token_rows": self.adjacency.calibration.report(),
             "length": self.length_calibration.report(),
-            "acceptance": self.acceptance.report(self._acceptance_prior(), names),
+            "acceptance": self.acceptance.report(self._acceptance_prior, names),
         }
         if self.pairs is not None:
             out["pair_rows"] = self.pairs.calibration.report()
@@ -419,25 +448,45 @@ class RacerDrafter(AutomatonDrafter):
             if self.pairs is not None:
                 self.pairs.seed(ids, context_topk)
 
+    def set_sampling(self, rid, sampling):
+        if rid not in self._slot:
+            raise ConfigError(f"{self.name}: unknown request id {rid!r}: call start() first")
+        if sampling.greedy:
+            self._sampling.pop(rid, None)
+        else:
+            self._sampling[rid] = sampling
+        self.length_calibration.set_regime(rid, sampling.regime)
+
     def propose(self, rids, budgets):
+        if not self._sampling:  # every request greedy
+            return self._propose_rows(rids, budgets, self._edge_values())
+        settings = [self._sampling.get(r, GREEDY) for r in rids]
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, sp in enumerate(settings):
+            groups.setdefault(sp, []).append(i)
+        if len(groups) == 1:
+            return self._propose_rows(rids, budgets, self._edge_values(settings[0]))
+        b = np.asarray(budgets)
+        trees: list = [None] * len(rids)
+        for sp, rows in groups.items():  # a few distinct settings per batch
+            for i, t in zip(rows, self._propose_rows([rids[i] for i in rows], b[rows], self._edge_values(sp))):
+                trees[i] = t
+        return trees
+
+    def _propose_rows(self, rids, budgets, edges: EdgeValues):
         slots = self.slots(rids)
         b = check_budgets(budgets, len(rids))
         width = int(b.max()) if len(rids) else 1
-        s = TreeScratch(len(rids), width, _HEAP, fused=True)
+        ranges = split_rows(b, self.threads.workers(len(rids), PROPOSE_MIN_ROWS))
+        s = TreeScratch(len(rids), width, _HEAP, fused=True, workers=len(ranges))
         cells = np.full((len(rids), width), -1, np.int32)
-        _propose(
-            self.pool.view(),
-            slots,
-            b,
-            self._retrieval_params(),
-            self._logits_table(),
-            self._edge_values(),
-            s.buffers,
-            s.fused,
-            cells,
-            s.heap,
-            s.second_heap,
-        )
+        args = (self.pool.view(), slots, b, self._retrieval_params(), self._logits_table(), edges)
+
+        def rows(j: int, first: int, last: int) -> None:
+            buffers, heap, second_heap, fused = s.worker(j)
+            _propose(*args, buffers, fused, cells, heap, second_heap, first, last)
+
+        self.threads.run([partial(rows, j, lo, hi) for j, (lo, hi) in enumerate(ranges)])
         # dynamic trees carry each node's calibration cell (-1: none) for observe
         return s.trees(cells if self.tree == "dynamic" else None)
 
@@ -447,6 +496,9 @@ class RacerDrafter(AutomatonDrafter):
         cells = feedback.node_data
         if self.tree == "dynamic" and cells is not None:
             rc = self.acceptance
+            regimes = np.zeros(len(feedback.rids), np.int64)
+            if self._sampling:
+                regimes[:] = [self._sampling.get(r, GREEDY).regime for r in feedback.rids]
             score_tree_edges(
                 feedback.tokens,
                 feedback.parents,
@@ -454,22 +506,29 @@ class RacerDrafter(AutomatonDrafter):
                 feedback.node_offsets,
                 feedback.accepted.astype(np.int64),
                 feedback.accepted_offsets,
+                regimes,
                 rc.hits,
                 rc.trials,
             )
             rc.decay()
 
     def finish(self, rid):
+        self._sampling.pop(rid, None)
         self.length_calibration.forget(rid)
         super().finish(rid)
 
-    def _observe_extra(self, slots, feedback):
+    def _observe_tasks(self, slots, feedback, parts):
         # runs before the accepted tokens are fed: the automaton still ends at each tree's root
-        self.adjacency.update_from_feedback(feedback)
+        tasks, merge = self.adjacency.feedback_tasks(feedback, parts)
+        merges = [merge] if merge is not None else []
         if self.pairs is not None and feedback.topk is not None:
             before = np.empty(slots.shape[0], np.int64)
             _tokens_before_roots(self.pool.nodes, self.pool.owners, slots, before)
-            self.pairs.update_from_feedback(feedback, before)
+            pair_tasks, pair_merge = self.pairs.feedback_tasks(feedback, before, parts)
+            tasks += pair_tasks
+            if pair_merge is not None:
+                merges.append(pair_merge)
+        return tasks, merges
 
     def global_nbytes(self) -> int:
         pairs = 0 if self.pairs is None else self.pairs.nbytes()

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["check_sampling", "warp_logits"]
+__all__ = ["check_sampling", "warp_logits", "SamplingParams", "GREEDY", "REGIME_NAMES", "sampling_regime"]
+
+#: sampling regimes that drafters keep separate calibration for: greedy, then temperature
+#: bins (upper bounds exclusive); greedy results never see sampled evidence
+REGIME_EDGES = (0.7, 0.9)
+REGIME_NAMES = ("greedy", "T < 0.7", "0.7 <= T < 0.9", "T >= 0.9")
+
+
+def sampling_regime(temperature: float) -> int:
+    """Calibration regime of a temperature: 0 greedy, 1.. the bins of ``REGIME_EDGES``."""
+    if temperature <= 0.0:
+        return 0
+    return 1 + sum(temperature >= e for e in REGIME_EDGES)
 
 
 def check_sampling(temperature, top_k=0, top_p=1.0) -> tuple[float, int, float]:
@@ -39,6 +52,34 @@ def check_sampling(temperature, top_k=0, top_p=1.0) -> tuple[float, int, float]:
     ):
         raise ConfigError(f"top_p must be a number in (0, 1] (1 disables top-p), got {top_p!r}")
     return float(temperature), int(top_k), float(top_p)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One request's sampling settings as drafters see them (the session passes them at
+    start and whenever they change). Temperature 0 is greedy decoding."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        t, k, p = check_sampling(self.temperature, self.top_k, self.top_p)
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "top_k", k)
+        object.__setattr__(self, "top_p", p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def regime(self) -> int:
+        """Index into ``REGIME_NAMES`` (see :func:`sampling_regime`)."""
+        return sampling_regime(self.temperature)
+
+
+GREEDY = SamplingParams()
 
 
 def warp_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):

@@ -45,6 +45,7 @@ from .budget import BudgetPolicy
 from .calibration import LengthCalibration, expected_lengths
 from .errors import ConfigError
 from .feedback import Feedback, TopK, offsets_of
+from .sampling import GREEDY, SamplingParams
 from .tree import DraftTree, PackedTrees, pack_trees
 
 __all__ = ["RequestView", "Step", "SessionStats", "DraftSession", "flat_rows", "padded_chain", "expected_chain"]
@@ -65,6 +66,7 @@ class RequestView:
     length: int  # committed tokens (prompt + output)
     last_token: int  # the newest committed token (the next root)
     context: Callable[[], Sequence[int]]  # all committed tokens, read only on (re)start
+    sampling: SamplingParams = GREEDY  # how the engine samples this request's tokens
 
 
 @dataclass
@@ -127,6 +129,7 @@ class _Request:
     length: int  # committed tokens the drafter has seen; -1: restart
     pending: DraftTree | None = None  # the tree the engine verifies this step
     seen: int = 0  # step clock of the last propose
+    sampling: SamplingParams = GREEDY  # what the drafter was told (set_sampling)
 
 
 class DraftSession:
@@ -214,6 +217,8 @@ class DraftSession:
         """A request finished, was aborted or left: free its drafter state (unknown: no-op)."""
         if self._req.pop(rid, None) is not None:
             self._call(self.drafter.finish, rid, what="finish")
+        if self.policy is not None:
+            self.policy.forget(rid)
         if self._lengths is not None:
             self._lengths.forget(rid)
 
@@ -263,10 +268,12 @@ class DraftSession:
             if req is None or req.length != r.length:
                 self._restart(r)
         live = [i for i, r in enumerate(reqs) if r.rid in self._req]
+        for i in live:
+            self._sampling(reqs[i])
         trees: list[DraftTree] = [DraftTree.single(int(r.last_token)) for r in reqs]
         if live:
             ok, drafted = self._call(
-                self.drafter.propose, [rids[i] for i in live], budgets[live].tolist(), what="propose"
+                self.drafter.propose, [rids[i] for i in live], self._draft_budgets(rids, budgets, live), what="propose"
             )
             if ok and len(drafted) != len(live):
                 self._error(f"propose returned {len(drafted)} trees for {len(live)} requests")
@@ -281,7 +288,7 @@ class DraftSession:
         if chain is not None:
             trees = [t if len(t) == 1 else t.subtree(expected_chain(t, chain)) for t in trees]
         if self.policy is not None and live:
-            trees = self.policy.apply(trees, budgets, self._length_ratios(rids))
+            trees = self.policy.apply(trees, budgets, self._length_ratios(rids), rids=rids)
         for rid, tree in zip(rids, trees):
             req = self._req.get(rid)
             if req is not None:
@@ -386,6 +393,15 @@ class DraftSession:
         self.stats.observe_s += dt
         return dt
 
+    def _sampling(self, r: RequestView) -> None:
+        """Tell the drafter a request's sampling settings when they differ from what it has."""
+        req = self._req[r.rid]
+        if req.sampling is r.sampling or req.sampling == r.sampling:
+            return
+        ok, _ = self._call(self.drafter.set_sampling, r.rid, r.sampling, what=f"set_sampling of request {r.rid!r}")
+        if ok:
+            req.sampling = r.sampling
+
     def _restart(self, r: RequestView) -> None:
         ctx = r.context()
         self.start(r.rid, ctx)
@@ -421,6 +437,13 @@ class DraftSession:
             )
             self._req[reqs[i].rid].length = -1  # a length no request has: restarted next step
             trees[i] = DraftTree.single(int(roots[j]))
+
+    def _draft_budgets(self, rids: list, budgets: np.ndarray, live: list[int]) -> list[int]:
+        """What the drafter is asked for: the engine's budgets, capped by the policy at what
+        it can use this step (:meth:`.budget.BudgetPolicy.draft_caps`)."""
+        if self.policy is None:
+            return budgets[live].tolist()
+        return self.policy.draft_caps([rids[i] for i in live], budgets[live]).tolist()
 
     def _length_ratios(self, rids: list) -> np.ndarray | None:
         ok, ratios = self._call(self.drafter.length_ratios, rids, what="length_ratios")

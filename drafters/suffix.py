@@ -14,6 +14,7 @@ of accepted tokens (sum of node probabilities); the better tree is proposed.
 from __future__ import annotations
 
 from collections import namedtuple
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,11 +24,14 @@ from .automaton_drafter import AutomatonDrafter, check_budgets
 from .errors import ConfigError
 from .ngram_automaton import DEPTH, FAIL, FIRST_CHILD, FREQ, O_ACTIVE, O_LAST, O_ROOT, active_tail, match_state
 from .options import Option, resolve_options
+from .threads import THREADS_OPTION, split_rows
 from .tree_build import Borders, TreeRows, TreeScratch, grow_from_borders, tree_init, tree_rows
 
 __all__ = ["SuffixDrafter"]
 
 _HEAP = 4096
+#: fewest requests per worker thread in propose (below, handing rows to a thread costs more)
+PROPOSE_MIN_ROWS = 16
 
 #: The kernel's options: the global automaton's owner slot (-1: none), the shortest match,
 #: draft nodes per matched token, the conditional-probability floor of a continuation.
@@ -60,14 +64,15 @@ def _build(nodes, border, discount, budget, params, tree, heap, borders, root_to
     return grow_from_borders(nodes, borders, 1, params.min_prob, 1 << 20, tree, size, limit, heap)
 
 
-@njit(cache=True)
-def _propose(automaton, slots, budgets, params, buffers, spare, heap):
+@njit(cache=True, nogil=True)
+def _propose(automaton, slots, budgets, params, buffers, spare, heap, first, last):
     """Row i of the TreeBuffers: the better (expected accepted tokens) of request slots[i]'s
-    own tree and the global automaton's, the latter grown in the ``spare`` TreeRows."""
+    own tree and the global automaton's, the latter grown in the ``spare`` TreeRows, for i
+    in [first, last) (one worker's rows and scratch)."""
     nodes, table, owners = automaton.nodes, automaton.table, automaton.owners
     borders = Borders(np.empty(1, np.int64), np.empty(1, np.float64), np.empty(1, np.float64))
     tail = np.empty(80, np.int32)
-    for i in range(slots.shape[0]):
+    for i in range(first, last):
         slot = slots[i]
         budget = budgets[i]
         root_token = owners[slot, O_LAST]
@@ -109,6 +114,7 @@ class SuffixDrafter(AutomatonDrafter):
         ),
         Option("global_cache", bool, True, "also match against a bounded trie of finished requests' outputs"),
         Option("global_cache_nodes", int, 262144, "node cap of the global trie (40 B per node)", 128, 1 << 26),
+        THREADS_OPTION,
     )
 
     def __init__(self, vocab_size: int, **options: Any):
@@ -122,6 +128,7 @@ class SuffixDrafter(AutomatonDrafter):
             max_nodes_per_request=o["max_nodes_per_request"],
             global_cache=o["global_cache"],
             global_cache_nodes=o["global_cache_nodes"],
+            draft_threads=o["draft_threads"],
         )
         self.max_spec_factor = o["max_spec_factor"]
         self.min_token_prob = o["min_token_prob"]
@@ -131,18 +138,24 @@ class SuffixDrafter(AutomatonDrafter):
         slots = self.slots(rids)
         b = check_budgets(budgets, len(rids))
         width = int(b.max()) if len(rids) else 1
-        s = TreeScratch(len(rids), width, _HEAP)
-        rows = s.buffers
-        spare = TreeRows(
-            np.empty(width, np.int32),
-            np.empty(width, np.int32),
-            np.empty(width, np.float32),
-            rows.first_child,
-            rows.next_sibling,
-            rows.depth,
-        )
+        ranges = split_rows(b, self.threads.workers(len(rids), PROPOSE_MIN_ROWS))
+        s = TreeScratch(len(rids), width, _HEAP, workers=len(ranges))
         params = SuffixParams(
             int(self.global_slot), int(self.min_match), float(self.max_spec_factor), float(self.min_token_prob)
         )
-        _propose(self.pool.view(), slots, b, params, rows, spare, s.heap)
+        view = self.pool.view()
+
+        def rows(j: int, first: int, last: int) -> None:
+            buffers, heap, _, _ = s.worker(j)
+            spare = TreeRows(
+                np.empty(width, np.int32),
+                np.empty(width, np.int32),
+                np.empty(width, np.float32),
+                buffers.first_child,
+                buffers.next_sibling,
+                buffers.depth,
+            )
+            _propose(view, slots, b, params, buffers, spare, heap, first, last)
+
+        self.threads.run([partial(rows, j, lo, hi) for j, (lo, hi) in enumerate(ranges)])
         return s.trees()

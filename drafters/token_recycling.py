@@ -20,7 +20,9 @@ chains and uncertain ones stay shallow; depth cap ``dynamic_depth``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numba import njit
@@ -33,15 +35,23 @@ from .dynamic_tree import NO_PAIRS, Calibration, CandidateGraph, DynamicScratch,
 from .errors import ConfigError
 from .feedback import Feedback
 from .options import Option, resolve_options
+from .threads import THREADS_OPTION, DraftThreads, resolve_threads, split_rows
 from .tree_build import Template, TreeScratch, best_first_template, fill_template, tree_init, tree_rows
 
 __all__ = ["TokenRecyclingDrafter"]
 
+#: fewest requests per worker thread (below, handing rows to a thread costs more than it
+#: saves): static templates are cheap per request, dynamic trees and observe less so
+STATIC_MIN_ROWS = 64
+DYNAMIC_MIN_ROWS = 16
+OBSERVE_MIN_ROWS = 32
 
-@njit(cache=True)
-def _propose(adjacency_rows, roots, budgets, template, buffers, slot_map):
-    """Row i of the TreeBuffers gets the template instantiated below roots[i]."""
-    for i in range(roots.shape[0]):
+
+@njit(cache=True, nogil=True)
+def _propose(adjacency_rows, roots, budgets, template, buffers, slot_map, first, last):
+    """Row i of the TreeBuffers gets the template instantiated below roots[i], for i in
+    [first, last) (one worker's rows; ``slot_map`` is that worker's scratch)."""
+    for i in range(first, last):
         tree = tree_rows(buffers, i)
         size = tree_init(tree, roots[i])
         if budgets[i] > 1:
@@ -66,11 +76,13 @@ class TokenRecyclingDrafter(Drafter):
             choices=("static", "dynamic"),
         ),
         Option("dynamic_depth", int, 16, "depth cap of dynamic trees", 1, 64),
+        THREADS_OPTION,
     )
 
     def __init__(self, vocab_size: int, **options: Any):
         o = resolve_options(self.OPTIONS, options, self.name)
         super().__init__(vocab_size)
+        self.threads = DraftThreads(resolve_threads(o.get("draft_threads", 0)))
         self.tree = tree = o["tree"]
         self.dynamic_depth = o["dynamic_depth"]
         self.uses_topk_probs = tree == "dynamic"
@@ -79,7 +91,6 @@ class TokenRecyclingDrafter(Drafter):
         self.adjacency = AdjacencyTable(self.vocab_size, self.topk, probs=tree == "dynamic")
         prior = list(DEFAULT_RANK_PRIOR[: self.topk]) + [DEFAULT_RANK_PRIOR[-1]] * max(0, self.topk - 8)
         self.t_parent, self.t_rank, self.t_score = best_first_template(prior, o["template_nodes"], o["template_depth"])
-        self._slot_map = np.empty(self.t_parent.shape[0], np.int64)
         self._root: dict = {}
 
     def start(self, rid, context_ids, context_topk=None):
@@ -99,17 +110,24 @@ class TokenRecyclingDrafter(Drafter):
         if self.tree == "dynamic":
             return self._propose_dynamic(roots, b)
         width = int(min(b.max(), self.t_parent.shape[0])) if len(rids) else 1
-        s = TreeScratch(len(rids), width, 1)
+        ranges = split_rows(b, self.threads.workers(len(rids), STATIC_MIN_ROWS))
+        s = TreeScratch(len(rids), width, 1, workers=len(ranges))
         template = Template(self.t_parent, self.t_rank, self.t_score)
-        _propose(self.adjacency.rows, roots, b, template, s.buffers, self._slot_map)
+
+        def rows(j: int, first: int, last: int) -> None:
+            slot_map = np.empty(self.t_parent.shape[0], np.int64)
+            _propose(self.adjacency.rows, roots, b, template, s.worker(j)[0], slot_map, first, last)
+
+        self.threads.run([partial(rows, j, lo, hi) for j, (lo, hi) in enumerate(ranges)])
         return s.trees()
 
     def _propose_dynamic(self, roots, b):
         width = int(b.max()) if roots.shape[0] else 1
-        d = DynamicScratch(roots.shape[0], width)
+        ranges = split_rows(b, self.threads.workers(roots.shape[0], DYNAMIC_MIN_ROWS))
+        d = DynamicScratch(roots.shape[0], width, workers=len(ranges))
         adj = self.adjacency
         graph = CandidateGraph(tokens=adj.rows, values=adj.probs, keys=adj.rows)  # keys: the candidates' tokens
-        build_dynamic_batch(
+        args = (
             graph,
             NO_PAIRS,
             Calibration(adj.calibration.table(), True),
@@ -119,10 +137,14 @@ class TokenRecyclingDrafter(Drafter):
             b,
             np.ones(roots.shape[0]),
             self.dynamic_depth,
-            d.buffers,
-            d.nodes,
-            d.heap,
         )
+
+        kernel = cast(Callable[..., None], build_dynamic_batch)
+
+        def rows(j: int, first: int, last: int) -> None:
+            kernel(*args, *d.worker(j), first, last)
+
+        self.threads.run([partial(rows, j, lo, hi) for j, (lo, hi) in enumerate(ranges)])
         return d.trees()
 
     def length_ratios(self, rids) -> np.ndarray:
@@ -144,7 +166,11 @@ class TokenRecyclingDrafter(Drafter):
                         f"vocabulary mismatch between drafter and target"
                     )
                 self._root[rid] = last
-        self.adjacency.update_from_feedback(feedback)
+        # the shared table by row ownership (see .threads): identical at every thread count
+        tasks, merge = self.adjacency.feedback_tasks(feedback, self.threads.workers(len(feedback), OBSERVE_MIN_ROWS))
+        self.threads.run(tasks)
+        if merge is not None:
+            merge()
         self.length_calibration.update(feedback.rids, expected_lengths(feedback.trees), feedback.accepted_counts - 1)
 
     def finish(self, rid):

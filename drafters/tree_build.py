@@ -50,6 +50,8 @@ __all__ = [
     "PairTable",
     "LogitsTable",
     "EdgeValues",
+    "NO_WARP",
+    "warped_prob",
     "FusedNodes",
     "Template",
     "tree_rows",
@@ -95,7 +97,12 @@ LogitsTable = namedtuple("LogitsTable", ["tokens", "probs", "pairs", "rank_prior
 #: (the paper's static trees); true: the calibration tables [rows, NBINS + 1] of token
 #: rows, pair rows (by rank) and retrieval (by match class, see :func:`match_class`),
 #: logits edges times ``alpha``.
-EdgeValues = namedtuple("EdgeValues", ["dynamic", "token_rows", "pair_rows", "retrieval", "alpha"])
+#: ``warp`` (float64 [3]: 1 / temperature, top-k, top-p; 1 / temperature 0: greedy) values
+#: logits edges by the probability the request's sampling gives the candidate
+#: (:func:`warped_prob`) instead of the stored temperature-1 probability.
+EdgeValues = namedtuple("EdgeValues", ["dynamic", "token_rows", "pair_rows", "retrieval", "alpha", "warp"])
+#: the ``warp`` of greedy requests: stored probabilities as they are
+NO_WARP = np.zeros(3, np.float64)
 #: The fused grower's per-node scratch [width]: ``path_score`` (float64: the score its
 #: logits children build on), ``logits_run`` (logits nodes ending at it), ``expanded``
 #: (its rank-0 logits candidate was queued), ``pair_slot`` (the pair row it drafts from,
@@ -272,33 +279,98 @@ def _candidate(row_tokens, pair_tokens, pair_slot, tokens, node, rank):
     return row_tokens[tokens[node], rank]
 
 
+@njit(cache=True)
+def warped_prob(probs, rank, warp):
+    """The probability a request sampling with ``warp`` (1 / temperature, top-k, top-p; see
+    :class:`EdgeValues`) gives the rank-``rank`` entry of a stored top-k row ``probs``
+    (temperature-1 probabilities, best first; < 0: unknown, returned as is).
+
+    Temperature: p ** (1 / T) over a normaliser from the row and its tail (mass 1 - sum,
+    taken as tokens as likely as the row's last, an upper bound of the tail for T < 1);
+    top-k: ranks from k on get 0 and the tail drops out; top-p: a rank whose warped mass
+    before it reaches p gets 0, the kept ones are renormalised by the nucleus's mass (the
+    row's prefix that reaches p, or p where the row does not reach it)."""
+    p = probs[rank]
+    inv_t = warp[0]
+    if p < 0.0 or inv_t <= 0.0:
+        return p
+    top_k = int(warp[1])
+    top_p = warp[2]
+    k = probs.shape[0]
+    kept = k if top_k <= 0 or top_k > k else top_k
+    if rank >= kept:
+        return 0.0
+    total = 0.0
+    last = 0.0
+    for j in range(k):
+        q = probs[j]
+        if q <= 0.0:
+            break
+        total += q
+        last = q
+    z = 0.0
+    for j in range(kept):
+        q = probs[j]
+        if q <= 0.0:
+            break
+        z += q**inv_t
+    if kept == k and last > 0.0 and total < 1.0:
+        z += (1.0 - total) * last ** (inv_t - 1.0)
+    if z <= 0.0:
+        return 0.0
+    w = p**inv_t / z
+    if top_p >= 1.0:
+        return w
+    before = 0.0
+    for j in range(rank):
+        before += probs[j] ** inv_t / z
+    if before >= top_p:
+        return 0.0
+    mass = before + w
+    j = rank + 1
+    while mass < top_p and j < kept and probs[j] > 0.0:
+        mass += probs[j] ** inv_t / z
+        j += 1
+    if mass < top_p:
+        mass = top_p
+    return min(w / mass, 1.0)
+
+
 @njit(cache=True, inline="always")
-def _logits_edge(
-    dynamic, rank_prior, row_probs, pair_probs, token_values, pair_values, alpha, pair_slot, tokens, node, rank
-):
-    """Value of ``node``'s rank-``rank`` adjacency candidate as an edge: the rank prior
-    (static), or (``dynamic``) the calibrated probability the target gave it (its raw
-    probability in ``row_probs`` / ``pair_probs``, calibrated by the :class:`EdgeValues`
-    tables ``token_values`` / ``pair_values``), times alpha, capped at 1."""
-    if not dynamic:
-        return rank_prior[rank]
+def _edge_prob(row_probs, pair_probs, pair_slot, tokens, node, rank, warp):
+    """The stored probability of ``node``'s rank-``rank`` candidate (pair row first), under
+    the request's ``warp``."""
     slot = pair_slot[node]
     if slot >= 0:
-        e = edge_value(pair_values, rank, pair_probs[slot, rank]) * alpha
-    else:
-        e = edge_value(token_values, rank, row_probs[tokens[node], rank]) * alpha
+        return warped_prob(pair_probs[slot], rank, warp)
+    return warped_prob(row_probs[tokens[node]], rank, warp)
+
+
+@njit(cache=True, inline="always")
+def _logits_edge(
+    dynamic, rank_prior, row_probs, pair_probs, token_values, pair_values, alpha, pair_slot, tokens, node, rank, warp
+):
+    """Value of ``node``'s rank-``rank`` adjacency candidate as an edge: the rank prior
+    (static), or (``dynamic``) the calibrated probability the target gave it (its stored
+    probability in ``row_probs`` / ``pair_probs`` under the request's ``warp``, calibrated
+    by the :class:`EdgeValues` tables ``token_values`` / ``pair_values``), times alpha,
+    capped at 1."""
+    if not dynamic:
+        return rank_prior[rank]
+    p = _edge_prob(row_probs, pair_probs, pair_slot, tokens, node, rank, warp)
+    values = pair_values if pair_slot[node] >= 0 else token_values
+    e = edge_value(values, rank, p) * alpha
     return e if e < 1.0 else 1.0
 
 
 @njit(cache=True, inline="always")
-def _logits_cell(n_retrieval, k, row_probs, pair_probs, pair_slot, tokens, node, rank):
+def _logits_cell(n_retrieval, k, row_probs, pair_probs, pair_slot, tokens, node, rank, warp):
     """Calibration cell (:func:`.calibration.pack_cell`) of ``node``'s rank-``rank``
     candidate: row R + rank (token rows) or R + k + rank (pair rows), R = ``n_retrieval``
-    rows, and the bin of its raw probability."""
-    slot = pair_slot[node]
-    if slot >= 0:
-        return pack_cell(n_retrieval + k + rank, prob_bin(pair_probs[slot, rank]))
-    return pack_cell(n_retrieval + rank, prob_bin(row_probs[tokens[node], rank]))
+    rows, and the bin of its probability under ``warp``."""
+    p = _edge_prob(row_probs, pair_probs, pair_slot, tokens, node, rank, warp)
+    row = n_retrieval + k + rank if pair_slot[node] >= 0 else n_retrieval + rank
+    return pack_cell(row, prob_bin(p))
 
 
 #: retrieval calibration rows: by the automaton depth of the drafted node, i.e. how many
@@ -399,7 +471,7 @@ def grow_fused(
         logits.pairs.probs,
         logits.pairs.use,
     )
-    dynamic, alpha = edges.dynamic, edges.alpha
+    dynamic, alpha, warp = edges.dynamic, edges.alpha, edges.warp
     token_values, pair_values, retrieval_values = edges.token_rows, edges.pair_rows, edges.retrieval
     tokens, parents, scores = tree.tokens, tree.parents, tree.scores
     first_child, next_sibling, depth = tree.first_child, tree.next_sibling, tree.depth
@@ -452,6 +524,7 @@ def grow_fused(
                         tokens,
                         i,
                         0,
+                        warp,
                     )
                     n_logits = heap_push_arrays(
                         logits_scores, logits_parents, logits_ranks, n_logits, path_score[i] * edge, i, 0
@@ -511,6 +584,7 @@ def grow_fused(
                     tokens,
                     parent,
                     rank + 1,
+                    warp,
                 )
                 if dynamic and edge * path_score[parent] > score:
                     edge = score / path_score[parent]
@@ -527,7 +601,9 @@ def grow_fused(
                 logits_run[i] = logits_run[parent] + 1
                 expanded[i] = 0
                 if dynamic:
-                    cells[i] = _logits_cell(n_retrieval_rows, k, row_probs, pair_probs, pair_slot, tokens, parent, rank)
+                    cells[i] = _logits_cell(
+                        n_retrieval_rows, k, row_probs, pair_probs, pair_slot, tokens, parent, rank, warp
+                    )
                 else:
                     cells[i] = -1
             elif score > scores[i]:
@@ -652,32 +728,46 @@ class TreeScratch:
     """A batch's output rows and scratch as the kernels' argument groups, allocated once per
     propose call: ``buffers`` (:class:`TreeBuffers`, [batch, width] rows), ``heap``
     (:class:`Heap` of ``heap`` entries) and, with ``fused``, RACER's second heap and per-node
-    :class:`FusedNodes`."""
+    :class:`FusedNodes`.
 
-    __slots__ = ("buffers", "heap", "second_heap", "fused")
+    ``workers`` > 1: one set of per-tree scratch (trie links, heaps, fused nodes) per worker
+    thread, all over the same output rows; :meth:`worker` gives worker j's groups (worker 0's
+    are ``buffers``, ``heap``, ``second_heap``, ``fused``). Each worker grows its own rows."""
 
-    def __init__(self, batch: int, width: int, heap: int, fused: bool = False):
-        self.buffers = TreeBuffers(
-            tokens=np.empty((batch, width), np.int32),
-            parents=np.empty((batch, width), np.int32),
-            scores=np.empty((batch, width), np.float32),
-            sizes=np.empty(batch, np.int32),
-            first_child=np.empty(width, np.int32),
-            next_sibling=np.empty(width, np.int32),
-            depth=np.empty(width, np.int32),
-        )
-        self.heap = new_heap(heap)
-        self.second_heap = new_heap(heap) if fused else None
-        self.fused = (
-            FusedNodes(
-                path_score=np.empty(width, np.float64),
-                logits_run=np.empty(width, np.int32),
-                expanded=np.empty(width, np.uint8),
-                pair_slot=np.empty(width, np.int64),
+    __slots__ = ("buffers", "heap", "second_heap", "fused", "_workers")
+
+    def __init__(self, batch: int, width: int, heap: int, fused: bool = False, workers: int = 1):
+        tokens = np.empty((batch, width), np.int32)
+        parents = np.empty((batch, width), np.int32)
+        scores = np.empty((batch, width), np.float32)
+        sizes = np.empty(batch, np.int32)
+        self._workers = []
+        for _ in range(max(1, int(workers))):
+            buffers = TreeBuffers(
+                tokens=tokens,
+                parents=parents,
+                scores=scores,
+                sizes=sizes,
+                first_child=np.empty(width, np.int32),
+                next_sibling=np.empty(width, np.int32),
+                depth=np.empty(width, np.int32),
             )
-            if fused
-            else None
-        )
+            nodes = (
+                FusedNodes(
+                    path_score=np.empty(width, np.float64),
+                    logits_run=np.empty(width, np.int32),
+                    expanded=np.empty(width, np.uint8),
+                    pair_slot=np.empty(width, np.int64),
+                )
+                if fused
+                else None
+            )
+            self._workers.append((buffers, new_heap(heap), new_heap(heap) if fused else None, nodes))
+        self.buffers, self.heap, self.second_heap, self.fused = self._workers[0]
+
+    def worker(self, j: int):
+        """Worker j's (buffers, heap, second_heap, fused): its own scratch, the shared rows."""
+        return self._workers[j]
 
     def trees(self, node_data: np.ndarray | None = None):
         """The batch as DraftTree objects: views into the rows (and the [batch, width]

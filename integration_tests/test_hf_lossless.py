@@ -609,9 +609,12 @@ class FixedTree(ContextDrafter):
         ]
 
 
-def test_sampling_output_distribution_is_the_targets(make_tiny):
-    """Sampled speculative output (fixed draft trees, temperature and top-k warping) follows
-    the target's warped joint distribution of three tokens (chi-square, fixed seed)."""
+@pytest.mark.parametrize("drafter_name", ["fixed-tree", "racer"])
+def test_sampling_output_distribution_is_the_targets(make_tiny, drafter_name):
+    """Sampled speculative output (fixed draft trees, or RACER's trees valued under the
+    request's warp; temperature, top-k and top-p) follows the target's warped joint
+    distribution of three tokens, which is the output distribution without speculation
+    (chi-square over 10k draws, fixed seed)."""
     from scipy.stats import chisquare
 
     from specplug.adapters.hf.config import SamplingConfig
@@ -620,14 +623,16 @@ def test_sampling_output_distribution_is_the_targets(make_tiny):
 
     if not hasattr(verify, "verify_sampling"):
         pytest.skip("verify_sampling not available yet")
-    vocab, n_batches, batch = 5, 16, 250
+    from specplug.drafters import registry
+
+    vocab, n_batches, batch = 5, 40, 250
     eng = make_tiny(seed=6, vocab_size=vocab)
     for prm in eng.model.parameters():  # flatten the logits: every cell keeps some mass
         prm.data.mul_(0.6)
-    sampling = SamplingConfig(temperature=0.9, top_k=4, seed=123)
+    sampling = SamplingConfig(temperature=0.9, top_k=4, top_p=0.9, seed=123)
     prompt = [1, 3, 2, 4]
     counts = np.zeros((vocab,) * 3)
-    drafter = FixedTree(vocab)
+    drafter = FixedTree(vocab) if drafter_name == "fixed-tree" else registry.create("racer", vocab, {"topk": 4})
     for s in range(n_batches):
         # 6 new tokens leave room for the whole tree in the first step; the first 3 are counted
         cfg = GenerationConfig(max_new_tokens=6, sampling=SamplingConfig(**{**sampling.__dict__, "seed": 123 + s}))
@@ -646,6 +651,8 @@ def test_sampling_output_distribution_is_the_targets(make_tiny):
     observed = counts.ravel()
     assert observed[expected == 0].sum() == 0  # top-k-masked tokens never appear
     big = expected >= 5
-    obs = np.append(observed[big], observed[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    assert chisquare(obs, exp).pvalue > 1e-3
+    obs, exp = observed[big], expected[big]
+    if expected[~big].sum() > 0:  # the rare cells lumped into one
+        obs, exp = np.append(obs, observed[~big].sum()), np.append(exp, expected[~big].sum())
+    assert counts.sum() >= 10_000
+    assert chisquare(obs, exp).pvalue > 0.01

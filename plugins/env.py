@@ -27,6 +27,7 @@ __all__ = [
     "TGI_VERSION",
     "VLLM_OPTIONS",
     "VLLM_LOAD_AWARE",
+    "DIGEST_DIR",
 ]
 
 
@@ -90,6 +91,11 @@ VLLM_LOAD_AWARE = _declare(
     "SPECPLUG_VLLM_LOAD_AWARE",
     "vLLM: per-row chain lengths from a cost model (a shipped name such as 'cpu', or a JSON "
     "path; default 'cpu'); 'off': every row drafts up to num_speculative_tokens",
+)
+DIGEST_DIR = _declare(
+    "SPECPLUG_DIGEST_DIR",
+    "SGLang: a directory where every worker (TP rank) writes a running digest of the draft "
+    "trees it proposes, one line per step (checks that TP ranks draft identically; docs/sglang.md)",
 )
 
 

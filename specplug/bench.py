@@ -208,6 +208,9 @@ def run_bench(
     warmup: int = 1,
     seed: int | None = 0,
     temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seeds: int = 1,
     progress: bool = False,
     gen_config=None,
     calibration: bool = False,
@@ -220,7 +223,9 @@ def run_bench(
     from ``max_new_tokens``/``temperature``. ``calibration``: add each calibrating
     drafter's tables under the top-level key "calibration". ``budget_policy``: the
     load-aware policy of every speculative algorithm (None: fixed budgets), its cost model
-    described by ``cost_model`` in the report."""
+    described by ``cost_model`` in the report. ``seeds`` > 1 (sampling only): every prompt
+    is generated once per seed (``seed``, ``seed + 1``, ...); ``mat_by_seed`` and
+    ``mat_spread`` (the sample standard deviation of the per-seed MATs) report the spread."""
     from specplug.prompts import encode_prompt
 
     algorithms = parse_algorithms(list(algorithms))
@@ -230,9 +235,17 @@ def run_bench(
     for a in algorithms:
         registry.validate_options(*drafter_options(a, options))
     budgets = resolve_budgets(algorithms, budget)
-    if gen_config is None:
-        gen_config = make_generation_config(max_new_tokens, temperature, seed)
     greedy = not (temperature and temperature > 0)
+    if seeds < 1 or (seeds > 1 and greedy):
+        raise ConfigError(f"seeds must be >= 1, and 1 for greedy decoding (temperature 0), got {seeds}")
+    if gen_config is None:
+        gen_configs = [
+            make_generation_config(max_new_tokens, temperature, None if seed is None else seed + s, top_k, top_p)
+            for s in range(seeds)
+        ]
+    else:
+        gen_configs = [gen_config]
+    gen_config = gen_configs[0]
     if not prompt_sets:
         raise ConfigError("no prompt sets to benchmark")
 
@@ -251,7 +264,7 @@ def run_bench(
     drafters = _make_drafters(engine, algorithms, options)
     # per (set, algorithm): list of per-prompt records
     records: dict[tuple[str, str], list[dict]] = {(s, a): [] for s in encoded for a in algorithms}
-    total = sum(len(v) for v in encoded.values()) * len(algorithms)
+    total = sum(len(v) for v in encoded.values()) * len(algorithms) * len(gen_configs)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -261,29 +274,31 @@ def run_bench(
     try:
         for label, items in encoded.items():
             for pid, ids in items:
-                r = k % len(algorithms)
-                order = list(algorithms[r:]) + list(algorithms[:r])
-                for a in order:
-                    if bar is not None:
-                        bar.set_postfix_str(f"{label} {pid} {a}", refresh=True)
-                    _seed(seed, k)
-                    t0 = time.perf_counter()
-                    res = _generate(engine, ids, drafters[a], budgets[a], gen_config, budget_policy)
-                    wall = time.perf_counter() - t0
-                    records[(label, a)].append(
-                        {
-                            "id": pid,
-                            "output_ids": list(res.output_ids),
-                            "steps": int(res.steps),
-                            "time_s": wall,
-                            "draft_time_s": float(res.draft_time_s),
-                            "verify_time_s": float(res.verify_time_s),
-                            "speculative_steps": int(getattr(res, "speculative_steps", 0)),
-                        }
-                    )
-                    if bar is not None:
-                        bar.update(1)
-                k += 1
+                for s_index, config in enumerate(gen_configs):
+                    r = k % len(algorithms)
+                    order = list(algorithms[r:]) + list(algorithms[:r])
+                    for a in order:
+                        if bar is not None:
+                            bar.set_postfix_str(f"{label} {pid} {a}", refresh=True)
+                        _seed(seed, k)
+                        t0 = time.perf_counter()
+                        res = _generate(engine, ids, drafters[a], budgets[a], config, budget_policy)
+                        wall = time.perf_counter() - t0
+                        records[(label, a)].append(
+                            {
+                                "id": pid,
+                                "seed_index": s_index,
+                                "output_ids": list(res.output_ids),
+                                "steps": int(res.steps),
+                                "time_s": wall,
+                                "draft_time_s": float(res.draft_time_s),
+                                "verify_time_s": float(res.verify_time_s),
+                                "speculative_steps": int(getattr(res, "speculative_steps", 0)),
+                            }
+                        )
+                        if bar is not None:
+                            bar.update(1)
+                    k += 1
     finally:
         if bar is not None:
             bar.close()
@@ -309,7 +324,7 @@ def run_bench(
                 {
                     "algorithm": a,
                     "prompt_set": label,
-                    "prompts": len(rec),
+                    "prompts": len(rec) // len(gen_configs),
                     "new_tokens": int(new_tokens),
                     "steps": int(steps),
                     "mat": float(new_tokens / steps) if steps else 0.0,
@@ -330,6 +345,7 @@ def run_bench(
                     "mismatched_prompts": (
                         [x["id"] for x, b in zip(rec, base) if x["output_ids"] != b["output_ids"]] if greedy else None
                     ),
+                    **_seed_spread(rec, len(gen_configs)),
                 }
             )
 
@@ -350,7 +366,10 @@ def run_bench(
             "max_new_tokens": int(max_new_tokens),
             "warmup": int(warmup),
             "seed": seed,
+            "seeds": int(len(gen_configs)),
             "temperature": float(temperature),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
             "order": "interleaved, rotated per prompt",
             "timing": "wall time of engine.generate per prompt, summed",
         },
@@ -363,6 +382,19 @@ def run_bench(
             a: r for a, r in ((a, d.calibration_report()) for a, d in drafters.items()) if r is not None
         }
     return report
+
+
+def _seed_spread(rec: list[dict], seeds: int) -> dict:
+    """MAT per seed (tokens / steps over the set's prompts at that seed) and its sample
+    standard deviation; empty for one seed."""
+    if seeds < 2:
+        return {}
+    mats = []
+    for s in range(seeds):
+        at = [x for x in rec if x["seed_index"] == s]
+        steps = sum(x["steps"] for x in at)
+        mats.append(sum(len(x["output_ids"]) for x in at) / steps if steps else 0.0)
+    return {"seeds": seeds, "mat_by_seed": mats, "mat_spread": float(statistics.stdev(mats))}
 
 
 def _dtype_label(engine) -> str | None:
@@ -386,7 +418,9 @@ def _engine_attr(engine, names, default):
     return default
 
 
-def make_generation_config(max_new_tokens: int, temperature: float = 0.0, seed: int | None = 0):
+def make_generation_config(
+    max_new_tokens: int, temperature: float = 0.0, seed: int | None = 0, top_k: int = 0, top_p: float = 1.0
+):
     """The engine's GenerationConfig for this run (greedy unless temperature > 0)."""
     import dataclasses
 
@@ -399,7 +433,7 @@ def make_generation_config(max_new_tokens: int, temperature: float = 0.0, seed: 
         fields = (
             {f.name for f in dataclasses.fields(SamplingConfig)} if dataclasses.is_dataclass(SamplingConfig) else set()
         )
-        skw: dict[str, Any] = {"temperature": float(temperature)}
+        skw: dict[str, Any] = {"temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p)}
         if "seed" in fields and seed is not None:
             skw["seed"] = int(seed)
         kwargs["sampling"] = SamplingConfig(**skw)
@@ -438,7 +472,7 @@ def format_table(report: dict, markdown: bool = False) -> str:
                 str(r.get("budget", "")),
                 _fmt_int(r["new_tokens"]),
                 _fmt_int(r["steps"]),
-                f"{r['mat']:.2f}",
+                f"{r['mat']:.2f}" + (f" ±{r['mat_spread']:.2f}" if "mat_spread" in r else ""),
                 f"{100 * r.get('speculative_step_share', 0.0):.0f}%",
                 f"{r['tokens_per_s']:.1f}",
                 f"{r['speedup_vs_ar']:.2f}x",
@@ -506,12 +540,13 @@ def format_calibration(report: dict) -> str:
         ]  # every retrieval class, ranks 0-1
         if acc:
             out.append(
-                "  accepted edges (dynamic trees): source               prob bin     trials  accept rate  prior  estimate"
+                "  accepted edges (dynamic trees): source               regime          prob bin     trials  "
+                "accept rate  prior  estimate"
             )
             for r in acc:
                 out.append(
-                    f"  {'':>32}{r['source']:<24} {r['prob_bin']:<11} {r['trials']:>7} "
-                    f"{r['accept_rate']:>11.3f} {r['prior']:>6.3f} {r['estimate']:>9.3f}"
+                    f"  {'':>32}{r['source']:<24} {r.get('regime', 'greedy'):<15} {r['prob_bin']:<11} "
+                    f"{r['trials']:>7} {r['accept_rate']:>11.3f} {r['prior']:>6.3f} {r['estimate']:>9.3f}"
                 )
     return "\n".join(out) + ("\n" if out else "")
 
@@ -613,7 +648,16 @@ def add_arguments(p):
         default=0.0,
         help="0 = greedy (default; lossless check on); > 0 samples (mismatches not counted)",
     )
+    p.add_argument("--top-k", type=_nonneg_int, default=0, help="sampling: keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass in (0, 1] (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="torch seed, offset per prompt (default: 0)")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="sampling: generate every prompt with seeds SEED .. SEED+N-1; MAT is reported "
+        "with the standard deviation of the per-seed MATs (default: 1)",
+    )
     p.add_argument(
         "--json",
         default=None,
@@ -640,8 +684,11 @@ def run(args) -> int:
         registry.validate_options(*drafter_options(a, options))
     resolve_budgets(algorithms, args.budget)
     policy_args.check(args)
-    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    from specplug.drafters.sampling import check_sampling
+
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.seeds > 1 and args.temperature == 0:
+        raise ConfigError("--seeds > 1 needs sampling (--temperature > 0): greedy output does not depend on the seed")
     names = [s.strip() for s in str(args.prompts).split(",") if s.strip()]
     if not names:
         raise ConfigError("--prompts is empty; use e.g. humaneval,mtbench,gsm8k")
@@ -675,6 +722,9 @@ def run(args) -> int:
         warmup=args.warmup,
         seed=args.seed,
         temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seeds=args.seeds,
         progress=not args.no_progress,
         calibration=args.calibration,
         budget_policy=choice.policy,

@@ -8,9 +8,17 @@ then a fixed pseudo-random "bigram" set per token. The batch is kept full: finis
 requests are replaced by new ones (so starts and finishes are part of the run).
 
 Reported per algorithm: propose and observe cost in us per request-step (the batched
-call's time / batch size; p50 and p99 over steps), mean accepted tokens per step, bytes of
-per-request state and of shared structures, and RSS after 1k, 5k and 10k requests
-(start / propose / observe / finish) to show that memory stays flat.
+call's time / batch size; p50 and p99 over steps) and in ms per step, mean accepted tokens
+per step, bytes of per-request state and of shared structures, and RSS after 1k, 5k and 10k
+requests (start / propose / observe / finish) to show that memory stays flat.
+
+Grids: ``--batches 1,16,64,256 --budgets 16,64 --draft-threads 1,2`` measure every point
+(the memory run once per algorithm, at the largest thread count). ``--policy`` also drives
+each algorithm through a :class:`~specplug.drafters.session.DraftSession` with the load-aware
+budget policy (cost model ``--cost-model``, default the shipped ``cpu``), once with the
+policy's draft caps and once without, and reports host drafting time per step (session
+propose + observe) against the modeled verify time of the step the policy chose, MAT, and
+the mean chosen budget and drafted tree size.
 """
 
 from __future__ import annotations
@@ -50,8 +58,37 @@ def add_arguments(p):
         metavar="ALGO=JSON",
         help="options for one algorithm, e.g. racer='{\"global_cache\": true}'",
     )
+    p.add_argument("--batches", metavar="B,B,...", help="batch sizes to measure (overrides --batch), e.g. 1,16,64,256")
+    p.add_argument("--budgets", metavar="N,N,...", help="tree budgets to measure (overrides --budget), e.g. 16,64")
+    p.add_argument(
+        "--draft-threads",
+        metavar="T,T,...",
+        help="draft thread counts to measure (each algorithm's draft_threads option; default: its own default)",
+    )
+    p.add_argument(
+        "--policy",
+        action="store_true",
+        help="also run each algorithm under the load-aware budget policy (with and without draft caps)",
+    )
+    p.add_argument(
+        "--cost-model", default="cpu", help="the policy's cost model: a shipped name or a JSON file (default cpu)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _int_list(text, default: int, what: str) -> list[int]:
+    from specplug.drafters.errors import ConfigError
+
+    if text is None:
+        return [int(default)]
+    try:
+        vals = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{what} must be comma-separated positive integers, e.g. 1,16,64; got {text!r}")
+    return vals
 
 
 # --------------------------------------------------------------------------- workload
@@ -180,7 +217,19 @@ class _Driver:
             ids = self.work.alternatives(ctx[:-1])
             ids[:, 0] = ctx[1:]
             topk = TopK.of(ids)
+        self._start(rid, ctx, topk)
+
+    def _start(self, rid, ctx, topk):
         self.d.start(rid, ctx, topk)
+
+    def _finish(self, rid):
+        self.d.finish(rid)
+
+    def _replace_finished(self):
+        for i in np.flatnonzero(self.pos >= self.end).tolist():
+            self._finish(self.rids[i])
+            self.finished += 1
+            self._admit(i)
 
     def step(self, budget: int):
         """One engine step; returns (propose seconds, observe seconds)."""
@@ -197,57 +246,185 @@ class _Driver:
         self.pos += acc + 1
         self.accepted_tokens += int(acc.sum()) + len(rids)
         self.steps += len(rids)
-        for i in np.flatnonzero(self.pos >= self.end).tolist():
-            self.d.finish(self.rids[i])
-            self.finished += 1
-            self._admit(i)
+        self._replace_finished()
         return t1 - t0, t3 - t2, trees
 
     def close(self):
         for rid in self.rids:
-            self.d.finish(rid)
+            self._finish(rid)
+
+
+class _SessionDriver(_Driver):
+    """The same workload through a :class:`DraftSession` with a budget policy: what an engine
+    runs (the session's propose, check, policy cut and observe are timed as host work)."""
+
+    def __init__(self, drafter, work, batch, policy, **kw):
+        from specplug.drafters.session import DraftSession
+
+        self.session = DraftSession(drafter, policy=policy)
+        self.drafted_nodes = 0  # what the drafter was asked to grow, before the policy's cut
+        inner = drafter.propose
+
+        def counted(rids, budgets):
+            trees = inner(rids, budgets)
+            self.drafted_nodes += sum(len(t) for t in trees)
+            return trees
+
+        drafter.propose = counted  # an instance attribute: this drafter only
+        super().__init__(drafter, work, batch, **kw)
+
+    def _start(self, rid, ctx, topk):
+        self.session.start(rid, ctx, topk)
+
+    def _finish(self, rid):
+        self.session.finish(rid)
+
+    def step(self, budget: int):
+        """One engine step; returns (host seconds, the verified trees)."""
+        from specplug.drafters.session import RequestView
+
+        rids = list(self.rids)
+        streams, pos = self.streams, self.pos
+        views = [
+            RequestView(rid, int(pos[i]) + 1, int(streams[i, pos[i]]), lambda i=i: streams[i, : pos[i] + 1])
+            for i, rid in enumerate(rids)
+        ]
+        step = self.session.propose(views, budget)
+        feedback, acc = verify_batch(
+            rids, step.trees, streams, pos, self.work, probs=self.d.feedback_probs, topk=self.d.uses_target_topk
+        )
+        ids = probs = None
+        if feedback.topk is not None:
+            sizes = np.fromiter((len(t) for t in step.trees), np.int64, len(rids))
+            keep = np.arange(int(sizes.max()))[None, :] < sizes[:, None]
+            ids = np.full((*keep.shape, feedback.topk.k), -1, np.int32)
+            ids[keep] = feedback.topk.ids
+            if feedback.topk.probs is not None:
+                probs = np.full(ids.shape, -1.0, np.float32)
+                probs[keep] = feedback.topk.probs
+        observe_s = self.session.observe(rids, feedback.accepted, acc + 1, ids, probs)
+        self.session.end_step()
+        self.pos += acc + 1
+        self.accepted_tokens += int(acc.sum()) + len(rids)
+        self.steps += len(rids)
+        self._replace_finished()
+        return step.draft_s + observe_s, step.trees
 
 
 # --------------------------------------------------------------------------- measurement
-def bench_algorithm(name: str, options: dict, args) -> dict:
+def _percentiles(values, scale: float = 1.0) -> tuple[float, float]:
+    return float(np.percentile(values, 50)) * scale, float(np.percentile(values, 99)) * scale
+
+
+def bench_algorithm(
+    name: str, options: dict, args, *, batch: int | None = None, budget: int | None = None, memory: bool = True
+) -> dict:
+    """One (algorithm, batch, budget) point; ``options`` may carry ``draft_threads``."""
     from specplug.bench import split_variant
     from specplug.drafters import registry
 
+    batch = int(args.batch if batch is None else batch)
+    budget = int(args.budget if budget is None else budget)
+    label = _label(name, options)
     name, options = split_variant(name, options)
-    spec = registry.get(name)
     work = SyntheticWorkload(args.vocab, args.seed, topk=args.topk)
     drafter = registry.create(name, args.vocab, options)
-    drv = _Driver(drafter, work, args.batch)
+    drv = _Driver(drafter, work, batch)
     prop, obs = [], []
     for s in range(args.warmup + args.steps):
-        tp, to, trees = drv.step(args.budget)
+        tp, to, trees = drv.step(budget)
         if s >= args.warmup:
-            prop.append(tp / args.batch * 1e6)
-            obs.append(to / args.batch * 1e6)
+            prop.append(tp)
+            obs.append(to)
+    prop_s, obs_s = np.array(prop), np.array(obs)
+    both = prop_s + obs_s
     mat = drv.accepted_tokens / max(drv.steps, 1)
     mean_nodes = float(np.mean([len(t) for t in trees]))
     per_req = [n for n in (drafter.request_nbytes(r) for r in drv.rids) if n is not None]
     glob = drafter.global_nbytes()
     drv.close()
     leaked = drafter.active_requests()
+    us = 1e6 / batch
     out = {
-        "algorithm": spec.name + (f"[{options['tree']}]" if "tree" in options else ""),
-        "options": options,
-        "batch": args.batch,
-        "budget": args.budget,
-        "propose_us_p50": float(np.percentile(prop, 50)),
-        "propose_us_p99": float(np.percentile(prop, 99)),
-        "observe_us_p50": float(np.percentile(obs, 50)),
-        "observe_us_p99": float(np.percentile(obs, 99)),
+        "algorithm": label,
+        "options": {k: v for k, v in options.items() if k != "draft_threads"},
+        "batch": batch,
+        "budget": budget,
+        "threads": int(getattr(getattr(drafter, "threads", None), "n", 1)),
+        "propose_us_p50": _percentiles(prop_s, us)[0],
+        "propose_us_p99": _percentiles(prop_s, us)[1],
+        "observe_us_p50": _percentiles(obs_s, us)[0],
+        "observe_us_p99": _percentiles(obs_s, us)[1],
+        "total_us_p50": _percentiles(both, us)[0],
+        "total_us_p99": _percentiles(both, us)[1],
+        "propose_ms_step_p50": _percentiles(prop_s, 1e3)[0],
+        "propose_ms_step_p99": _percentiles(prop_s, 1e3)[1],
+        "observe_ms_step_p50": _percentiles(obs_s, 1e3)[0],
+        "observe_ms_step_p99": _percentiles(obs_s, 1e3)[1],
         "mean_accepted_per_step": mat,
         "mean_tree_nodes": mean_nodes,
         "bytes_per_request": float(np.mean(per_req)) if per_req else None,
         "global_bytes": glob,
         "active_after_finish": leaked,
     }
-    if args.requests > 0:
+    if memory and args.requests > 0:
         out["rss_mb"] = memory_run(name, options, args)
     return out
+
+
+def _label(name: str, options: dict) -> str:
+    from specplug.bench import split_variant
+    from specplug.drafters import registry
+
+    base, opts = split_variant(name, options)
+    return registry.get(base).name + (f"[{opts['tree']}]" if "tree" in opts else "")
+
+
+def bench_policy(name: str, options: dict, args, *, batch: int, budget: int, cap: bool) -> dict:
+    """One algorithm through a session with the load-aware policy: host time per step (the
+    session's propose + observe) against the modeled verify time of the chosen step."""
+    from specplug.bench import split_variant
+    from specplug.drafters import registry
+    from specplug.drafters.budget import BudgetPolicy, load_cost_model
+
+    cost = load_cost_model(args.cost_model)
+    label = _label(name, options)
+    name, options = split_variant(name, options)
+    work = SyntheticWorkload(args.vocab, args.seed, topk=args.topk)
+    drafter = registry.create(name, args.vocab, options)
+    policy = BudgetPolicy(cost, cap_drafts=cap)
+    drv = _SessionDriver(drafter, work, batch, policy)
+    host, model, chosen = [], [], []
+    drafted0 = steps0 = acc0 = 0
+    for s in range(args.warmup + args.steps):
+        if s == args.warmup:
+            drafted0, steps0, acc0 = drv.drafted_nodes, drv.steps, drv.accepted_tokens
+        h, trees = drv.step(budget)
+        if s >= args.warmup:
+            width = max(len(t) for t in trees)
+            host.append(h)
+            model.append(float(cost.step(batch, [width])[0]) if policy.padded else float(cost(sum(map(len, trees)))))
+            chosen.append(float(np.mean([len(t) for t in trees])))
+    steps = drv.steps - steps0
+    drv.close()
+    host_a, model_a = np.array(host), np.array(model)
+    return {
+        "algorithm": label,
+        "options": {k: v for k, v in options.items() if k != "draft_threads"},
+        "batch": batch,
+        "budget": budget,
+        "threads": int(getattr(getattr(drafter, "threads", None), "n", 1)),
+        "draft_caps": cap,
+        "cost_model": args.cost_model,
+        "host_ms_step_p50": _percentiles(host_a, 1e3)[0],
+        "host_ms_step_p99": _percentiles(host_a, 1e3)[1],
+        "model_ms_step_p50": _percentiles(model_a, 1e3)[0],
+        "host_share_of_step": float(np.sum(host_a) / np.sum(model_a)),
+        "mean_accepted_per_step": (drv.accepted_tokens - acc0) / max(steps, 1),
+        "mean_chosen_budget": float(np.mean(chosen)),
+        "mean_drafted_nodes": (drv.drafted_nodes - drafted0) / max(steps, 1),
+        "active_after_finish": drafter.active_requests(),
+    }
 
 
 def memory_run(name: str, options: dict, args) -> dict:
@@ -286,8 +463,8 @@ def _parse_options(items) -> dict:
 
 def format_table(results) -> str:
     head = (
-        f"{'algorithm':<16} {'propose p50/p99 us':>19} {'observe p50/p99 us':>19} {'MAT':>5} "
-        f"{'nodes':>5} {'B/request':>10} {'global B':>10}  RSS MiB @1k/5k/10k"
+        f"{'algorithm':<16} {'B':>4} {'N':>3} {'T':>2} {'propose p50/p99 us':>19} {'observe p50/p99 us':>19} "
+        f"{'step p50 ms':>11} {'MAT':>5} {'nodes':>5} {'B/request':>10} {'global B':>10}  RSS MiB @1k/5k/10k"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -295,10 +472,28 @@ def format_table(results) -> str:
         rss_s = "/".join(str(rss.get(k, "-")) for k in ("1000", "5000", "10000"))
         bpr = "-" if r["bytes_per_request"] is None else f"{r['bytes_per_request']:.0f}"
         glob = "-" if r["global_bytes"] is None else f"{r['global_bytes']:.0f}"
+        step_ms = r.get("propose_ms_step_p50", 0.0) + r.get("observe_ms_step_p50", 0.0)
         lines.append(
-            f"{r['algorithm']:<16.24} {r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
-            f"{r['observe_us_p50']:>9.2f}/{r['observe_us_p99']:<9.2f} {r['mean_accepted_per_step']:>5.2f} "
-            f"{r['mean_tree_nodes']:>5.1f} {bpr:>10} {glob:>10}  {rss_s}"
+            f"{r['algorithm']:<16.24} {r.get('batch', 0):>4} {r.get('budget', 0):>3} {r.get('threads', 1):>2} "
+            f"{r['propose_us_p50']:>9.2f}/{r['propose_us_p99']:<9.2f} "
+            f"{r['observe_us_p50']:>9.2f}/{r['observe_us_p99']:<9.2f} {step_ms:>11.3f} "
+            f"{r['mean_accepted_per_step']:>5.2f} {r['mean_tree_nodes']:>5.1f} {bpr:>10} {glob:>10}  {rss_s}"
+        )
+    return "\n".join(lines)
+
+
+def format_policy_table(results) -> str:
+    head = (
+        f"{'algorithm':<16} {'B':>4} {'N':>3} {'T':>2} {'caps':>4} {'host p50/p99 ms':>17} {'model ms':>9} "
+        f"{'host %':>7} {'MAT':>5} {'chosen':>6} {'drafted':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r['algorithm']:<16.24} {r['batch']:>4} {r['budget']:>3} {r['threads']:>2} "
+            f"{'on' if r['draft_caps'] else 'off':>4} {r['host_ms_step_p50']:>8.3f}/{r['host_ms_step_p99']:<8.3f} "
+            f"{r['model_ms_step_p50']:>9.2f} {100 * r['host_share_of_step']:>6.2f}% "
+            f"{r['mean_accepted_per_step']:>5.2f} {r['mean_chosen_budget']:>6.2f} {r['mean_drafted_nodes']:>7.2f}"
         )
     return "\n".join(lines)
 
@@ -319,20 +514,55 @@ def run(args) -> int:
             f"({', '.join(names)}): key options by an algorithm's name (all its variants) or "
             f"by the exact variant, e.g. racer='{{...}}' or 'racer[dynamic]={{...}}'"
         )
-    results = []
+    batches = _int_list(args.batches, args.batch, "--batches")
+    budgets = _int_list(args.budgets, args.budget, "--budgets")
+    thread_counts: list[int | None] = (
+        list(_int_list(args.draft_threads, 1, "--draft-threads")) if args.draft_threads else [None]
+    )
+    if args.policy:
+        load_cost_model_checked(args.cost_model)
+    results, policy_results = [], []
     for name in names:
         # the exact variant's options over the base name's
         merged = {**opts.get(bases[name], {}), **(opts.get(name, {}) if name != bases[name] else {})}
-        results.append(bench_algorithm(name, merged, args))
-        print(format_table(results[-1:]).splitlines()[-1], flush=True)
+        for t in thread_counts:
+            o = merged if t is None else {**merged, "draft_threads": t}
+            for batch in batches:
+                for budget in budgets:
+                    last = t == thread_counts[-1] and batch == batches[-1] and budget == budgets[-1]
+                    results.append(bench_algorithm(name, o, args, batch=batch, budget=budget, memory=last))
+                    print(format_table(results[-1:]).splitlines()[-1], flush=True)
+        if args.policy:
+            for t in thread_counts:
+                o = merged if t is None else {**merged, "draft_threads": t}
+                for batch in batches:
+                    for budget in budgets:
+                        for cap in (False, True):
+                            policy_results.append(bench_policy(name, o, args, batch=batch, budget=budget, cap=cap))
+                            print(format_policy_table(policy_results[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(results))
+    if policy_results:
+        print()
+        print(f"under the load-aware policy (cost model {args.cost_model}; host = session propose + observe per step)")
+        print(format_policy_table(policy_results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(
-                {"results": results, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}},
+                {
+                    "results": results,
+                    "policy": policy_results,
+                    "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                },
                 f,
                 indent=2,
                 default=str,
             )
     return 0
+
+
+def load_cost_model_checked(source: str):
+    """The policy's cost model, read once up front so a bad name fails before any work."""
+    from specplug.drafters.budget import load_cost_model
+
+    return load_cost_model(source)

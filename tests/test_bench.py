@@ -191,6 +191,8 @@ def _main(argv, monkeypatch):
         (["--options", "{bad json"], "not valid JSON"),
         (["--prompts", "nope"], "unknown prompt set"),
         (["--temperature", "-1"], "temperature"),
+        (["--temperature", "0.8", "--top-p", "0"], "top_p"),
+        (["--seeds", "3"], "--seeds > 1 needs sampling"),
     ],
 )
 def test_cli_errors_exit_2_before_loading_a_model(argv, match, monkeypatch, capsys):
@@ -370,3 +372,24 @@ def test_cli_default_engine_smoke(tmp_path, monkeypatch):
     for s in ("humaneval", "mtbench", "gsm8k"):
         assert by[("ar", s)]["speedup_vs_ar"] == 1.0
         assert by[("pld", s)]["lossless_mismatches"] == 0
+
+
+def test_run_bench_seeds_and_nucleus_on_tiny_llama():
+    """--seeds: every prompt generated once per seed; MAT per seed and its spread reported;
+    the warp settings recorded."""
+    eng = _tiny_engine()
+    sets = {"code": [Prompt(id=f"p{i}", text=("ab cd ab cd ef " * 4) + str(i)) for i in range(2)]}
+    rep = bench.run_bench(
+        eng, ["pld"], sets, warmup=0, max_new_tokens=12, seed=5, temperature=0.8, top_p=0.95, top_k=20, seeds=3
+    )
+    by = {(r["algorithm"], r["prompt_set"]): r for r in rep["results"]}
+    assert set(by) == {("ar", "code"), ("pld", "code")}
+    cfg = rep["config"]
+    assert (cfg["seeds"], cfg["temperature"], cfg["top_p"], cfg["top_k"]) == (3, 0.8, 0.95, 20)
+    for r in by.values():
+        assert r["prompts"] == 2 and r["seeds"] == 3 and len(r["mat_by_seed"]) == 3
+        assert r["mat_spread"] >= 0.0 and r["lossless_mismatches"] is None
+    assert by[("ar", "code")]["mat_by_seed"] == [1.0, 1.0, 1.0]
+    assert "±" in bench.format_table(rep)
+    with pytest.raises(bench.ConfigError, match="seeds"):
+        bench.run_bench(eng, ["pld"], sets, warmup=0, max_new_tokens=4, seeds=2)  # greedy

@@ -199,9 +199,9 @@ def test_dynamic_trees_value_retrieved_edges_by_match_length():
     assert [match_class(d, RETRIEVAL_CLASSES) for d in (1, 2, 3, 4, 5, 6, 10)] == [0, 0, 1, 2, 2, 3, 3]
     d = RacerDrafter(100, tree="dynamic", logits_depth=0, pair_rows=0)
     rc = d.acceptance
-    rc.trials[:RETRIEVAL_CLASSES] = 1000.0
-    rc.hits[0] = 50.0  # 1-token matches: rarely accepted
-    rc.hits[3] = 900.0  # >= 6 tokens matched: mostly accepted
+    rc.trials[0, :RETRIEVAL_CLASSES] = 1000.0  # regime 0: greedy
+    rc.hits[0, 0] = 50.0  # 1-token matches: rarely accepted
+    rc.hits[0, 3] = 900.0  # >= 6 tokens matched: mostly accepted
     table = d.edge_table()
     # "1..6" occurred before, followed by 7 50; "6" alone was also followed by 60
     d.start("r", [1, 2, 3, 4, 5, 6, 7, 50, 6, 60, 9, 1, 2, 3, 4, 5, 6])
@@ -217,7 +217,8 @@ def test_dynamic_trees_value_retrieved_edges_by_match_length():
     assert fifty > 0 and tree.scores[fifty] == pytest.approx(table[3, 5] * table[3, 9], rel=1e-6)
     before_t, before_h = rc.trials.copy(), rc.hits.copy()
     d.observe("r", tree, [7, 50, 6])
-    dt, dh = rc.trials - before_t, rc.hits - before_h
+    dt, dh = rc.trials[0] - before_t[0], rc.hits[0] - before_h[0]
+    assert (rc.trials[1:] == 0).all()  # greedy evidence stays in the greedy table
     assert dt[3, 5] == 1 and dh[3, 5] == 1  # 7 accepted
     # 50 accepted after it; then 6 (ratio 1 too) was tried, but 6 is the bonus token here
     assert dt[3, 9] == 2 and dh[3, 9] == 1

@@ -446,6 +446,38 @@ def test_chi_square_first_two_tokens(q):
     assert chi2_pvalue(draw_first_two(TARGET, q, seed=1234), TARGET) > 1e-3
 
 
+#: logits of a 6-token vocabulary; under temperature 0.8, top-k 5 and top-p 0.9 every row
+#: loses one to three tokens, so drafts and residuals meet zero-mass tokens
+WARP_LOGITS = np.array(
+    [
+        [2.0, 1.5, 1.0, 0.2, -0.5, -1.0],
+        [-1.0, 0.5, 1.0, 1.2, 0.0, -2.0],
+        [0.3, 0.3, 0.2, 0.1, 0.0, -0.1],
+        [3.0, -1.0, 0.5, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 2.0, 2.0, -1.0, 1.0],
+        [1.0, 2.0, -3.0, 0.5, 1.5, 0.0],
+    ]
+)
+WARP_Q = np.full((6, 6), 1.0 / 6)  # sampled drafts put mass on tokens the target removed
+
+
+@pytest.mark.parametrize("q", [None, WARP_Q, "skewed"], ids=["deterministic", "sampled-uniform", "sampled-skewed"])
+def test_chi_square_under_temperature_top_k_top_p(q):
+    target = warp_logits(torch.tensor(WARP_LOGITS), 0.8, top_k=5, top_p=0.9).double().numpy()
+    assert (target == 0).sum(1).min() >= 1  # the warp removed tokens from every row
+    if isinstance(q, str):  # drafts from a distribution unlike the target's
+        q = np.roll(np.exp(WARP_LOGITS) / np.exp(WARP_LOGITS).sum(1, keepdims=True), 2, axis=1)
+    assert N_DRAWS >= 10_000
+    assert chi2_pvalue(draw_first_two(target, q, seed=99), target) > 0.01
+
+
+def test_chi_square_under_warp_detects_a_broken_residual(monkeypatch):
+    monkeypatch.setattr(V, "_drop_drafted", lambda q, rows, tok: q)
+    target = warp_logits(torch.tensor(WARP_LOGITS), 0.8, top_k=5, top_p=0.9).double().numpy()
+    skewed = np.roll(np.exp(WARP_LOGITS) / np.exp(WARP_LOGITS).sum(1, keepdims=True), 2, axis=1)
+    assert chi2_pvalue(draw_first_two(target, skewed, seed=99), target) < 1e-3  # the pass bar is 0.01
+
+
 def test_chi_square_detects_missing_renormalisation(monkeypatch):
     monkeypatch.setattr(V, "_renorm", lambda r, fallback: torch.where(r.sum(-1, keepdim=True) > 0, r, fallback))
     assert chi2_pvalue(draw_first_two(TARGET, None, seed=1234), TARGET) < 1e-6

@@ -22,7 +22,16 @@ from specplug.drafters.cost_cache import CachedCost, cached_cost_model
 from .invariant import is_invariant, new_cache, tree_pass_mask
 from .kv import cache_kwarg
 
-__all__ = ["measure_grid", "engine_cost_model", "cost_key", "GRID_BATCHES", "GRID_WIDTHS"]
+__all__ = [
+    "measure_grid",
+    "engine_cost_model",
+    "cost_key",
+    "GRID_BATCHES",
+    "GRID_WIDTHS",
+    "GPU_GRID_BATCHES",
+    "GPU_GRID_WIDTHS",
+    "GPU_MAX_TOKENS",
+]
 
 #: the first-use grid: batch sizes x tokens per row (widths), pairs above MAX_TOKENS skipped
 GRID_BATCHES = (1, 4, 16)
@@ -30,6 +39,11 @@ GRID_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 MAX_TOKENS = 64
 #: committed KV slots per row while timing (a prompt plus some output)
 CONTEXT = 256
+#: ``specplug calibrate --device cuda``'s grid: a GPU's curve stays flat far longer, so it
+#: is measured up to 512 tokens per pass and batch 64 (49 points)
+GPU_GRID_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+GPU_GRID_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+GPU_MAX_TOKENS = 512
 
 
 def measure_grid(

@@ -17,6 +17,7 @@ import torch
 
 from specplug.drafters.errors import ConfigError
 from specplug.drafters.feedback import TopK
+from specplug.drafters.sampling import GREEDY, SamplingParams
 from specplug.drafters.session import DraftSession, RequestView
 from specplug.drafters.verify import committed_tokens, verify_greedy
 
@@ -67,6 +68,12 @@ class DecodeBatch:
         self.engine, self.model, self.drafter = engine, engine.model, drafter
         self.budget, self.config, self.t_start = budget, config, t_start
         self.sampling = config.sampling
+        # what the drafters see of it (the session tells them; greedy: GREEDY)
+        self.request_sampling = (
+            GREEDY
+            if self.sampling.greedy
+            else SamplingParams(self.sampling.temperature, self.sampling.top_k, self.sampling.top_p)
+        )
         n = len(prompts)
         self.prompts = [list(map(int, p)) for p in prompts]
         self.rids = [next(_REQUEST_IDS) for _ in range(n)]
@@ -115,7 +122,7 @@ class DecodeBatch:
 
     def _view(self, i: int) -> RequestView:
         prompt, out = self.prompts[i], self.outputs[i]
-        return RequestView(self.rids[i], len(prompt) + len(out), out[-1], lambda: prompt + out)
+        return RequestView(self.rids[i], len(prompt) + len(out), out[-1], lambda: prompt + out, self.request_sampling)
 
     @property
     def done(self) -> bool:

@@ -26,7 +26,7 @@ from specplug.drafters.session import DraftSession, Step
 from specplug.patches.sglang import check_worker
 
 from .bridge import observe_verified, request_view, verify_inputs
-from .config import budget_policy_from_env, options_from_env
+from .config import budget_policy_from_env, digest_log, options_from_env
 from .feedback import device_feedback
 from .widths import VIEW_LISTS, relayout, views_at
 
@@ -57,7 +57,7 @@ class _CorpusShim:
 
 class SpecplugWorker(NGRAMWorker):
     def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker):
-        from sglang.srt.runtime_context import get_device, get_schedule, get_spec
+        from sglang.srt.runtime_context import get_device, get_parallel, get_schedule, get_spec
 
         check_worker()  # SGLang's version and the NGRAMWorker code this class relies on
         BaseSpecWorker.__init__(self)  # NGRAMWorker.__init__ would build the n-gram corpus
@@ -101,6 +101,7 @@ class SpecplugWorker(NGRAMWorker):
         self._launch_views: dict | None = None
         self.ngram_corpus = _CorpusShim(self.session)
         self.algorithm = spec.name
+        self._digest = digest_log(spec.engine_name, self.launch_width, get_parallel())  # SPECPLUG_DIGEST_DIR
         logger.info(
             "specplug: %s drafting %d-node trees (vocab %d, target top-%d feedback)",
             spec.engine_name,
@@ -134,7 +135,10 @@ class SpecplugWorker(NGRAMWorker):
         if self.runner is not None:
             self.runner.batch = batch  # draft steps run on this batch's KV slots
         try:
-            return self.session.propose([request_view(req) for req in batch.reqs], self.launch_width)
+            step = self.session.propose([request_view(req) for req in batch.reqs], self.launch_width)
+            if self._digest is not None:
+                self._digest.update(step.trees)
+            return step
         finally:
             if self.runner is not None:
                 self.runner.batch = None

@@ -29,10 +29,22 @@ import numpy as np
 
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
+from specplug.drafters.sampling import GREEDY, SamplingParams
 from specplug.drafters.session import DraftSession, RequestView, SessionStats, padded_chain
 from specplug.drafters.tree import DraftTree
 
-__all__ = ["ChainSpeculation", "tgi_chain"]
+__all__ = ["ChainSpeculation", "tgi_chain", "request_sampling"]
+
+
+def request_sampling(parameters) -> SamplingParams:
+    """A TGI request's ``NextTokenChooserParameters`` (``do_sample`` false, or temperature 0:
+    greedy; top_k 0 and top_p 1: off) as the drafters' sampling settings."""
+    if parameters is None or not getattr(parameters, "do_sample", False):
+        return GREEDY
+    temperature = float(getattr(parameters, "temperature", 1.0) or 1.0)
+    top_k = max(int(getattr(parameters, "top_k", 0) or 0), 0)
+    top_p = float(getattr(parameters, "top_p", 1.0) or 1.0)
+    return SamplingParams(temperature, top_k, min(top_p, 1.0))
 
 
 def tgi_chain(tree: DraftTree, speculate: int, vocab_size: int | None = None) -> np.ndarray:
@@ -153,8 +165,10 @@ class ChainSpeculation:
         prefill: bool = False,
         topk: np.ndarray | None = None,
         topk_probs: np.ndarray | None = None,
+        sampling: Sequence[SamplingParams] | None = None,
     ) -> np.ndarray:
-        """Observe this step's outcome and return the next drafts, int64 ``[B, speculate]``."""
+        """Observe this step's outcome and return the next drafts, int64 ``[B, speculate]``
+        (``sampling``: each row's sampling settings, see :func:`request_sampling`; None: greedy)."""
         b = len(rids)
         counts = np.asarray(accepted_counts, np.int64).reshape(-1)
         ids = np.asarray(next_ids, np.int64).reshape(-1)
@@ -182,6 +196,7 @@ class ChainSpeculation:
                 len(contexts[i]) + int(counts[i]),
                 int(ids[ends[i] - 1]),
                 lambda i=i: [*contexts[i], *ids[ends[i] - counts[i] : ends[i]].tolist()],
+                GREEDY if sampling is None else sampling[i],
             )
             for i, rid in enumerate(rids)
         ]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from specplug.adapters.tgi.runtime import ChainSpeculation
+from specplug.adapters.tgi.runtime import ChainSpeculation, request_sampling
 from specplug.drafters import registry
 from specplug.drafters.errors import ConfigError
 from specplug.drafters.session import MAX_ERROR_LOGS
@@ -149,6 +149,7 @@ class TgiSpeculation:
             verified=None if spec is None else spec.tolist(),
             topk=topk,
             topk_probs=probs,
+            sampling=[request_sampling(getattr(r, "parameters", None)) for r in batch.requests],
         )
         out = torch.from_numpy(drafts).to(device=input_ids.device, dtype=input_ids.dtype)
         failed = rt.fallback_rows

@@ -23,7 +23,7 @@ from specplug.drafters.base import Drafter
 from specplug.drafters.errors import ConfigError, SpecplugError
 
 from .config import VllmSettings, budget_policy_from_env, settings_from_env
-from .runtime import VllmChains
+from .runtime import VllmChains, row_sampling
 
 __all__ = ["SpecplugProposer", "live_proposers", "PROBE_ID"]
 
@@ -116,7 +116,8 @@ class SpecplugProposer:
         if batch is None:  # the runner patches did not run: rows cannot be keyed
             return [[] for _ in range(b)]
         try:
-            return self.chains.step(batch.req_ids, sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+            sampling = row_sampling(batch, b, self.chains.session.vocab_size)
+            return self.chains.step(batch.req_ids, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, sampling)
         except Exception:  # noqa: BLE001 -- an adapter bug costs this step's drafts, never the batch
             logger.exception("specplug: drafting failed; this step decodes without drafts")
             self.chains.session.reset()

@@ -24,11 +24,31 @@ import numpy as np
 
 from specplug.drafters.base import Drafter
 from specplug.drafters.budget import BudgetPolicy
+from specplug.drafters.sampling import GREEDY, SamplingParams
 from specplug.drafters.session import DraftSession, RequestView
 
 from .config import VllmSettings
 
-__all__ = ["VllmChains"]
+__all__ = ["VllmChains", "row_sampling"]
+
+
+def row_sampling(input_batch: Any, rows: int, vocab_size: int) -> list[SamplingParams]:
+    """Each of the first ``rows`` rows' sampling settings, from vLLM's ``InputBatch`` host
+    arrays (``temperature_cpu`` 0 for greedy rows; ``top_k_cpu`` = the vocabulary size when
+    off); greedy for a batch without them."""
+    temps = getattr(input_batch, "temperature_cpu", None)
+    if temps is None:
+        return [GREEDY] * rows
+    top_p, top_k = input_batch.top_p_cpu, input_batch.top_k_cpu
+    out = []
+    for i in range(rows):  # a few scalars per row, once per step
+        t = float(temps[i])
+        if t <= 0.0:
+            out.append(GREEDY)
+            continue
+        k = int(top_k[i])
+        out.append(SamplingParams(t, 0 if k <= 0 or k >= vocab_size else k, min(float(top_p[i]), 1.0)))
+    return out
 
 
 class VllmChains:
@@ -79,8 +99,10 @@ class VllmChains:
         sampled: Sequence[Sequence[int]],
         num_tokens: np.ndarray,
         token_ids: np.ndarray,
+        sampling: Sequence[SamplingParams] | None = None,
     ) -> list[list[int]]:
-        """Observe this step's outcome, then the next chains: one list of 0..K ids per row."""
+        """Observe this step's outcome, then the next chains: one list of 0..K ids per row
+        (``sampling``: each row's sampling settings, see :func:`row_sampling`; None: greedy)."""
         b = len(sampled)
         rids = list(req_ids[:b])
         self._observe(rids, sampled)
@@ -91,6 +113,7 @@ class VllmChains:
                 int(num_tokens[i]),
                 int(token_ids[i, int(num_tokens[i]) - 1]),
                 lambda i=i: token_ids[i, : int(num_tokens[i])].tolist(),
+                GREEDY if sampling is None else sampling[i],
             )
             for i in rows
         ]
