@@ -267,9 +267,10 @@ class DraftSession:
             req = self._req.get(r.rid)
             if req is None or req.length != r.length:
                 self._restart(r)
+                req = self._req.get(r.rid)
+            if req is not None and req.sampling is not r.sampling and req.sampling != r.sampling:
+                self._tell_sampling(req, r)
         live = [i for i, r in enumerate(reqs) if r.rid in self._req]
-        for i in live:
-            self._sampling(reqs[i])
         trees: list[DraftTree] = [DraftTree.single(int(r.last_token)) for r in reqs]
         if live:
             ok, drafted = self._call(
@@ -393,11 +394,8 @@ class DraftSession:
         self.stats.observe_s += dt
         return dt
 
-    def _sampling(self, r: RequestView) -> None:
-        """Tell the drafter a request's sampling settings when they differ from what it has."""
-        req = self._req[r.rid]
-        if req.sampling is r.sampling or req.sampling == r.sampling:
-            return
+    def _tell_sampling(self, req: _Request, r: RequestView) -> None:
+        """Tell the drafter a request's sampling settings (they differ from what it has)."""
         ok, _ = self._call(self.drafter.set_sampling, r.rid, r.sampling, what=f"set_sampling of request {r.rid!r}")
         if ok:
             req.sampling = r.sampling
